@@ -1,0 +1,28 @@
+"""refattn: the executable specification of attention.
+
+- `refattn.reference` — the readable NumPy definition of what attention must compute.
+- `refattn.attention` — the implementation to call (the reference until the native core lands).
+- `refattn.masks` — the structural masks spelled out as bool arrays.
+- `refattn.multi_head_attention`, `MHAParams`, `KVCache` — layers built on any attention function.
+- `refattn.merge_partials` — combine attention over disjoint key chunks.
+- `spec` (a sibling package) — the invariants, checked against any implementation.
+"""
+
+from refattn import masks, reference
+from refattn.mha import KVCache, MHAParams, multi_head_attention
+from refattn.reference import attention, merge_partials
+from refattn.similarity import additive_attention, general_attention
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KVCache",
+    "MHAParams",
+    "additive_attention",
+    "attention",
+    "general_attention",
+    "masks",
+    "merge_partials",
+    "multi_head_attention",
+    "reference",
+]

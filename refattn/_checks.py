@@ -1,0 +1,261 @@
+"""Argument checks shared by every refattn entry point.
+
+Each check raises TypeError (wrong kind of thing) or ValueError (right kind, wrong value) with a
+message that names the argument and says what was expected and what came in:
+"key.shape[-1] should be 64 (query's Dk), but got 32".
+
+Shape letters, here and everywhere in refattn (Python and C):
+    B...  batch dims (any number, the same for query, key and value)
+    Hq    query heads               Hkv   key/value heads (Hq a multiple of Hkv)
+    Lq    query length              Lk    key/value length
+    Dk    query/key head dim        Dv    value head dim
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
+
+
+class AttentionCall(NamedTuple):
+    """A checked call: the arrays as given, the sizes read off them, the options normalised."""
+
+    query: np.ndarray  # (B..., Hq, Lq, Dk)
+    key: np.ndarray  # (B..., Hkv, Lk, Dk)
+    value: np.ndarray  # (B..., Hkv, Lk, Dv)
+    batch_shape: tuple[int, ...]
+    Hq: int
+    Hkv: int
+    Lq: int
+    Lk: int
+    Dk: int
+    Dv: int
+    compute_dtype: np.dtype  # float32 for float16 and float32 inputs, float64 for float64
+    mask: np.ndarray | None  # bool, broadcastable to (B..., Hq, Lq, Lk)
+    bias: np.ndarray | None  # float, broadcastable to (B..., Hq, Lq, Lk)
+    causal: str | None  # None, "top_left" or "bottom_right"
+    window: tuple[int | None, int | None] | None  # (left, right); None = unbounded
+    kv_lengths: np.ndarray | None  # int64, (B...)
+    scale: float
+    softcap: float | None
+
+    @property
+    def scores_shape(self) -> tuple[int, ...]:
+        return (*self.batch_shape, self.Hq, self.Lq, self.Lk)
+
+
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """Softmax runs in at least float32: float16 inputs are computed in float32."""
+    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+
+
+def check_float_array(name: str, x, *, min_ndim: int = 0) -> np.ndarray:
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} should be a numpy.ndarray, but got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}.dtype should be float16, float32 or float64, but got {x.dtype}")
+    if x.ndim < min_ndim:
+        raise ValueError(
+            f"{name} should have at least {min_ndim} dimensions, but got shape {x.shape}"
+        )
+    return x
+
+
+def check_same_dtype(name: str, x: np.ndarray, expected: np.dtype, whose: str) -> None:
+    if x.dtype != expected:
+        raise TypeError(f"{name}.dtype should be {expected} ({whose}), but got {x.dtype}")
+
+
+def check_size(what: str, got: int, expected: int, why: str) -> None:
+    if got != expected:
+        raise ValueError(f"{what} should be {expected} ({why}), but got {got}")
+
+
+def check_broadcastable(name: str, x: np.ndarray, target: tuple[int, ...], letters: str) -> None:
+    """x must broadcast *to* target (NumPy rules, without growing target)."""
+    ok = x.ndim <= len(target) and all(
+        size in (1, want) for size, want in zip(reversed(x.shape), reversed(target), strict=False)
+    )
+    if not ok:
+        raise ValueError(
+            f"{name}.shape should be broadcastable to {letters} = {target}, but got {x.shape}"
+        )
+
+
+def check_mask(mask, target: tuple[int, ...], letters: str) -> np.ndarray | None:
+    if mask is None:
+        return None
+    if not isinstance(mask, np.ndarray):
+        raise TypeError(f"mask should be a numpy.ndarray of bool, but got {type(mask).__name__}")
+    if mask.dtype != np.bool_:
+        raise TypeError(
+            f"mask.dtype should be bool (True = may attend), but got {mask.dtype}; "
+            "pass additive scores as bias="
+        )
+    check_broadcastable("mask", mask, target, letters)
+    return mask
+
+
+def check_bias(bias, target: tuple[int, ...], letters: str, dtype: np.dtype) -> np.ndarray | None:
+    if bias is None:
+        return None
+    bias = check_float_array("bias", bias)
+    check_broadcastable("bias", bias, target, letters)
+    # -inf is how a bias masks a key; NaN and +inf have no meaning as a score offset.
+    bad = np.isnan(bias) | (bias == np.inf)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"bias should be finite or -inf, but got {bias[where]} at index {where}")
+    return bias.astype(dtype, copy=False)
+
+
+def check_causal(causal) -> str | None:
+    if causal is None or causal is False:
+        return None
+    if causal is True:
+        return "top_left"  # the PyTorch habit: is_causal=True aligns top-left
+    if isinstance(causal, str) and causal in CAUSAL_ALIGNMENTS:
+        return causal
+    raise ValueError(
+        f"causal should be None, True, 'top_left' or 'bottom_right', but got {causal!r}"
+    )
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool | np.bool_)
+
+
+def check_window(window) -> tuple[int | None, int | None] | None:
+    if window is None:
+        return None
+    if not isinstance(window, tuple | list) or len(window) != 2:
+        raise TypeError(f"window should be a pair (left, right), but got {window!r}")
+    checked = []
+    for side, size in zip(("left", "right"), window, strict=True):
+        index = len(checked)
+        if size is None:
+            checked.append(None)
+        elif not _is_int(size):
+            raise TypeError(
+                f"window[{index}] ({side}) should be an int >= 0 or None, "
+                f"but got {type(size).__name__} {size!r}"
+            )
+        elif size < 0:
+            raise ValueError(
+                f"window[{index}] ({side}) should be an int >= 0 or None, but got {size}"
+            )
+        else:
+            checked.append(int(size))
+    return checked[0], checked[1]
+
+
+def check_kv_lengths(kv_lengths, batch_shape: tuple[int, ...], Lk: int) -> np.ndarray | None:
+    if kv_lengths is None:
+        return None
+    lengths = np.asarray(kv_lengths)
+    if lengths.dtype.kind not in "iu":
+        raise TypeError(f"kv_lengths should hold integers, but got dtype {lengths.dtype}")
+    try:
+        lengths = np.broadcast_to(lengths, batch_shape)
+    except ValueError:
+        raise ValueError(
+            f"kv_lengths.shape should be broadcastable to the batch shape B... = {batch_shape}, "
+            f"but got {lengths.shape}"
+        ) from None
+    bad = (lengths < 0) | (lengths > Lk)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"kv_lengths should be in [0, Lk={Lk}], but got {lengths[where]} at index {where}"
+        )
+    return lengths.astype(np.int64)
+
+
+def check_real(name: str, x) -> float:
+    if not isinstance(x, numbers.Real) or isinstance(x, bool | np.bool_):
+        raise TypeError(f"{name} should be a real number, but got {type(x).__name__} {x!r}")
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(f"{name} should be finite, but got {x}")
+    return x
+
+
+def check_scale(scale, Dk: int) -> float:
+    # The default is 1/sqrt(Dk): it keeps the variance of q·k near 1 for unit-variance q and k.
+    return Dk**-0.5 if scale is None else check_real("scale", scale)
+
+
+def check_softcap(softcap) -> float | None:
+    if softcap is None:
+        return None
+    softcap = check_real("softcap", softcap)
+    if softcap <= 0:
+        raise ValueError(f"softcap should be > 0, but got {softcap}")
+    return softcap
+
+
+def check_attention(
+    query, key, value, *, mask, bias, causal, window, kv_lengths, scale, softcap
+) -> AttentionCall:
+    """Check one attention call; return it with sizes read off and options normalised."""
+    query = check_float_array("query", query, min_ndim=3)
+    key = check_float_array("key", key)
+    value = check_float_array("value", value)
+    check_same_dtype("key", key, query.dtype, "query's")
+    check_same_dtype("value", value, query.dtype, "query's")
+    check_size("key.ndim", key.ndim, query.ndim, "query's ndim")
+    check_size("value.ndim", value.ndim, query.ndim, "query's ndim")
+    *batch, Hq, Lq, Dk = query.shape
+    batch_shape = tuple(batch)
+    if key.shape[:-3] != batch_shape:
+        raise ValueError(
+            f"key.shape[:-3] should be {batch_shape} (query's batch dims), but got {key.shape[:-3]}"
+        )
+    if value.shape[:-3] != batch_shape:
+        raise ValueError(
+            f"value.shape[:-3] should be {batch_shape} (query's batch dims), "
+            f"but got {value.shape[:-3]}"
+        )
+    Hkv, Lk, _ = key.shape[-3:]
+    Dv = value.shape[-1]
+    check_size("key.shape[-1]", key.shape[-1], Dk, "query's Dk")
+    check_size("value.shape[-3]", value.shape[-3], Hkv, "key's Hkv")
+    check_size("value.shape[-2]", value.shape[-2], Lk, "key's Lk")
+    if Dk < 1:
+        raise ValueError(f"query.shape[-1] (Dk) should be at least 1, but got {Dk}")
+    if Hq < 1 or Hkv < 1:
+        raise ValueError(f"heads should be at least 1, but got Hq={Hq}, Hkv={Hkv}")
+    if Hq % Hkv:
+        raise ValueError(
+            f"query.shape[-3] (Hq) should be a multiple of key.shape[-3] (Hkv) = {Hkv}, "
+            f"but got {Hq}"
+        )
+    dtype = compute_dtype(query.dtype)
+    target = (*batch_shape, Hq, Lq, Lk)
+    letters = "(B..., Hq, Lq, Lk)"
+    return AttentionCall(
+        query=query,
+        key=key,
+        value=value,
+        batch_shape=batch_shape,
+        Hq=Hq,
+        Hkv=Hkv,
+        Lq=Lq,
+        Lk=Lk,
+        Dk=Dk,
+        Dv=Dv,
+        compute_dtype=dtype,
+        mask=check_mask(mask, target, letters),
+        bias=check_bias(bias, target, letters, dtype),
+        causal=check_causal(causal),
+        window=check_window(window),
+        kv_lengths=check_kv_lengths(kv_lengths, batch_shape, Lk),
+        scale=check_scale(scale, Dk),
+        softcap=check_softcap(softcap),
+    )

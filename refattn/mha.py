@@ -1,0 +1,255 @@
+"""Multi-head attention and a KV cache for incremental decoding, on top of any attention function.
+
+    Q = x·W_q + b_q         split into Hq heads of Dk       (B..., Hq, Lq, Dk)
+    K = c·W_k + b_k         split into Hkv heads of Dk      (B..., Hkv, Lk, Dk)
+    V = c·W_v + b_v         split into Hkv heads of Dv      (B..., Hkv, Lk, Dv)
+    y = concat_h(attention(Q, K, V)_h) · W_o + b_o         (B..., Lq, Do)
+
+with c = x for self-attention (context=None) and c = context for cross-attention.
+x is (B..., Lq, Dm) and context (B..., Lk, Dc).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from refattn import reference
+from refattn._checks import check_float_array, check_same_dtype, check_size
+
+
+@dataclass(frozen=True)
+class MHAParams:
+    """Projection weights (and optional biases) of one multi-head attention layer."""
+
+    w_q: np.ndarray  # (Dm, Hq·Dk)
+    w_k: np.ndarray  # (Dc, Hkv·Dk)
+    w_v: np.ndarray  # (Dc, Hkv·Dv)
+    w_o: np.ndarray  # (Hq·Dv, Do)
+    b_q: np.ndarray | None = None  # (Hq·Dk,)
+    b_k: np.ndarray | None = None  # (Hkv·Dk,)
+    b_v: np.ndarray | None = None  # (Hkv·Dv,)
+    b_o: np.ndarray | None = None  # (Do,)
+
+    @classmethod
+    def init(
+        cls,
+        d_model: int,
+        num_heads: int,
+        *,
+        num_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        value_head_dim: int | None = None,
+        d_context: int | None = None,
+        d_out: int | None = None,
+        bias: bool = True,
+        dtype=np.float64,
+        seed: int = 0,
+    ) -> MHAParams:
+        """Seeded random parameters: Glorot-uniform weights, small normal biases.
+
+        head_dim defaults to d_model // num_heads, value_head_dim to head_dim, num_kv_heads to
+        num_heads, d_context to d_model and d_out to d_model.
+        """
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        head_dim = d_model // num_heads if head_dim is None else head_dim
+        value_head_dim = head_dim if value_head_dim is None else value_head_dim
+        d_context = d_model if d_context is None else d_context
+        d_out = d_model if d_out is None else d_out
+        for name, size in [
+            ("d_model", d_model),
+            ("num_heads", num_heads),
+            ("num_kv_heads", num_kv_heads),
+            ("head_dim", head_dim),
+            ("value_head_dim", value_head_dim),
+            ("d_context", d_context),
+            ("d_out", d_out),
+        ]:
+            if size < 1:
+                raise ValueError(f"{name} should be at least 1, but got {size}")
+        rng = np.random.default_rng(seed)
+
+        def glorot(n_in, n_out):
+            limit = (6.0 / (n_in + n_out)) ** 0.5
+            return rng.uniform(-limit, limit, size=(n_in, n_out)).astype(dtype)
+
+        def small(n):
+            return (0.1 * rng.standard_normal(n)).astype(dtype) if bias else None
+
+        return cls(
+            w_q=glorot(d_model, num_heads * head_dim),
+            w_k=glorot(d_context, num_kv_heads * head_dim),
+            w_v=glorot(d_context, num_kv_heads * value_head_dim),
+            w_o=glorot(num_heads * value_head_dim, d_out),
+            b_q=small(num_heads * head_dim),
+            b_k=small(num_kv_heads * head_dim),
+            b_v=small(num_kv_heads * value_head_dim),
+            b_o=small(d_out),
+        )
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, for decoding one step at a time.
+
+    Pass the same cache to successive `multi_head_attention(..., kv_cache=cache, causal=True)`
+    calls on consecutive pieces of a sequence: each call appends its keys and values, and its
+    queries attend to everything cached so far. Storage grows by doubling, so appending a token
+    costs amortised O(1) copies of the cache.
+    """
+
+    def __init__(self):
+        self._key: np.ndarray | None = None  # (B..., Hkv, capacity, Dk)
+        self._value: np.ndarray | None = None  # (B..., Hkv, capacity, Dv)
+        self.length = 0
+
+    @property
+    def key(self) -> np.ndarray | None:
+        """The cached keys, (B..., Hkv, length, Dk), or None before the first append."""
+        return None if self._key is None else self._key[..., : self.length, :]
+
+    @property
+    def value(self) -> np.ndarray | None:
+        """The cached values, (B..., Hkv, length, Dv), or None before the first append."""
+        return None if self._value is None else self._value[..., : self.length, :]
+
+    def append(self, key: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Append (B..., Hkv, L, Dk) keys and (B..., Hkv, L, Dv) values; return all so far."""
+        key = check_float_array("key", key, min_ndim=3)
+        value = check_float_array("value", value, min_ndim=3)
+        check_same_dtype("value", value, key.dtype, "key's")
+        if value.shape[:-1] != key.shape[:-1]:
+            raise ValueError(
+                f"value.shape[:-1] should be {key.shape[:-1]} (key's), but got {value.shape[:-1]}"
+            )
+        if self._key is None:
+            self._key, self._value = key[..., :0, :].copy(), value[..., :0, :].copy()
+        cached_key, cached_value = self._key, self._value
+        for name, new, old in (("key", key, cached_key), ("value", value, cached_value)):
+            if new.dtype != old.dtype:
+                raise TypeError(
+                    f"{name}.dtype should be {old.dtype} (the cache's), but got {new.dtype}"
+                )
+            if new.shape[:-2] + new.shape[-1:] != old.shape[:-2] + old.shape[-1:]:
+                expected = (*old.shape[:-2], "L", old.shape[-1])
+                raise ValueError(
+                    f"{name}.shape should be {expected} (the cache's), but got {new.shape}"
+                )
+        end = self.length + key.shape[-2]
+        if end > cached_key.shape[-2]:
+            self._grow(max(end, 2 * cached_key.shape[-2], 16))
+        self._key[..., self.length : end, :] = key
+        self._value[..., self.length : end, :] = value
+        self.length = end
+        return self.key, self.value
+
+    def _grow(self, capacity: int) -> None:
+        def grown(old):
+            new = np.empty((*old.shape[:-2], capacity, old.shape[-1]), dtype=old.dtype)
+            new[..., : self.length, :] = old[..., : self.length, :]
+            return new
+
+        self._key, self._value = grown(self._key), grown(self._value)
+
+
+def project(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, heads: int) -> np.ndarray:
+    """(B..., L, D) -> (B..., heads, L, D_head): x·W + b split into heads (head h holds columns
+    h·D_head to (h+1)·D_head of x·W + b)."""
+    y = x @ w
+    if b is not None:
+        y = y + b
+    *batch, length, width = y.shape
+    return np.moveaxis(y.reshape(*batch, length, heads, width // heads), -2, -3)
+
+
+def _check_width(what: str, width: int, heads: int, heads_name: str) -> int:
+    if width % heads:
+        raise ValueError(f"{what} ({width}) should be a multiple of {heads_name} = {heads}")
+    return width // heads
+
+
+def multi_head_attention(
+    x,
+    context=None,
+    *,
+    params: MHAParams,
+    num_heads: int,
+    num_kv_heads: int | None = None,
+    mask=None,
+    bias=None,
+    causal=None,
+    window=None,
+    kv_lengths=None,
+    scale=None,
+    softcap=None,
+    kv_cache: KVCache | None = None,
+    attention: Callable = reference.attention,
+):
+    """Multi-head attention of x (B..., Lq, Dm) over context (B..., Lk, Dc), or over x itself.
+
+    The masks and options are those of `refattn.reference.attention`, over (B..., Hq, Lq, Lk).
+    With `kv_cache`, x holds the newest Lq tokens of a sequence (self-attention only): their keys
+    and values are appended to the cache and the queries attend to every cached token. Masks
+    then cover all Lk cached tokens, and a causal mask is aligned bottom-right (query i of this
+    call is token Lk - Lq + i), so causal may be True or "bottom_right".
+
+    `attention` is the attention function to run the heads with (default: the reference); any
+    function with the reference's signature works, e.g. `refattn.attention`.
+    Returns y, (B..., Lq, Do), in x's dtype.
+    """
+    x = check_float_array("x", x, min_ndim=2)
+    source = x if context is None else check_float_array("context", context, min_ndim=2)
+    if context is not None:
+        check_same_dtype("context", source, x.dtype, "x's")
+        if source.shape[:-2] != x.shape[:-2]:
+            raise ValueError(
+                f"context.shape[:-2] should be {x.shape[:-2]} (x's batch dims), "
+                f"but got {source.shape[:-2]}"
+            )
+    num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+    check_size("params.w_q.shape[0]", params.w_q.shape[0], x.shape[-1], "x's Dm")
+    check_size("params.w_k.shape[0]", params.w_k.shape[0], source.shape[-1], "the context's Dc")
+    check_size("params.w_v.shape[0]", params.w_v.shape[0], source.shape[-1], "the context's Dc")
+    Dk = _check_width("params.w_q.shape[1]", params.w_q.shape[1], num_heads, "num_heads")
+    Dk_of_keys = _check_width(
+        "params.w_k.shape[1]", params.w_k.shape[1], num_kv_heads, "num_kv_heads"
+    )
+    check_size("params.w_k.shape[1] / num_kv_heads", Dk_of_keys, Dk, "the queries' head dim Dk")
+    Dv = _check_width("params.w_v.shape[1]", params.w_v.shape[1], num_kv_heads, "num_kv_heads")
+    check_size("params.w_o.shape[0]", params.w_o.shape[0], num_heads * Dv, "num_heads · Dv")
+
+    q = project(x, params.w_q, params.b_q, num_heads)
+    k = project(source, params.w_k, params.b_k, num_kv_heads)
+    v = project(source, params.w_v, params.b_v, num_kv_heads)
+    if kv_cache is not None:
+        if context is not None:
+            raise ValueError("kv_cache is for self-attention: context should be None with it")
+        if causal not in (None, False, True, "bottom_right"):
+            raise ValueError(
+                "causal should be True or 'bottom_right' with a kv_cache (the new queries come "
+                f"after the cached keys), but got {causal!r}"
+            )
+        k, v = kv_cache.append(k, v)
+        causal = "bottom_right" if causal else None
+        if causal and q.shape[-2] == 1 and window is None:
+            causal = None  # one new query sees every cached key: there is nothing to hide
+
+    heads = attention(
+        q,
+        k,
+        v,
+        mask=mask,
+        bias=bias,
+        causal=causal,
+        window=window,
+        kv_lengths=kv_lengths,
+        scale=scale,
+        softcap=softcap,
+    )
+    *batch, _, Lq, _ = heads.shape
+    merged = np.moveaxis(heads, -3, -2).reshape(*batch, Lq, num_heads * Dv)
+    y = merged @ params.w_o
+    if params.b_o is not None:
+        y = y + params.b_o
+    return y.astype(x.dtype, copy=False)

@@ -1,0 +1,215 @@
+"""The readable reference: what attention must compute.
+
+    scores  = softcap(Q·Kᵀ·scale) + bias          step 1: score every query against every key
+    weights = softmax(scores) over visible keys   step 2: normalise each row to sum 1
+    out     = weights · V                         step 3: weigh the values
+
+Shape letters (the same everywhere in refattn, Python and C):
+    B...  batch dims (any number)       Hq, Hkv   query heads, key/value heads
+    Lq    query length                  Lk        key/value length
+    Dk    query/key head dim            Dv        value head dim
+
+    query (B..., Hq, Lq, Dk)   key (B..., Hkv, Lk, Dk)   value (B..., Hkv, Lk, Dv)
+    out   (B..., Hq, Lq, Dv)   lse (B..., Hq, Lq)        weights (B..., Hq, Lq, Lk)
+
+Masks say which keys a query may see (True = may attend); see `refattn.masks` for each one.
+A key is visible only if every mask given allows it, and a bias of -inf hides it too.
+
+A fully masked row (no visible key) returns output 0, weights 0 and lse -inf. Softmax over an
+empty set is undefined, so the spec must choose: 0 is what PyTorch (since 2.5) and ONNX (since
+1.23) return, it is what split-KV merging needs (a chunk with no visible key must contribute
+nothing), and it is the limit of attending with an extra "null" key whose value is 0. JAX returns
+the mean of V instead (its masked scores are a large finite negative, not -inf).
+
+This module is the normative definition: it favours reading over speed, computes in float64
+when given float64, and in float32 otherwise (float16 inputs are computed in float32).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from refattn import masks
+from refattn._checks import AttentionCall, check_attention, check_float_array
+
+
+def attention(
+    query,
+    key,
+    value,
+    *,
+    mask=None,
+    bias=None,
+    causal=None,
+    window=None,
+    kv_lengths=None,
+    scale=None,
+    softcap=None,
+    return_lse=False,
+    return_weights=False,
+):
+    """Scaled dot-product attention, with every mask, GQA and the fully masked rule.
+
+    out[..., h, i, :] = Σ_j softmax_j(s[..., h, i, j]) · value[..., h // G, j, :]
+    s[..., h, i, j]   = softcap·tanh(scale·q_i·k_j / softcap) + bias[..., h, i, j]
+    with the softmax taken over the keys j visible to query i, and G = Hq // Hkv.
+
+    Args:
+        query: (B..., Hq, Lq, Dk) float16, float32 or float64.
+        key: (B..., Hkv, Lk, Dk), same dtype and batch dims; Hq must be a multiple of Hkv.
+            Query head h uses key/value head h // (Hq // Hkv) (GQA; MQA when Hkv = 1).
+        value: (B..., Hkv, Lk, Dv), same dtype; Dv may differ from Dk.
+        mask: bool, broadcastable to (B..., Hq, Lq, Lk); True = may attend.
+        bias: float, broadcastable to (B..., Hq, Lq, Lk); added to the scaled (and capped)
+            scores. -inf hides a key; NaN and +inf are errors.
+        causal: None, "top_left" or "bottom_right" (True means "top_left"). Key j is visible
+            to query i iff j <= i + offset, offset 0 (top-left) or Lk - Lq (bottom-right).
+        window: (left, right), each an int >= 0 or None (unbounded): key j is visible iff
+            i + offset - left <= j <= i + offset + right, offset from `causal` (top-left if None).
+        kv_lengths: ints broadcastable to (B...): keys j >= kv_lengths[b] are padding.
+        scale: multiplies q·k; default 1/sqrt(Dk) (the query/key head dim, not Dv).
+        softcap: if given (> 0), scores become softcap·tanh(scores/softcap) before bias and masks.
+        return_lse: also return lse = log Σ_j exp(s_ij) over visible keys, (B..., Hq, Lq).
+        return_weights: also return the weights, (B..., Hq, Lq, Lk).
+
+    Returns:
+        out (B..., Hq, Lq, Dv) in the query's dtype; or a tuple (out, lse), (out, weights) or
+        (out, lse, weights) when asked. lse and weights are in the compute dtype (float32 for
+        float16 inputs). A fully masked row has out 0, weights 0 and lse -inf.
+    """
+    call = check_attention(
+        query,
+        key,
+        value,
+        mask=mask,
+        bias=bias,
+        causal=causal,
+        window=window,
+        kv_lengths=kv_lengths,
+        scale=scale,
+        softcap=softcap,
+    )
+    q, k, v = _heads_aligned(call)
+    visible = np.broadcast_to(_visible(call), call.scores_shape)
+    with np.errstate(invalid="ignore"):  # NaN in visible inputs propagates: that is the spec
+        scores = _scores(q, k, call)
+        weights, lse = _masked_softmax(scores, visible)
+        out = _weigh(weights, v, visible).astype(query.dtype, copy=False)
+    return _results(out, lse, weights, return_lse=return_lse, return_weights=return_weights)
+
+
+def _heads_aligned(call: AttentionCall) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """q, k, v in the compute dtype, each kv head repeated G = Hq // Hkv times (GQA)."""
+    dtype = call.compute_dtype
+    group = call.Hq // call.Hkv
+    q = call.query.astype(dtype, copy=False)
+    k = np.repeat(call.key.astype(dtype, copy=False), group, axis=-3)  # head h -> kv head h // G
+    v = np.repeat(call.value.astype(dtype, copy=False), group, axis=-3)
+    return q, k, v
+
+
+def _visible(call: AttentionCall) -> np.ndarray:
+    """Which keys each query may see, broadcastable to (B..., Hq, Lq, Lk)."""
+    lengths = None if call.kv_lengths is None else call.kv_lengths[..., None]  # one per head
+    seen = masks.visible(
+        call.Lq,
+        call.Lk,
+        causal=call.causal,
+        window=call.window,
+        kv_lengths=lengths,
+        mask=call.mask,
+    )
+    if call.bias is not None:
+        seen = seen & (call.bias > -np.inf)  # -inf hides a key even if its score is NaN
+    return seen
+
+
+def _scores(q: np.ndarray, k: np.ndarray, call: AttentionCall) -> np.ndarray:
+    """Step 1: s = softcap(q·kᵀ·scale) + bias, (B..., Hq, Lq, Lk)."""
+    scores = (q @ np.swapaxes(k, -1, -2)) * call.scale  # scale is a Python float: dtype kept
+    if call.softcap is not None:
+        scores = call.softcap * np.tanh(scores / call.softcap)
+    if call.bias is not None:
+        scores = scores + call.bias
+    return scores
+
+
+def _masked_softmax(scores: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Step 2: weights = exp(s - lse) over visible keys, 0 elsewhere; lse = log Σ exp(s)."""
+    scores = np.where(visible, scores, -np.inf)  # a hidden key weighs exp(-inf) = 0
+    row_max = np.max(scores, axis=-1, keepdims=True, initial=-np.inf)
+    # Subtracting the row max keeps exp from overflowing. A fully masked row has max -inf:
+    # shift it by 0 instead, so that its exps are exp(-inf) = 0 rather than exp(NaN).
+    shift = np.where(row_max == -np.inf, 0, row_max)
+    unnormalised = np.exp(scores - shift)
+    total = np.sum(unnormalised, axis=-1, keepdims=True)
+    # total >= 1 when any key is visible (the max contributes exp(0)); it is 0 only for a fully
+    # masked row, whose weights are 0 by the spec (not 0/0).
+    weights = unnormalised / np.where(total == 0, 1, total)
+    with np.errstate(divide="ignore"):  # log(0) = -inf is the fully masked row's lse
+        lse = (shift + np.log(total))[..., 0]
+    return weights, lse
+
+
+def _weigh(weights: np.ndarray, v: np.ndarray, visible: np.ndarray) -> np.ndarray:
+    """Step 3: out = Σ_j weights_ij · v_j over the visible keys j."""
+    if np.isfinite(v).all():
+        return weights @ v
+    # A NaN or Inf value may reach only the rows that see it. weights @ v would multiply it by
+    # the 0 weight of every row that does not (0·NaN is NaN), so leave hidden keys out instead.
+    terms = weights[..., :, :, None] * v[..., None, :, :]  # (B..., Hq, Lq, Lk, Dv)
+    return np.where(visible[..., None], terms, 0).sum(axis=-2)
+
+
+def _results(out, lse, weights, *, return_lse: bool, return_weights: bool):
+    extras = ([lse] if return_lse else []) + ([weights] if return_weights else [])
+    return (out, *extras) if extras else out
+
+
+def merge_partials(outs: Sequence[np.ndarray], lses: Sequence[np.ndarray]):
+    """Combine attention computed over disjoint key chunks into attention over all keys.
+
+    If out_c, lse_c is attention of the same queries over chunk c of the keys, then over all keys
+
+        lse = log Σ_c exp(lse_c)        out = Σ_c exp(lse_c - lse) · out_c
+
+    because each chunk's weights are the global ones scaled by exp(lse - lse_c). A chunk in which
+    a row sees no key has lse_c = -inf and weighs 0; a row that sees no key in any chunk gets
+    out 0 and lse -inf, as the fully masked rule says. This is how split-KV decoding and ring
+    attention put their pieces together; the merge is associative.
+
+    Args:
+        outs: a non-empty sequence of arrays (..., Lq, Dv), all of one shape and float dtype.
+        lses: the matching (..., Lq) arrays.
+
+    Returns:
+        (out, lse): out (..., Lq, Dv) in the outs' dtype, lse (..., Lq) in the compute dtype.
+    """
+    if isinstance(outs, np.ndarray) or isinstance(lses, np.ndarray):
+        raise TypeError("outs and lses should be sequences of arrays (one per chunk), not arrays")
+    outs, lses = list(outs), list(lses)
+    if not outs:
+        raise ValueError("outs should hold at least one chunk, but got none")
+    if len(lses) != len(outs):
+        raise ValueError(f"lses should have one entry per chunk ({len(outs)}), but got {len(lses)}")
+    for c, (out, lse) in enumerate(zip(outs, lses, strict=True)):
+        check_float_array(f"outs[{c}]", out, min_ndim=2)
+        check_float_array(f"lses[{c}]", lse)
+        if out.shape != outs[0].shape:
+            raise ValueError(f"outs[{c}].shape should be {outs[0].shape}, but got {out.shape}")
+        if lse.shape != out.shape[:-1]:
+            raise ValueError(f"lses[{c}].shape should be {out.shape[:-1]}, but got {lse.shape}")
+    dtype = np.result_type(np.float32, *outs, *lses)
+    stacked_out = np.stack(outs).astype(dtype, copy=False)  # (C, ..., Lq, Dv)
+    stacked_lse = np.stack(lses).astype(dtype, copy=False)  # (C, ..., Lq)
+    top = np.max(stacked_lse, axis=0)
+    shift = np.where(top == -np.inf, 0, top)  # as in _masked_softmax: no -inf - -inf
+    chunk_weights = np.exp(stacked_lse - shift)  # exp(lse_c - max): 0 for a chunk seeing nothing
+    total = chunk_weights.sum(axis=0)
+    with np.errstate(divide="ignore"):
+        lse = shift + np.log(total)
+    chunk_weights = chunk_weights / np.where(total == 0, 1, total)
+    out = np.sum(chunk_weights[..., None] * stacked_out, axis=0)
+    return out.astype(outs[0].dtype, copy=False), lse

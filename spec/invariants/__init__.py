@@ -1,0 +1,12 @@
+"""The invariants, one module per section of SPEC.md; importing this registers them all."""
+
+from spec.invariants import (  # noqa: F401
+    algebra,
+    composition,
+    heads,
+    masks,
+    numerics,
+    scaling,
+    shapes,
+    weights,
+)

@@ -1,0 +1,137 @@
+"""Running invariants against an implementation: PASS, FAIL, SKIP or DEVIATION for each."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import seed as hypothesis_seed
+from hypothesis import strategies as st
+from hypothesis.reporting import with_reporter
+
+from spec.registry import MUST, Invariant
+
+PASS, FAIL, SKIP, DEVIATION = "PASS", "FAIL", "SKIP", "DEVIATION"
+DEFAULT_MAX_EXAMPLES = 100
+DEFAULT_SEED = 0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What running one invariant against one implementation gave."""
+
+    id: str
+    title: str
+    level: str
+    status: str
+    examples: int
+    seconds: float
+    detail: str = ""  # why skipped, how it failed, or the declared deviation
+
+    @property
+    def blocking(self) -> bool:
+        """A MUST that failed: the implementation does not conform."""
+        return self.level == MUST and self.status == FAIL
+
+
+def property_test(inv: Invariant, impl, *, max_examples=None, seed=None, on_example=None):
+    """The invariant's property as a hypothesis test of `impl`, ready to call (or for pytest).
+
+    max_examples None keeps the active hypothesis profile's; seed None draws at random.
+    """
+    options = {
+        "deadline": None,
+        "database": None,
+        "print_blob": False,
+        "report_multiple_bugs": False,
+        "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+    }
+    if max_examples is not None:
+        options["max_examples"] = max_examples
+
+    @settings(**options)
+    @given(data=st.data())
+    def test(data):
+        if on_example is not None:
+            on_example()
+        inv.check(impl, data)
+
+    test.__name__ = f"test_{inv.id.replace('-', '_')}"
+    return test if seed is None else hypothesis_seed(seed)(test)
+
+
+def missing_capabilities(inv: Invariant, impl) -> list[str]:
+    return [c for c in inv.requires if c not in impl.capabilities]
+
+
+def run_invariant(
+    inv: Invariant,
+    impl,
+    *,
+    max_examples=DEFAULT_MAX_EXAMPLES,
+    seed=DEFAULT_SEED,
+    deviations: Mapping[str, str] | None = None,
+) -> Outcome:
+    """Run one invariant; a declared deviation is still run, to show what it looks like."""
+    start = time.perf_counter()
+    missing = missing_capabilities(inv, impl)
+    if missing:
+        reason = f"needs {', '.join(missing)}, which {impl.name} does not provide"
+        return Outcome(inv.id, inv.title, inv.level, SKIP, 0, 0.0, reason)
+    examples = 0
+
+    def count():
+        nonlocal examples
+        examples += 1
+
+    report: list[str] = []
+    test = property_test(inv, impl, max_examples=max_examples, seed=seed, on_example=count)
+    try:
+        with with_reporter(report.append):
+            test()
+        status, detail = PASS, ""
+    except Exception as error:  # a failure, or whatever the implementation raised
+        status = FAIL
+        detail = _failure_text(error, report)
+    seconds = time.perf_counter() - start
+    declared = (deviations or {}).get(inv.id)
+    if declared is not None:
+        observed = "observed: " + (detail.splitlines()[0] if status == FAIL else "it passed")
+        status, detail = DEVIATION, f"declared: {declared}\n{observed}\n{detail}".rstrip()
+    return Outcome(inv.id, inv.title, inv.level, status, examples, seconds, detail)
+
+
+def _failure_text(error: BaseException, report: list[str]) -> str:
+    message = (
+        str(error)
+        if isinstance(error, AssertionError)
+        else (f"raised {type(error).__name__}: {error}")
+    )
+    draws = [str(line) for line in report if "Draw" in str(line) or "Falsifying" in str(line)]
+    return message + ("\n  shrunk draws:\n    " + "\n    ".join(draws) if draws else "")
+
+
+def run_all(
+    impl,
+    invariants: Iterable[Invariant],
+    *,
+    max_examples=DEFAULT_MAX_EXAMPLES,
+    seed=DEFAULT_SEED,
+    deviations: Mapping[str, str] | None = None,
+    progress: Callable[[Invariant, Outcome | None], None] | None = None,
+) -> list[Outcome]:
+    """Run each invariant in turn, calling `progress(inv, None)` before and
+    `progress(inv, outcome)` after each."""
+    outcomes = []
+    for inv in invariants:
+        if progress:
+            progress(inv, None)
+        outcome = run_invariant(
+            inv, impl, max_examples=max_examples, seed=seed, deviations=deviations
+        )
+        outcomes.append(outcome)
+        if progress:
+            progress(inv, outcome)
+    return outcomes

@@ -1,0 +1,273 @@
+"""Hypothesis strategies for attention calls, shaped by what an implementation can do.
+
+Every strategy draws sizes first and seeds last, so shrinking makes shapes small and values
+simple before anything else: a counterexample ends up a handful of tokens and heads.
+"""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import strategies as st
+
+from spec.capabilities import CAPABILITIES
+from spec.cases import Case, MHACase
+
+DTYPES = ("float64", "float32", "float16")  # shrinks toward float64: no rounding noise
+SMALL = 8  # lengths and dims up to this are drawn first; larger ones exercise kernel tiles
+_FEATURE_VALUES = (False, True, "always")
+
+
+def _check_options(**options) -> None:
+    for name, value in options.items():
+        if value not in _FEATURE_VALUES:
+            raise ValueError(f"{name} should be False, True or 'always', but got {value!r}")
+
+
+def _size(low: int, high: int):
+    """Sizes from [low, high]: small ones first (they shrink there), then the long tail."""
+    if high <= SMALL or low > SMALL:
+        return st.integers(low, high)
+    return st.one_of(st.integers(low, SMALL), st.integers(SMALL + 1, high))
+
+
+@st.composite
+def cases(
+    draw,
+    capabilities,
+    *,
+    dtypes=None,
+    max_len=160,
+    max_dim=128,
+    max_heads=4,
+    max_batch_dims=2,
+    budget=2**19,
+    min_lq=1,
+    max_lq=None,
+    min_lk=1,
+    max_lk=None,
+    square=False,
+    min_batch_dims=0,
+    mask=True,
+    bias=True,
+    causal=True,
+    window=True,
+    kv_lengths=True,
+    softcap=True,
+    scale=True,
+    gqa=True,
+    dv=True,
+    strided=True,
+    magnitudes=(1.0,),
+):
+    """Returns a strategy for `Case`s that `capabilities` (a set of names) can run.
+
+    Each feature option (mask, bias, causal, window, kv_lengths, softcap, scale, gqa, dv,
+    strided) is True (default: drawn when the implementation has it), False (never) or
+    "always" (always drawn; the implementation must have it). `causal` may also name an
+    alignment, "top_left" or "bottom_right", to always draw that one.
+
+    dtypes: the dtypes to draw from (default: every float dtype the implementation has).
+    max_len, max_dim, max_heads, max_batch_dims: upper bounds of the sizes (defaults 160, 128,
+    4, 2); budget (default 2**19) bounds B·Hq·Lq·Lk·max(Dk, Dv) so the float64 reference stays
+    quick. min_lq and min_lk (default 1) may be 0 when the implementation has "empty"; max_lq
+    and max_lk default to max_len; square=True (default False) draws Lk = Lq.
+    min_batch_dims (default 0): at least this many batch dims.
+    magnitudes: standard deviations to draw q, k and v entries with (default (1.0,)).
+    """
+    caps = frozenset(capabilities)
+    unknown = caps - set(CAPABILITIES)
+    if unknown:
+        raise ValueError(
+            f"capabilities should be names from spec.capabilities, got {sorted(unknown)}"
+        )
+    alignment = causal if causal in ("top_left", "bottom_right") else None
+    _check_options(
+        mask=mask,
+        bias=bias,
+        causal="always" if alignment else causal,
+        window=window,
+        kv_lengths=kv_lengths,
+        softcap=softcap,
+        scale=scale,
+        gqa=gqa,
+        dv=dv,
+        strided=strided,
+    )
+
+    def wanted(name: str, option, capability: str | None = None) -> bool | str:
+        capability = capability or name
+        if option == "always" and capability not in caps:
+            raise ValueError(f"{name}='always' needs capability {capability!r}")
+        return option if capability in caps else False
+
+    # Dtype and sizes first: they shrink before anything else.
+    allowed = [d for d in DTYPES if d in caps and (dtypes is None or d in dtypes)]
+    if not allowed:
+        raise ValueError(f"dtypes should overlap the implementation's {sorted(caps)}, got {dtypes}")
+    dtype = draw(st.sampled_from(allowed), label="dtype")
+    empty_ok = "empty" in caps
+    Lq = draw(
+        _size(min_lq if empty_ok else max(min_lq, 1), max_len if max_lq is None else max_lq),
+        label="Lq",
+    )
+    if square:
+        Lk = Lq
+    else:
+        Lk = draw(
+            _size(min_lk if empty_ok else max(min_lk, 1), max_len if max_lk is None else max_lk),
+            label="Lk",
+        )
+    Dk = draw(
+        st.one_of(
+            _size(1, min(SMALL, max_dim)),
+            st.sampled_from([d for d in (16, 32, 64, 80, 128) if d <= max_dim] or [1]),
+        ),
+        label="Dk",
+    )
+    Dv = Dk
+    if wanted("dv", dv) and (dv == "always" or draw(st.booleans(), label="Dv differs")):
+        Dv = draw(_size(1, max_dim).filter(lambda d: d != Dk), label="Dv")
+    room = max(1, budget // max(1, Lq * Lk * max(Dk, Dv)))
+    Hkv = draw(st.integers(1, max(1, min(max_heads, room))), label="Hkv")
+    group = 1
+    if wanted("gqa", gqa) and max_heads // Hkv >= 2 and room // Hkv >= 2:
+        low = 2 if gqa == "always" else 1
+        group = draw(st.integers(low, min(max_heads, room) // Hkv), label="GQA group")
+    Hq = Hkv * group
+    room //= Hq
+    batch = []
+    for _ in range(draw(st.integers(min_batch_dims, max_batch_dims), label="batch dims")):
+        low = 2 if min_batch_dims and room >= 2 else 1  # two elements, to be independent of
+        size = draw(st.integers(low, max(low, min(3, room))), label="batch size")
+        batch.append(size)
+        room = max(1, room // size)
+    batch = tuple(batch)
+    case = Case(batch=batch, Hq=Hq, Hkv=Hkv, Lq=Lq, Lk=Lk, Dk=Dk, Dv=Dv, dtype=dtype)
+
+    # Masking features: all together only if the implementation can combine them.
+    features = {
+        "mask": wanted("mask", mask),
+        "bias": wanted("bias", bias),
+        "causal": _causal_wanted(caps, causal, alignment),
+        "window": wanted("window", window),
+        "kv_lengths": wanted("kv_lengths", kv_lengths),
+    }
+    forced = [name for name, option in features.items() if option == "always"]
+    if "combined_masks" in caps:
+        chosen = [
+            name
+            for name, option in features.items()
+            if option == "always" or (option and draw(st.booleans(), label=f"use {name}"))
+        ]
+    elif len(forced) > 1:
+        raise ValueError(f"{forced} together need capability 'combined_masks'")
+    else:
+        optional = [name for name, option in features.items() if option]
+        pick = forced or [draw(st.sampled_from([None, *optional]), label="masking")]
+        chosen = [name for name in pick if name is not None]
+    full = (*batch, Hq, Lq, Lk)
+    for name in chosen:
+        case = _draw_masking(draw, case, name, full, caps, alignment)
+
+    if wanted("softcap", softcap) and (
+        softcap == "always" or draw(st.booleans(), label="use softcap")
+    ):
+        case = case.replace(softcap=draw(st.floats(0.5, 30.0), label="softcap"))
+    if wanted("scale", scale) and (scale == "always" or draw(st.booleans(), label="use scale")):
+        case = case.replace(scale=draw(st.floats(0.01, 4.0), label="scale"))
+    if strided and (strided == "always" or draw(st.booleans(), label="strided")):
+        case = case.replace(strided=True)
+    magnitude = draw(st.sampled_from(magnitudes), label="magnitude")
+    seed = draw(st.integers(0, 2**32 - 1), label="seed")
+    return case.replace(magnitude=magnitude, seed=seed)
+
+
+def _causal_wanted(caps, causal, alignment):
+    if alignment:
+        needed = f"causal_{alignment}"
+        if needed not in caps:
+            raise ValueError(f"causal={alignment!r} needs capability {needed!r}")
+        return "always"
+    if causal == "always" and not ({"causal_top_left", "causal_bottom_right"} & caps):
+        raise ValueError("causal='always' needs a causal capability")
+    return causal if {"causal_top_left", "causal_bottom_right"} & caps else False
+
+
+def _draw_masking(draw, case: Case, name: str, full, caps, alignment) -> Case:
+    if name == "mask":
+        return case.replace(
+            mask_shape=draw(broadcast_shapes(full), label="mask shape"),
+            mask_density=draw(st.sampled_from([0.7, 0.3, 1.0, 0.0]), label="mask density"),
+        )
+    if name == "bias":
+        return case.replace(
+            bias_shape=draw(broadcast_shapes(full), label="bias shape"),
+            bias_hidden=draw(st.sampled_from([0.0, 0.3]), label="bias -inf share"),
+        )
+    if name == "causal":
+        options = [a for a in ("top_left", "bottom_right") if f"causal_{a}" in caps]
+        chosen = alignment or draw(st.sampled_from(options), label="causal")
+        return case.replace(causal=chosen)
+    if name == "window":
+        side = st.one_of(st.none(), st.integers(0, max(case.Lq, case.Lk)))
+        return case.replace(
+            window=(draw(side, label="window left"), draw(side, label="window right"))
+        )
+    if name == "kv_lengths":
+        count = math.prod(case.batch)
+        lengths = draw(
+            st.lists(st.integers(0, case.Lk), min_size=count, max_size=count), label="kv_lengths"
+        )
+        return case.replace(kv_lengths=tuple(lengths))
+    raise AssertionError(name)
+
+
+@st.composite
+def broadcast_shapes(draw, full: tuple[int, ...]):
+    """Returns a strategy for shapes that broadcast to `full`, (..., Lq, Lk) last.
+
+    Shrinks toward (Lq, Lk): no leading dims, one row of keys per query.
+    """
+    *leading, Lq, Lk = full
+    kept = draw(st.integers(0, len(leading)), label="leading dims kept")
+    shape = [
+        size if draw(st.booleans(), label=f"keep dim of {size}") else 1
+        for size in leading[len(leading) - kept :]
+    ]
+    one_row = draw(st.booleans(), label="same row for every query")
+    return (*shape, 1 if one_row else Lq, Lk)
+
+
+@st.composite
+def mha_cases(draw, capabilities, *, max_len=24, max_heads=4, gqa=True, dv=True, dtypes=None):
+    """Returns a strategy for `MHACase`s: a multi-head layer and its input.
+
+    max_len (default 24) bounds the tokens, max_heads (default 4) the query heads. gqa and dv
+    (default True) allow fewer kv heads and a value head dim of its own, when the
+    implementation has them. dtypes: as for `cases`.
+    """
+    caps = frozenset(capabilities)
+    allowed = [d for d in DTYPES if d in caps and (dtypes is None or d in dtypes)]
+    dtype = draw(st.sampled_from(allowed), label="dtype")
+    L = draw(_size(1, max_len), label="L")
+    num_kv_heads = draw(st.integers(1, max_heads), label="num_kv_heads")
+    group = 1
+    if gqa and "gqa" in caps and max_heads // num_kv_heads >= 2:
+        group = draw(st.integers(1, max_heads // num_kv_heads), label="GQA group")
+    head_dim = draw(_size(1, 32), label="head_dim")
+    value_head_dim = head_dim
+    if dv and "dv" in caps:
+        value_head_dim = draw(_size(1, 32), label="value_head_dim")
+    batch = tuple(draw(st.lists(st.integers(1, 2), max_size=2), label="batch"))
+    return MHACase(
+        batch=batch,
+        L=L,
+        d_model=draw(_size(1, 32), label="d_model"),
+        num_heads=num_kv_heads * group,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        value_head_dim=value_head_dim,
+        dtype=dtype,
+        seed=draw(st.integers(0, 2**32 - 1), label="seed"),
+    )

@@ -1,0 +1,209 @@
+r"""The numerical tolerance model: how far an implementation may be from the float64 reference.
+
+Notation: u is the unit roundoff of the compute dtype (2^-24 for float32, and for float16 inputs,
+which are computed in float32; 2^-53 for float64). For each call we bound, to first order, the
+rounding error of an implementation that computes in that dtype (Higham, *Accuracy and Stability
+of Numerical Algorithms*, §3.1: a dot product of n terms errs by at most γ_n·Σ|x_i·y_i|,
+γ_n = n·u/(1 - n·u)):
+
+1. Scores. s_ij = scale·q_i·k_j, then softcap, then bias:
+
+       E_s = (Dk + 2)·u·|scale|·max_ij Σ_d |q_id|·|k_jd| + 2u·max|bias| + 4u·softcap
+
+   (softcap·tanh(x/softcap) has slope at most 1, so it passes errors on without growing them;
+   evaluating tanh costs a few ulps of softcap.)
+2. Weights. p_ij = exp(s_ij - m_i) / Σ_l exp(s_il - m_i). An error δ_j in each score moves
+   p_ij by p_ij·(δ_j - Σ_l p_il·δ_l), at most 2·E_s relatively; exp costs a few ulps and the
+   sum of Lk terms (Lk + 1)·u:
+
+       |Δp_ij| <= p_ij·(2·E_s + (Lk + 8)·u)  <=  2·E_s + (Lk + 8)·u
+
+3. Output. o_i = Σ_j p_ij·v_j, a sum of Lk terms:
+
+       |Δo_id| <= Σ_j |Δp_ij|·|v_jd| + (Lk + 8)·u·Σ_j p_ij·|v_jd|
+               <= max|v|·(2·E_s + (2·Lk + 16)·u)
+
+4. Log-sum-exp. lse_i = m_i + log Σ_j exp(s_ij - m_i):
+
+       |Δlse_i| <= E_s + (Lk + 8)·u + u·|lse_i|
+
+Each bound is multiplied by a safety factor of 4: 2 because the float64 reference errs too
+(which matters when the implementation is float64 as well), and 2 for the second-order terms the
+first-order bound leaves out (e^δ - 1 <= 2δ while δ <= 1). float16 outputs add the final
+rounding to float16, 2^-11·max|v|. The bounds are worst cases, not statistical: any pass of an
+implementation computing in the stated dtype stays inside them, whatever its summation order,
+tiling or thread count, so a tighter result is not demanded and a looser one is a bug.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from refattn import reference
+
+SAFETY = 4.0
+UNIT_ROUNDOFF = {"float16": 2.0**-24, "float32": 2.0**-24, "float64": 2.0**-53}
+OUTPUT_ROUNDING = {"float16": 2.0**-11, "float32": 0.0, "float64": 0.0}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Absolute bounds, per element, for out, lse and weights of one call."""
+
+    out: float
+    lse: float
+    weights: float
+    score_error: float  # E_s: kept so properties can widen a bound with their own terms
+
+
+def as_float64(query, key, value, options):
+    """The call's arrays in float64 (masks and ints untouched): what the reference is given."""
+    options = {
+        name: (x.astype(np.float64) if isinstance(x, np.ndarray) and x.dtype.kind == "f" else x)
+        for name, x in options.items()
+    }
+    return query.astype(np.float64), key.astype(np.float64), value.astype(np.float64), options
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the float64 reference computes for a call, and how close an implementation must be."""
+
+    out: np.ndarray
+    lse: np.ndarray
+    weights: np.ndarray
+    tol: Tolerance
+
+
+def expect(query, key, value, **options) -> Expected:
+    """The float64 reference's out, lse and weights for this call, with the call's tolerance."""
+    q, k, v, options = as_float64(query, key, value, options)
+    out, lse, weights = reference.attention(
+        q, k, v, return_lse=True, return_weights=True, **options
+    )
+    return Expected(out, lse, weights, _tolerance(query.dtype, q, k, v, options, lse))
+
+
+def _tolerance(dtype, q, k, v, options, lse) -> Tolerance:
+    """The bounds above, for a call on these (float64 copies of the) inputs in `dtype`."""
+    dtype = np.dtype(dtype).name
+    u = UNIT_ROUNDOFF[dtype]
+    Dk, Lk = q.shape[-1], k.shape[-2]
+    scale = options.get("scale")
+    scale = Dk**-0.5 if scale is None else abs(scale)
+    largest_dot = largest_abs_dot(q, k)
+    bias = options.get("bias")
+    largest_bias = 0.0 if bias is None else _finite_max(np.abs(bias))
+    softcap = options.get("softcap") or 0.0
+    score_error = (Dk + 2) * u * scale * largest_dot + 2 * u * largest_bias + 4 * u * softcap
+    largest_v = _finite_max(np.abs(v))
+    weights = 2 * score_error + (Lk + 8) * u
+    out = largest_v * (2 * score_error + (2 * Lk + 16) * u)
+    lse_bound = score_error + (Lk + 8) * u + u * _finite_max(np.abs(lse))
+    return Tolerance(
+        out=SAFETY * out + OUTPUT_ROUNDING[dtype] * largest_v,
+        lse=SAFETY * lse_bound,
+        weights=SAFETY * weights,
+        score_error=score_error,
+    )
+
+
+def largest_abs_dot(query, key) -> float:
+    """max_ij Σ_d |q_id|·|k_jd| (query head h against key head h // G), ignoring non-finite."""
+    q, k = np.abs(query.astype(np.float64)), np.abs(key.astype(np.float64))
+    k = np.repeat(k, q.shape[-3] // max(k.shape[-3], 1), axis=-3)
+    return _finite_max(q @ np.swapaxes(k, -1, -2))
+
+
+def _finite_max(x: np.ndarray) -> float:
+    finite = x[np.isfinite(x)]
+    return float(finite.max()) if finite.size else 0.0
+
+
+def mismatch(got, want, atol: float) -> str | None:
+    """Why `got` is not within `atol` of `want` (shape, NaN or Inf placement, or the largest
+    error), or None when it is. NaN must meet NaN and ±Inf the same ±Inf."""
+    got = np.asarray(got)
+    want = np.asarray(want)
+    if got.shape != want.shape:
+        return f"shape {got.shape}, expected {want.shape}"
+    got64, want64 = got.astype(np.float64), want.astype(np.float64)
+    nan_got, nan_want = np.isnan(got64), np.isnan(want64)
+    if (nan_got != nan_want).any():
+        index = tuple(int(i) for i in np.argwhere(nan_got != nan_want)[0])
+        return f"NaN placement differs at {index}: got {got64[index]}, expected {want64[index]}"
+    inf_got, inf_want = np.isinf(got64), np.isinf(want64)
+    differ = (inf_got | inf_want) & ~((got64 == want64) & inf_got)
+    if differ.any():
+        index = tuple(int(i) for i in np.argwhere(differ)[0])
+        return f"infinity differs at {index}: got {got64[index]}, expected {want64[index]}"
+    finite = ~(nan_got | inf_got)
+    if not finite.any():
+        return None
+    with np.errstate(invalid="ignore"):  # inf - inf where placement already matched
+        error = np.where(finite, np.abs(got64 - want64), 0.0)
+    index = np.unravel_index(int(np.argmax(error)), error.shape)
+    if error[index] <= atol:
+        return None
+    index = tuple(int(i) for i in index)
+    return (
+        f"max error {error[index]:.3g} > tolerance {atol:.3g} at {index}: "
+        f"got {got64[index]!r}, expected {want64[index]!r}"
+    )
+
+
+@dataclass(frozen=True)
+class ExpectedLayer:
+    """What the float64 reference layer computes, and how close an implementation must be."""
+
+    y: np.ndarray
+    tol: float
+
+
+def expect_layer(x, params, *, num_heads, num_kv_heads, **options) -> ExpectedLayer:
+    """The float64 multi-head layer on x, and the bound for a layer computing in x's dtype.
+
+    On top of the attention's bound (above), the projections P = x·W + b err by at most
+    e = (Dm + 2)·u·max(|x|·|W| + |b|) each; errors in Q and K move the scores by at most
+    scale·Dk·(e_q·max|K| + e_k·max|Q|), errors in V move the output by e_v; and the output
+    projection y = o·W_o + b_o adds max_col Σ|W_o|·|Δo| + (Hq·Dv + 2)·u·max(|o|·|W_o| + |b_o|).
+    """
+    from refattn.mha import MHAParams, multi_head_attention, project
+
+    u = UNIT_ROUNDOFF[np.dtype(x.dtype).name]
+    x64 = x.astype(np.float64)
+    p64 = MHAParams(
+        **{name: None if w is None else w.astype(np.float64) for name, w in vars(params).items()}
+    )
+    y = multi_head_attention(
+        x64,
+        params=p64,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        attention=reference.attention,
+        **options,
+    )
+
+    def projection_error(w, b):
+        bound = np.abs(x64) @ np.abs(w) + (0 if b is None else np.abs(b))
+        return (x.shape[-1] + 2) * u * _finite_max(bound)
+
+    e_q = projection_error(p64.w_q, p64.b_q)
+    e_k = projection_error(p64.w_k, p64.b_k)
+    e_v = projection_error(p64.w_v, p64.b_v)
+    q = project(x64, p64.w_q, p64.b_q, num_heads)
+    k = project(x64, p64.w_k, p64.b_k, num_kv_heads)
+    v = project(x64, p64.w_v, p64.b_v, num_kv_heads)
+    attention = expect(q.astype(x.dtype), k.astype(x.dtype), v.astype(x.dtype), **options)
+    scale = options.get("scale")
+    scale = q.shape[-1] ** -0.5 if scale is None else abs(scale)
+    largest_q, largest_k, largest_v = (_finite_max(np.abs(a)) for a in (q, k, v))
+    moved_scores = scale * q.shape[-1] * (e_q * largest_k + e_k * largest_q)
+    out_error = attention.tol.out + SAFETY * (2 * moved_scores * largest_v + e_v)
+    heads = np.moveaxis(attention.out, -3, -2).reshape(*x.shape[:-1], -1)
+    w_o = np.abs(p64.w_o)
+    b_o = 0 if p64.b_o is None else np.abs(p64.b_o)
+    rounding = (w_o.shape[0] + 2) * u * _finite_max(np.abs(heads) @ w_o + b_o)
+    return ExpectedLayer(y, out_error * float(w_o.sum(axis=0).max()) + SAFETY * rounding)
