@@ -78,10 +78,11 @@ def conform(
     seed=DEFAULT_SEED,
     json_path=None,
     markdown_path=None,
-    stdout=sys.stdout,
-    stderr=sys.stderr,
+    stdout=None,
+    stderr=None,
 ) -> int:
     """Run the spec against one implementation; return the exit status (0 conforms, 1 not)."""
+    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     if max_examples < 1:
         raise UsageError(f"--max-examples should be at least 1, but got {max_examples}")
     impl = load(impl_name)
