@@ -92,7 +92,11 @@ def build(*, timing, memory, settings, impls, cpus, created, command, elapsed, b
             "min_sample_s": measure.MIN_SAMPLE_S,
             "warmup_s": measure.WARMUP_S,
             "settle_s": measure.SETTLE_S,
+            "primer_below_s": measure.PRIME_BELOW_S,
             "statistic": "median of the rounds, with min and max; per call",
+            "sample": "one untimed call (for calls under primer_below_s), then enough timed "
+            "calls back to back to last min_sample_s; implementations interleaved, the order "
+            "rotating every round",
             "causal_alignment": "bottom-right (the same as top-left when Lq = Lk)",
             "flops_counted": FLOPS_COUNTED,
         },
@@ -142,6 +146,7 @@ def table(document: dict) -> str:
         f"{peak['how']}",
         f"streaming read {stream['median']:.1f} GB/s (min–max {stream['min']:.1f}–"
         f"{stream['max']:.1f}): {stream['how']}",
+        f"a sample: {settings['sample']}",
         f"GFLOP/s counts {settings['flops_counted']}. Causal is {settings['causal_alignment']}.",
         _busy_line(machine["busy_elsewhere"]),
         "threads:",
