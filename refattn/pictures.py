@@ -254,7 +254,12 @@ def _sweeps(document: dict) -> dict:
     for case in document["cases"]:
         if case["Lq"] == case["Lk"]:
             found.setdefault((case["B"], case["H"], case["D"], case["causal"]), []).append(case)
-    return {key: sorted(cases, key=lambda c: c["Lq"]) for key, cases in sorted(found.items())}
+    sweeps = {key: sorted(cases, key=lambda c: c["Lq"]) for key, cases in sorted(found.items())}
+    # Lines need two lengths at least; one-length groups (the batch cases) only when that is all.
+    groups = {key[:3] for key, cases in sweeps.items() if len(cases) > 1}
+    if groups:
+        sweeps = {key: cases for key, cases in sweeps.items() if key[:3] in groups}
+    return sweeps
 
 
 def bench_plot(document: dict, path) -> None:

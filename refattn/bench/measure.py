@@ -139,8 +139,11 @@ def make_ready(case: Case, prepare, q, k, v, expected, rows):
 
 
 def warm_up(run, first: float) -> int:
-    """Call `run` at least once more and for WARMUP_S; return the calls a sample needs to last
-    MIN_SAMPLE_S (1 for calls longer than that)."""
+    """Call `run` at least once more and for WARMUP_S, unless the first call already took
+    PRIME_BELOW_S or more; return the calls a sample needs to last MIN_SAMPLE_S (1 for calls
+    longer than that)."""
+    if first >= PRIME_BELOW_S:
+        return 1
     calls, spent, fastest = 0, 0.0, first
     while calls < 1 or spent < WARMUP_S:
         elapsed = _timed(run)

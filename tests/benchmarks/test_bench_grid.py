@@ -5,10 +5,12 @@ place for the grid); one benchmark group per case, so that pytest-benchmark's ta
 the implementations side by side. The normal `pytest` run skips every one of them.
 
 Threads: every library uses all the CPUs this process may run on, its default; torch,
-onnxruntime and native are told so explicitly. OpenBLAS and OpenMP read their counts when they
-load, before pytest imports them, so to use fewer set them first, for example
-    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 REFATTN_BENCH_THREADS=1 taskset -c 0 \\
-        pytest tests/benchmarks --benchmark-only
+onnxruntime and native are told so explicitly. OpenBLAS and OpenMP read their settings when
+they load, before pytest imports them, so set them first; OPENBLAS_THREAD_TIMEOUT=22 stops
+NumPy's idle threads spinning for ~0.1 s after each call while the next implementation runs
+(see refattn.bench.impls.environment). For example, on one CPU:
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 OPENBLAS_THREAD_TIMEOUT=22 \\
+        REFATTN_BENCH_THREADS=1 taskset -c 0 pytest tests/benchmarks --benchmark-only
 `refattn bench` does all this itself, interleaves the implementations and measures the
 machine's limits; pytest-benchmark runs them one after another.
 """
