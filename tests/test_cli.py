@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from refattn.cli import main
+from spec.pictures import MASK_PICTURES
 from spec.registry import all_invariants
 from spec.render import markdown
 
@@ -17,6 +18,19 @@ def test_spec_md_is_current():
     assert (ROOT / "SPEC.md").read_text() == markdown(all_invariants()), (
         "SPEC.md is stale: run `refattn spec --markdown > SPEC.md`"
     )
+
+
+def test_spec_md_embeds_the_mask_pictures_and_they_are_committed():
+    """The pictures under the mask invariants exist; `refattn plot spec-masks` draws them."""
+    spec_md = (ROOT / "SPEC.md").read_text()
+    ids = {inv.id for inv in all_invariants()}
+    for invariant_id, picture in MASK_PICTURES.items():
+        assert invariant_id in ids and invariant_id.startswith("ATT-M")
+        assert f"]({picture.path})" in spec_md
+        image = (ROOT / picture.path).read_bytes()
+        assert image.startswith(b"\x89PNG\r\n\x1a\n"), (
+            f"{picture.path}: run refattn plot spec-masks"
+        )
 
 
 def test_spec_prints_every_invariant(capsys):
