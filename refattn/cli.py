@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-DEFAULT_IMPL = "reference"
+DEFAULT_IMPL = "native"
 
 
 def _spec(args) -> int:
