@@ -109,6 +109,8 @@ ffibuilder.set_source(
         "native/kernels_avx512.c",
     ],
     include_dirs=["native"],
+    # setuptools rebuilds when a source is newer than the extension; the headers count too.
+    depends=[str(path) for path in sorted(Path("native").glob("*.h"))],
     define_macros=defines,
     extra_compile_args=compile_args,
     extra_link_args=link_args,

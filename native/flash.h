@@ -158,8 +158,10 @@ typedef struct FN(work) {
     REAL *alpha;      /* rescale factor per row for the tile, (bq) */
 } FN(work);
 
-/* The keys query i of batch b may see under the structural masks: [*lo, *hi). Both ends
-   grow with i, so the keys of rows [i0, i1) lie in [lo(i0), hi(i1 - 1)). */
+/* The keys query i of batch b may see under the structural masks: [*lo, *hi), both ends in
+   [0, Lk]; a row that sees no key gets the empty [end, end). Both ends grow with i (each is a
+   min or max of non-decreasing bounds), so the keys of rows [i0, i1) lie in
+   [lo(i0), hi(i1 - 1)). */
 static inline void FN(visible_range)(const FN(plan) *p, int64_t b, int64_t i, int64_t *lo,
                                      int64_t *hi) {
     const refattn_call *c = p->c;
@@ -169,8 +171,9 @@ static inline void FN(visible_range)(const FN(plan) *p, int64_t b, int64_t i, in
     if (c->causal != REFATTN_CAUSAL_NONE) end = min64(end, diagonal + 1);
     if (p->wl >= 0) first = max64(first, diagonal - p->wl);
     if (p->wr >= 0) end = min64(end, diagonal + p->wr + 1);
-    *lo = first;
-    *hi = max64(first, end);
+    end = max64(end, 0);
+    *lo = min64(first, end);
+    *hi = end;
 }
 
 /* Scores of rows [i0, i0 + m) of head h against keys [j0, j0 + n) into w->s, with hidden keys

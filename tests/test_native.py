@@ -98,6 +98,27 @@ def test_all_features_at_tile_boundaries(isa):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"window": (66, 19)},
+        {"window": (3, None)},
+        {"causal": "bottom_right"},
+        {"causal": "bottom_right", "window": (0, 0)},
+    ],
+    ids=["window", "left-window", "causal", "causal+window"],
+)
+def test_rows_that_see_no_key(isa, options):
+    """More queries than keys: late rows (window) or early rows (bottom-right causal) see no
+    key at all. Found by the sanitizer build: the weights pass once walked past Lk here."""
+    rng = np.random.default_rng(10)
+    q, k, v = _arrays((3, 1, 2, 200, 2), (3, 1, 1, 4, 2), 2, seed=10)  # Lq 200, Lk 4
+    bias = rng.standard_normal((1, 4)).astype(np.float32)
+    _check(q, k, v, isa=isa, bias=bias, **options)
+    _check(q, k, v, isa=isa, **options)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     "options",
@@ -282,6 +303,13 @@ def test_info():
     assert isinstance(info["threads"], int) and info["threads"] >= 1
     assert info["openmp"] is None or info["openmp"] >= 200000
     assert "-O" in info["build"]
+
+
+def test_sanitized_build_when_expected():
+    """The sanitizer job sets REFATTN_EXPECT_SANITIZED=1: make sure it tests that build (and not,
+    say, an unsanitized one that a source tree on sys.path shadows it with)."""
+    if os.environ.get("REFATTN_EXPECT_SANITIZED") == "1":
+        assert SANITIZED, native.info()["build"]
 
 
 def test_refattn_attention_is_native():
