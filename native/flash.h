@@ -240,6 +240,22 @@ static int FN(score_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, 
     return hidden_any;
 }
 
+#define PREFETCH_ROWS 8 /* query tiles this small prefetch the next key tile */
+
+/* Hint the cache to fetch rows [j0, j1) of k (Dk wide) and v (Dv wide). */
+static void FN(prefetch_rows)(const REAL *k, int64_t ldk, int64_t Dk, const REAL *v, int64_t ldv,
+                              int64_t Dv, int64_t j0, int64_t j1) {
+#if defined(__GNUC__) || defined(__clang__)
+    const int64_t line = 64 / sizeof(REAL);
+    for (int64_t j = j0; j < j1; j++) {
+        for (int64_t d = 0; d < Dk; d += line) __builtin_prefetch(k + j * ldk + d, 0, 3);
+        for (int64_t d = 0; d < Dv; d += line) __builtin_prefetch(v + j * ldv + d, 0, 3);
+    }
+#else
+    (void)k, (void)ldk, (void)Dk, (void)v, (void)ldv, (void)Dv, (void)j0, (void)j1;
+#endif
+}
+
 /* Query rows [i0, i0 + m) of head h of batch b, over the keys of chunk `split`. */
 static void FN(attend_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, int64_t qt,
                             int64_t split) {
@@ -263,8 +279,15 @@ static void FN(attend_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h
     const REAL *v = (const REAL *)c->value.data + batch_offset(&c->value, b) +
                     (h / p->G) * c->value.stride[1];
     const int64_t ldv = c->value.stride[2];
+    const REAL *k = (const REAL *)c->key.data + batch_offset(&c->key, b) +
+                    (h / p->G) * c->key.stride[1];
+    const int64_t ldk = c->key.stride[2];
     for (int64_t jt = jlo < jhi ? c0 + (jlo - c0) / bk * bk : jhi; jt < jhi; jt += bk) {
         const int64_t j0 = max64(jt, jlo), n = min64(jt + bk, jhi) - j0;
+        /* With few query rows the tile is quick and memory-bound: ask for the next tile's keys
+           and values now, so that the loads overlap this tile's arithmetic. */
+        if (m <= PREFETCH_ROWS)
+            FN(prefetch_rows)(k, ldk, c->Dk, v, ldv, Dv, jt + bk, min64(jt + 2 * bk, jhi));
         const int hidden = FN(score_tile)(p, w, b, h, i0, m, j0, n);
         for (int64_t r = 0; r < m; r++)
             ops->softmax(w->s + r * bk, n, &w->mx[r], &w->sum[r], &w->alpha[r]);

@@ -56,7 +56,7 @@ def _function(impl, q, k, v, causal):
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize(("case", "shape", "Lk", "causal"), CASES, ids=[c[0] for c in CASES])
-def test_attention_speed(benchmark, medians, case, shape, Lk, causal, impl):
+def test_attention_speed(benchmark, medians, flops, case, shape, Lk, causal, impl):
     rng = np.random.default_rng(0)
     B, H, Lq, D = shape
     q = rng.standard_normal((B, H, Lq, D), dtype=np.float32)
@@ -68,3 +68,4 @@ def test_attention_speed(benchmark, medians, case, shape, Lk, causal, impl):
     rounds = 20 if Lq == 1 or B * H * Lq * Lk * D < 2**27 else 5
     benchmark.pedantic(function, rounds=rounds, warmup_rounds=1)
     medians.setdefault(case, {})[impl] = benchmark.stats.stats.median
+    flops[case] = 4 * B * H * Lq * Lk * D
