@@ -96,6 +96,15 @@ if not have_avx512:
 if not have_avx2:
     defines.append(("REFATTN_NO_AVX2", "1"))
 
+# setuptools skips the build when the extension is newer than its sources and `depends`, even
+# if the switches above changed since (say, a sanitized build after a plain one in the same
+# tree): a stamp file that changes with them makes the flags a dependency too.
+_stamp = Path("build") / "refattn-build-flags.txt"
+_flags = " ".join([*compile_args, *link_args, *(f"-D{name}={value}" for name, value in defines)])
+if not _stamp.is_file() or _stamp.read_text() != _flags:
+    _stamp.parent.mkdir(exist_ok=True)
+    _stamp.write_text(_flags)
+
 ffibuilder = FFI()
 ffibuilder.set_source(
     "refattn._native",
@@ -110,7 +119,7 @@ ffibuilder.set_source(
     ],
     include_dirs=["native"],
     # setuptools rebuilds when a source is newer than the extension; the headers count too.
-    depends=[str(path) for path in sorted(Path("native").glob("*.h"))],
+    depends=[*(str(path) for path in sorted(Path("native").glob("*.h"))), str(_stamp)],
     define_macros=defines,
     extra_compile_args=compile_args,
     extra_link_args=link_args,
