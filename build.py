@@ -79,6 +79,8 @@ link_args = []
 if openmp:
     compile_args.append("-fopenmp")
     link_args.append("-fopenmp")
+else:
+    compile_args.append("-Wno-unknown-pragmas")  # the omp pragmas stay, as plain serial code
 if sanitize:
     compile_args = [
         *(a for a in compile_args if a != "-O3"),
