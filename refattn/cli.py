@@ -7,7 +7,7 @@ import argparse
 import shlex
 import sys
 
-DEFAULT_IMPL = "reference"
+DEFAULT_IMPL = "native"
 
 
 def _spec(args) -> int:

@@ -57,8 +57,32 @@ def _reference() -> Adapter:
     return Adapter("reference", reference.attention)
 
 
+def _native(isa: str | None = None) -> Callable[[], Adapter]:
+    """The native core, with the kernels it picks (isa None) or those of one instruction set."""
+
+    def factory() -> Adapter:
+        from functools import partial
+
+        from refattn import native
+
+        if isa is None:
+            return Adapter("native", native.attention)
+        if isa not in native.available_isas():
+            raise ImplementationNotFound(
+                f"native:{isa} needs the {isa} kernels, which this CPU (or this build) cannot "
+                f"run; available: {', '.join('native:' + n for n in native.available_isas())}"
+            )
+        return Adapter(f"native:{isa}", partial(native.attention, isa=isa))
+
+    return factory
+
+
 BUILTIN: dict[str, Callable[[], Adapter]] = {
     "reference": _reference,
+    "native": _native(),
+    "native:avx512": _native("avx512"),
+    "native:avx2": _native("avx2"),
+    "native:scalar": _native("scalar"),
 }
 
 
