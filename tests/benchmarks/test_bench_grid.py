@@ -2,7 +2,8 @@
 
 The cases, the implementations, the output check and the warm-up are refattn.bench's own (one
 place for the grid); one benchmark group per case, so that pytest-benchmark's table compares
-the implementations side by side. The normal `pytest` run skips every one of them.
+the implementations side by side. The normal `pytest` run does not collect them
+(tests/conftest.py).
 
 Threads: every library uses all the CPUs this process may run on, its default; torch,
 onnxruntime and native are told so explicitly. OpenBLAS and OpenMP read their settings when
@@ -29,13 +30,6 @@ from refattn.bench.run import available_memory, plan_skips
 THREADS = int(os.environ.get("REFATTN_BENCH_THREADS", len(os.sched_getaffinity(0))))
 ROUNDS = int(os.environ.get("REFATTN_BENCH_ROUNDS", 5))
 CASES = default_cases()
-
-
-@pytest.fixture(autouse=True)
-def _only_with_benchmark_only(request):
-    """Nothing is timed in the normal test run."""
-    if not request.config.getoption("benchmark_only"):
-        pytest.skip("timed only by `pytest tests/benchmarks --benchmark-only`")
 
 
 @pytest.fixture(scope="module")
