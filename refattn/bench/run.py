@@ -207,6 +207,7 @@ def run_worker(plan: dict, threads: int, on_event=None) -> dict:
                 [sys.executable, "-m", "refattn.bench.measure", str(plan_path), str(write_end)],
                 pass_fds=(write_end,),
                 env=_worker_env(threads),
+                cwd=tmp,  # not the caller's directory: `-m` would import a source tree from there
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
