@@ -134,7 +134,9 @@ def mask_figure(panels: Sequence, title: str | None = None):
     title_lines = max(
         len(_wrap_parts(p.title_parts, int(12 * panel_width))) + bool(p.causal) for p in panels
     )
-    height = tallest * cell + 1.6 + 0.2 * title_lines
+    suptitle = textwrap.fill(title, width=int(11 * width)) if title else ""
+    suptitle_lines = suptitle.count("\n") + 1 if title else 0
+    height = tallest * cell + 1.4 + 0.2 * (title_lines + suptitle_lines)
     figure = _figure(width, height)
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     for ax, panel in zip(axes, panels, strict=True):
@@ -149,7 +151,10 @@ def mask_figure(panels: Sequence, title: str | None = None):
         handles.append(Line2D([], [], color=EDGE, linewidth=2.5, label="causal edge"))
     figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
     if title:
-        figure.suptitle(textwrap.fill(title, width=int(11 * width)), fontsize=10)
+        figure.suptitle(suptitle, fontsize=10)
+        # Constrained layout puts panel titles flush against the suptitle; a wrapped suptitle
+        # then reads as one with them. Room to breathe between the rows of text:
+        figure.get_layout_engine().set(h_pad=0.12)
     return figure, axes
 
 
