@@ -29,7 +29,7 @@ import os
 
 import numpy as np
 
-from refattn._checks import check_attention
+from refattn._checks import check_attention, check_flag
 from refattn._native import ffi, lib
 
 ISAS = {
@@ -200,6 +200,8 @@ def attention(
         scale=scale,
         softcap=softcap,
     )
+    return_lse = check_flag("return_lse", return_lse)
+    return_weights = check_flag("return_weights", return_weights)
     isa_code = _isa(isa)
     threads = _threads(num_threads)
 
