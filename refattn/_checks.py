@@ -108,15 +108,33 @@ def check_bias(bias, target: tuple[int, ...], letters: str, dtype: np.dtype) -> 
     bias = check_float_array("bias", bias)
     check_broadcastable("bias", bias, target, letters)
     # -inf is how a bias masks a key; NaN and +inf have no meaning as a score offset.
-    bad = np.isnan(bias) | (bias == np.inf)
+    bad = np.isnan(bias) | np.isposinf(bias)
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(f"bias should be finite or -inf, but got {bias[where]} at index {where}")
+    # A float64 bias beyond the compute dtype's range would turn into ±inf in the cast: +inf
+    # makes the row NaN and -inf silently hides a key the caller meant to keep.
+    largest = float(np.finfo(dtype).max)
+    if float(np.finfo(bias.dtype).max) > largest:
+        with np.errstate(invalid="ignore"):
+            bad = np.isfinite(bias) & (np.abs(bias) > largest)
+    else:
+        bad = np.zeros((), dtype=bool)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"bias should be finite in {dtype} (the compute dtype, |bias| <= {largest:.4g}) "
+            f"or -inf, but got {bias[where]} at index {where}"
+        )
     return bias.astype(dtype, copy=False)
 
 
 def check_causal(causal) -> str | None:
     if causal is None or causal is False:
+        return None
+    if isinstance(causal, np.bool_):
+        causal = bool(causal)
+    if causal is False:
         return None
     if causal is True:
         return "top_left"  # the PyTorch habit: is_causal=True aligns top-left
@@ -186,18 +204,46 @@ def check_real(name: str, x) -> float:
     return x
 
 
-def check_scale(scale, Dk: int) -> float:
+def _check_in_dtype(name: str, x: float, dtype: np.dtype) -> None:
+    """x, a finite float, must stay finite when rounded to the compute dtype."""
+    largest = float(np.finfo(dtype).max)
+    if abs(x) > largest:
+        raise ValueError(
+            f"{name} should be finite in {dtype} (the compute dtype, |{name}| <= {largest:.4g}), "
+            f"but got {x}"
+        )
+
+
+def check_scale(scale, Dk: int, dtype: np.dtype) -> float:
     # The default is 1/sqrt(Dk): it keeps the variance of q·k near 1 for unit-variance q and k.
-    return Dk**-0.5 if scale is None else check_real("scale", scale)
+    if scale is None:
+        return Dk**-0.5
+    scale = check_real("scale", scale)
+    _check_in_dtype("scale", scale, dtype)
+    return scale
 
 
-def check_softcap(softcap) -> float | None:
+def check_softcap(softcap, dtype: np.dtype) -> float | None:
     if softcap is None:
         return None
     softcap = check_real("softcap", softcap)
     if softcap <= 0:
         raise ValueError(f"softcap should be > 0, but got {softcap}")
+    _check_in_dtype("softcap", softcap, dtype)
+    # A softcap that rounds to 0 in the compute dtype would divide by zero.
+    if float(np.asarray(softcap, dtype=dtype)) == 0:
+        tiny = float(np.finfo(dtype).smallest_subnormal)
+        raise ValueError(
+            f"softcap should be > 0 in {dtype} (the compute dtype, softcap >= {tiny:.4g}), "
+            f"but got {softcap}"
+        )
     return softcap
+
+
+def check_flag(name: str, x) -> bool:
+    if not isinstance(x, bool | np.bool_):
+        raise TypeError(f"{name} should be a bool, but got {type(x).__name__} {x!r}")
+    return bool(x)
 
 
 def check_attention(
@@ -256,6 +302,6 @@ def check_attention(
         causal=check_causal(causal),
         window=check_window(window),
         kv_lengths=check_kv_lengths(kv_lengths, batch_shape, Lk),
-        scale=check_scale(scale, Dk),
-        softcap=check_softcap(softcap),
+        scale=check_scale(scale, Dk, dtype),
+        softcap=check_softcap(softcap, dtype),
     )

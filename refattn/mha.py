@@ -162,6 +162,34 @@ def project(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, heads: int) -> n
     return np.moveaxis(y.reshape(*batch, length, heads, width // heads), -2, -3)
 
 
+def check_heads(name: str, heads) -> int:
+    if not isinstance(heads, int | np.integer) or isinstance(heads, bool):
+        raise TypeError(f"{name} should be an int, but got {type(heads).__name__} {heads!r}")
+    if heads < 1:
+        raise ValueError(f"{name} should be at least 1, but got {heads}")
+    return int(heads)
+
+
+def _check_params(params, dtype: np.dtype) -> None:
+    """Weights 2-D and biases 1-D (or None), all float arrays in x's dtype."""
+    if not isinstance(params, MHAParams):
+        raise TypeError(f"params should be a refattn.MHAParams, but got {type(params).__name__}")
+    for name, w in vars(params).items():
+        if w is None and name.startswith("b_"):
+            continue
+        w = check_float_array(f"params.{name}", w)
+        check_same_dtype(f"params.{name}", w, dtype, "x's")
+        want = 2 if name.startswith("w_") else 1
+        if w.ndim != want:
+            raise ValueError(f"params.{name}.ndim should be {want}, but got shape {w.shape}")
+    for name, w in (("b_q", params.w_q), ("b_k", params.w_k), ("b_v", params.w_v)):
+        b = getattr(params, name)
+        if b is not None:
+            check_size(f"params.{name}.shape[0]", b.shape[0], w.shape[1], f"params.w_{name[2]}'s")
+    if params.b_o is not None:
+        check_size("params.b_o.shape[0]", params.b_o.shape[0], params.w_o.shape[1], "params.w_o's")
+
+
 def _check_width(what: str, width: int, heads: int, heads_name: str) -> int:
     if width % heads:
         raise ValueError(f"{what} ({width}) should be a multiple of {heads_name} = {heads}")
@@ -200,6 +228,18 @@ def multi_head_attention(
     """
     x = check_float_array("x", x, min_ndim=2)
     source = x if context is None else check_float_array("context", context, min_ndim=2)
+    _check_params(params, x.dtype)
+    check_heads("num_heads", num_heads)
+    if num_kv_heads is not None:
+        check_heads("num_kv_heads", num_kv_heads)
+    if kv_cache is not None and not isinstance(kv_cache, KVCache):
+        raise TypeError(
+            f"kv_cache should be a refattn.KVCache or None, but got {type(kv_cache).__name__}"
+        )
+    if attention is not None and not callable(attention):
+        raise TypeError(
+            f"attention should be a function or None, but got {type(attention).__name__}"
+        )
     if context is not None:
         check_same_dtype("context", source, x.dtype, "x's")
         if source.shape[:-2] != x.shape[:-2]:
@@ -230,6 +270,7 @@ def multi_head_attention(
                 "causal should be True or 'bottom_right' with a kv_cache (the new queries come "
                 f"after the cached keys), but got {causal!r}"
             )
+        cached = kv_cache.length
         k, v = kv_cache.append(k, v)
         causal = "bottom_right" if causal else None
         if causal and q.shape[-2] == 1 and window is None:
@@ -237,18 +278,25 @@ def multi_head_attention(
 
     if attention is None:
         from refattn import attention  # the native core; imported late: refattn imports us
-    heads = attention(
-        q,
-        k,
-        v,
-        mask=mask,
-        bias=bias,
-        causal=causal,
-        window=window,
-        kv_lengths=kv_lengths,
-        scale=scale,
-        softcap=softcap,
-    )
+    try:
+        heads = attention(
+            q,
+            k,
+            v,
+            mask=mask,
+            bias=bias,
+            causal=causal,
+            window=window,
+            kv_lengths=kv_lengths,
+            scale=scale,
+            softcap=softcap,
+        )
+    except BaseException:
+        # A call that fails (a bad mask, say, or Ctrl-C) leaves the cache as it found it, so
+        # that the caller can retry the step; the stale entries are overwritten next time.
+        if kv_cache is not None:
+            kv_cache.length = cached
+        raise
     *batch, _, Lq, _ = heads.shape
     merged = np.moveaxis(heads, -3, -2).reshape(*batch, Lq, num_heads * Dv)
     y = merged @ params.w_o

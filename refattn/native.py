@@ -29,7 +29,7 @@ import os
 
 import numpy as np
 
-from refattn._checks import check_attention
+from refattn._checks import check_attention, check_flag
 from refattn._native import ffi, lib
 
 ISAS = {
@@ -113,7 +113,9 @@ def _rows(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """x in the compute dtype with aligned elements and contiguous rows: what the kernel reads
     vector by vector. Other strides (transposed heads, negative steps) are kept as they are."""
     if x.dtype != dtype:
-        return x.astype(dtype)
+        # float16 in: a converted copy, C-ordered (astype would keep a Fortran layout, whose
+        # rows are not contiguous)
+        return np.array(x, dtype=dtype, order="C")
     item = x.itemsize
     odd = any(s % item for n, s in zip(x.shape, x.strides, strict=True) if n > 1)
     if not x.flags.aligned or odd or (x.shape[-1] > 1 and x.strides[-1] != item):
@@ -200,6 +202,8 @@ def attention(
         scale=scale,
         softcap=softcap,
     )
+    return_lse = check_flag("return_lse", return_lse)
+    return_weights = check_flag("return_weights", return_weights)
     isa_code = _isa(isa)
     threads = _threads(num_threads)
 

@@ -32,7 +32,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from refattn import masks
-from refattn._checks import AttentionCall, check_attention, check_float_array
+from refattn._checks import (
+    AttentionCall,
+    check_attention,
+    check_flag,
+    check_float_array,
+    check_same_dtype,
+)
 
 
 def attention(
@@ -91,12 +97,17 @@ def attention(
         scale=scale,
         softcap=softcap,
     )
+    return_lse = check_flag("return_lse", return_lse)
+    return_weights = check_flag("return_weights", return_weights)
     q, k, v = _heads_aligned(call)
     visible = np.broadcast_to(_visible(call), call.scores_shape)
     with np.errstate(invalid="ignore"):  # NaN in visible inputs propagates: that is the spec
         scores = _scores(q, k, call)
         weights, lse = _masked_softmax(scores, visible)
-        out = _weigh(weights, v, visible).astype(query.dtype, copy=False)
+        out = _weigh(weights, v, visible)
+    # A row with lse -inf sees no key, or sees only keys scoring -inf: either way its softmax
+    # sums to 0 and it is fully masked, out 0 (the null-key limit), whatever V holds there.
+    out = np.where((lse == -np.inf)[..., None], 0, out).astype(query.dtype, copy=False)
     return _results(out, lse, weights, return_lse=return_lse, return_weights=return_weights)
 
 
@@ -187,8 +198,12 @@ def merge_partials(outs: Sequence[np.ndarray], lses: Sequence[np.ndarray]):
     Returns:
         (out, lse): out (..., Lq, Dv) in the outs' dtype, lse (..., Lq) in the compute dtype.
     """
-    if isinstance(outs, np.ndarray) or isinstance(lses, np.ndarray):
-        raise TypeError("outs and lses should be sequences of arrays (one per chunk), not arrays")
+    for name, chunks in (("outs", outs), ("lses", lses)):
+        if isinstance(chunks, np.ndarray | str) or not isinstance(chunks, Sequence):
+            raise TypeError(
+                f"{name} should be a sequence of arrays (one per chunk), "
+                f"but got {type(chunks).__name__}"
+            )
     outs, lses = list(outs), list(lses)
     if not outs:
         raise ValueError("outs should hold at least one chunk, but got none")
@@ -197,6 +212,8 @@ def merge_partials(outs: Sequence[np.ndarray], lses: Sequence[np.ndarray]):
     for c, (out, lse) in enumerate(zip(outs, lses, strict=True)):
         check_float_array(f"outs[{c}]", out, min_ndim=2)
         check_float_array(f"lses[{c}]", lse)
+        check_same_dtype(f"outs[{c}]", out, outs[0].dtype, "outs[0]'s")
+        check_same_dtype(f"lses[{c}]", lse, lses[0].dtype, "lses[0]'s")
         if out.shape != outs[0].shape:
             raise ValueError(f"outs[{c}].shape should be {outs[0].shape}, but got {out.shape}")
         if lse.shape != out.shape[:-1]:

@@ -59,10 +59,26 @@ is the limit of attending with an extra "null" key whose value is 0. Peers diffe
 
 ### NaN and Inf
 
-NaN and Inf follow IEEE arithmetic through the formula, over the **visible** keys only: a NaN
-in a query row, or in a key or value the row may see, makes that row's output NaN; an
-infinite score makes it NaN (`inf - inf`) or selects that key. Keys and values a row may not
-see do not reach it (ATT-M8); a fully masked row is 0 whatever its inputs hold.
+A bias of NaN or `+inf` is an error, and so is a scale, softcap or bias that is not finite in
+the compute dtype (float32 for float16 and float32 inputs). NaN and ±Inf inside query, key and
+value are allowed: they follow IEEE arithmetic through the definition, over each row's
+**visible** keys only. For row `i`:
+
+- **A NaN or `+inf` score at a visible key** (NaN or Inf in `q_i` or `k_j`, `Inf·0`,
+  `Inf - Inf`) makes the whole row NaN: every component of its output, its lse, and its
+  weights at *every* key, hidden ones included (they are `exp(-inf - NaN)`). A `+inf` score
+  does not select its key: the softmax shift makes it `inf - inf`.
+- **A `-inf` score at a visible key** gives that key weight 0, but its value still enters the
+  sum, and `0·Inf` and `0·NaN` are NaN. When *every* visible score of the row is `-inf`, its
+  softmax sums to 0 and the row is fully masked: output 0, weights 0, lse `-inf`.
+- **NaN in a visible value** `v_jd` makes output component `d` NaN (any weight times NaN is
+  NaN, 0 included); `±Inf` makes it `±Inf`, or NaN where `+Inf` meets `-Inf` or weight 0.
+- **softcap** maps `±inf` scores to `±softcap`; NaN stays NaN.
+- **Hidden keys never reach the row** (ATT-M8): NaN or Inf in keys and values that a mask, the
+  causal or window bounds, kv_lengths or a `-inf` bias hide changes nothing, and a fully masked
+  row is output 0, weights 0, lse `-inf` whatever its inputs hold, a NaN query included.
+
+`tests/test_nan_inf.py` checks each rule on the reference and on the native core.
 """
 
 

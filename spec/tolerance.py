@@ -119,7 +119,8 @@ def largest_abs_dot(query, key) -> float:
     """max_ij Σ_d |q_id|·|k_jd| (query head h against key head h // G), ignoring non-finite."""
     q, k = np.abs(query.astype(np.float64)), np.abs(key.astype(np.float64))
     k = np.repeat(k, q.shape[-3] // max(k.shape[-3], 1), axis=-3)
-    return _finite_max(q @ np.swapaxes(k, -1, -2))
+    with np.errstate(invalid="ignore"):  # Inf·0 where an input holds Inf: ignored below
+        return _finite_max(q @ np.swapaxes(k, -1, -2))
 
 
 def _finite_max(x: np.ndarray) -> float:

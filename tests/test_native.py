@@ -394,16 +394,21 @@ def test_bad_input_raises_the_reference_errors():
         assert str(got.value) == str(want.value)
 
 
-@pytest.mark.skipif(SANITIZED, reason="AddressSanitizer reserves more address space than the limit")
+# Under AddressSanitizer an address-space limit cannot be used (its shadow memory reserves
+# terabytes); ASan's own switches make a large malloc return NULL instead, as libc's would.
+_ASAN_NULL = "detect_leaks=0:allocator_may_return_null=1:max_allocation_size_mb=2048"
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS as used here is Linux's")
 def test_allocation_failure_is_memory_error():
     """The C core's working memory cannot be had: MemoryError, and the next call works."""
-    code = """
+    limit = "" if SANITIZED else "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))"
+    code = f"""
         import resource
         import numpy as np
         from refattn import native
-        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
-        D = 1 << 23  # packing 128 keys of D floats needs 4 GiB: over the 3 GiB limit
+        {limit}
+        D = 1 << 23  # packing 64 or more keys of D floats needs 2 GiB or more: over the limit
         q = np.ones((1, 1, D), dtype=np.float32)
         try:
             native.attention(q, q, q[..., :1], num_threads=1)
@@ -412,7 +417,29 @@ def test_allocation_failure_is_memory_error():
         small = np.ones((1, 2, 4), dtype=np.float32)
         print(native.attention(small, small, small).sum())
     """
-    run = _python(code)
+    run = _python(code, **({"ASAN_OPTIONS": _ASAN_NULL} if SANITIZED else {}))
     assert run.returncode == 0, run.stderr
     assert "MemoryError: refattn.native.attention: the native core could not allocate" in run.stdout
+    assert run.stdout.strip().endswith("8.0")
+
+
+def test_huge_shapes_from_small_arrays_are_memory_errors():
+    """Stride-0 views make shapes that pass validation with no memory behind them: weights of
+    2²⁰ x 2²⁰ (4 TiB) cannot be allocated. MemoryError, not a crash; the next call works."""
+    code = """
+        import numpy as np
+        from refattn import native
+        L = 1 << 20
+        x = np.broadcast_to(np.ones((1, 1, 1, 8), dtype=np.float32), (1, 1, L, 8))
+        for options in ({"return_weights": True}, {"return_weights": True, "return_lse": True}):
+            try:
+                native.attention(x, x, x, **options)
+            except MemoryError as error:
+                print("MemoryError:", type(error).__name__)
+        small = np.ones((1, 2, 4), dtype=np.float32)
+        print(native.attention(small, small, small).sum())
+    """
+    run = _python(code, **({"ASAN_OPTIONS": _ASAN_NULL} if SANITIZED else {}))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("MemoryError:") == 2, run.stdout
     assert run.stdout.strip().endswith("8.0")

@@ -76,8 +76,11 @@ def large_scores(impl, data):
         output (and lse and weights).""",
     formula=r"\mathrm{attn}(x) \equiv \mathrm{attn}(x)",
     rationale="""Reproducibility: debugging, caching and tests rely on it. SHOULD, because
-        some parallel reductions are non-deterministic by design; refattn's native core
-        promises it for a fixed thread count.""",
+        some parallel reductions are non-deterministic by design. refattn's native core gives
+        the same bits for a fixed thread count and across thread counts too (1, 2 and 3
+        threads are tested bit for bit): each work item, a query tile or one key chunk of it,
+        is reduced by one thread in a fixed order, and the split depends on the shapes alone.
+        Its instruction sets (isa=) differ from one another within the tolerance model.""",
 )
 def deterministic(impl, data):
     case = data.draw(cases(impl.capabilities), label="case")

@@ -1,0 +1,69 @@
+"""Size: more than 2³¹ scores in one head, computed with memory that grows with N·D only.
+
+N = 50 000 queries against 50 000 keys of D = 16: Lq·Lk = 2.5·10⁹ > 2³¹, which a 32-bit index
+would wrap. The score matrix alone would be 10 GB in float32; the native core keeps per-thread
+tiles, so the process's peak memory (ru_maxrss, measured in a subprocess) stays within a small
+multiple of the inputs. Rows across the range are checked against the reference, which is given
+one query row at a time (a slice), so that it too needs O(N·D) memory only.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import pytest
+
+from refattn import native
+
+N, D = 50_000, 16
+
+
+# About 1.5 s with AVX-512 on two cores (2.5·10⁹ scores); the scalar kernels take far longer.
+@pytest.mark.skipif(native.available_isas() == ["scalar"], reason="needs a SIMD path")
+def test_fifty_thousand_squared_scores_in_memory_linear_in_n():
+    code = f"""
+        import json, resource, time
+        import numpy as np
+        from refattn import native, reference
+        from spec.tolerance import expect, mismatch
+
+        N, D = {N}, {D}
+        rng = np.random.default_rng(11)
+        q, k, v = (rng.standard_normal((1, N, D)).astype(np.float32) for _ in range(3))
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        start = time.perf_counter()
+        out, lse = native.attention(q, k, v, return_lse=True)
+        seconds = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        problems = []
+        for i in (0, 1, 12_345, N // 2 + 7, 46_341, N - 1):  # 46 341² > 2³¹
+            want = expect(q[:, i : i + 1], k, v)
+            for name, got, ref, tol in (
+                ("out", out[:, i : i + 1], want.out, want.tol.out),
+                ("lse", lse[:, i : i + 1], want.lse, want.tol.lse),
+            ):
+                problem = mismatch(got, ref, tol)
+                if problem:
+                    problems.append((i, name, problem))
+        print(json.dumps(dict(seconds=seconds, before=before, peak=peak, problems=problems)))
+    """
+    run = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=tempfile.gettempdir(),
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    print(f"N={N}, D={D}: {result['seconds']:.1f} s, peak RSS {result['peak'] / 2**20:.0f} MiB")
+    assert result["problems"] == []
+    inputs = 3 * N * D * 4  # q, k, v in float32: 9.6 MB; out and lse add 3.4 MB more
+    scores = N * N * 4  # 10 GB: what a dense score matrix would take
+    grown = result["peak"] - result["before"]
+    assert grown < 4 * inputs + (64 << 20), f"peak grew by {grown} bytes over the inputs"
+    assert result["peak"] < scores / 20

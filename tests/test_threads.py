@@ -1,0 +1,152 @@
+"""The native core under Python threads, across OpenMP thread counts, and under Ctrl-C.
+
+- 8 Python threads × 200 calls each, mixed shapes and options, equal bit for bit to the same
+  calls made serially.
+- Determinism: repeated calls with a fixed thread count give identical bits, and so do 1, 2
+  and 3 OpenMP threads (each work item is reduced by one thread in a fixed order, and the work
+  split depends on the shapes alone; SPEC.md, ATT-N3).
+- KeyboardInterrupt during a long call: the call finishes (the GIL is released, so Python sees
+  the signal when it returns), the interrupt is raised, and the next call is right.
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+from refattn import native
+
+ISAS = native.available_isas()
+THREADS, CALLS = 8, 200
+
+
+def _jobs(count: int = 24, seed: int = 0) -> list:
+    """Mixed calls: shapes from decode (Lq 1, many keys: split-K) to prefill, with every option."""
+    rng = np.random.default_rng(seed)
+    jobs = []
+    for n in range(count):
+        dtype = (np.float32, np.float64, np.float16)[n % 3]
+        Hkv = 1 + n % 2
+        Hq = Hkv * (1 + n % 3)
+        Lq = (1, 5, 33, 70)[n % 4]
+        Lk = (1100, 3, 64, 129, 40)[n % 5]
+        Dk, Dv = (8, 16, 33)[n % 3], (4, 16)[n % 2]
+        q = rng.standard_normal((2, Hq, Lq, Dk)).astype(dtype)
+        k = rng.standard_normal((2, Hkv, Lk, Dk)).astype(dtype)
+        v = rng.standard_normal((2, Hkv, Lk, Dv)).astype(dtype)
+        options = {}
+        if n % 4 == 1:
+            options["mask"] = rng.random((Lq, Lk)) < 0.7
+        if n % 5 == 2:
+            options["bias"] = rng.standard_normal((1, Hq, 1, Lk))
+        if n % 3 == 0:
+            options["causal"] = "bottom_right"
+        if n % 7 == 3:
+            options["window"] = (5, 2)
+        if n % 6 == 4:
+            options["kv_lengths"] = np.array([Lk // 2, Lk])
+        if n % 8 == 5:
+            options["softcap"] = 3.0
+        options["isa"] = ISAS[n % len(ISAS)]
+        options["return_lse"] = n % 2 == 0
+        options["return_weights"] = n % 5 == 0 and Lk < 200
+        jobs.append((q, k, v, options))
+    return jobs
+
+
+def _same(a, b) -> bool:
+    a, b = (a if isinstance(a, tuple) else (a,)), (b if isinstance(b, tuple) else (b,))
+    return len(a) == len(b) and all(
+        x.dtype == y.dtype and np.array_equal(x, y, equal_nan=True)
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_eight_python_threads_of_200_calls_match_serial():
+    jobs = _jobs()
+    serial = [native.attention(q, k, v, num_threads=1, **o) for q, k, v, o in jobs]
+    mismatches, errors = [], []
+    start = threading.Barrier(THREADS)
+
+    def worker(t):
+        try:
+            start.wait()
+            for c in range(CALLS):
+                n = (7 * t + c) % len(jobs)  # each thread its own order through the jobs
+                q, k, v, options = jobs[n]
+                got = native.attention(q, k, v, num_threads=1 + (t + c) % 2, **options)
+                if not _same(got, serial[n]):
+                    mismatches.append((t, c, n))
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert not mismatches, f"{len(mismatches)} of {THREADS * CALLS} calls differ: {mismatches[:5]}"
+
+
+@pytest.mark.parametrize("n", range(24))
+def test_repeats_and_thread_counts_give_identical_bits(n):
+    """The same call 3 times with 2 threads, then with 1 and 3 threads: the same bits."""
+    q, k, v, options = _jobs()[n]
+    first = native.attention(q, k, v, num_threads=2, **options)
+    for threads in (2, 2, 1, 3):
+        assert _same(native.attention(q, k, v, num_threads=threads, **options), first), threads
+
+
+def test_keyboard_interrupt_during_a_long_call_leaves_the_core_working():
+    """Ctrl-C (SIGINT from a timer thread) while a multi-second native call runs in the main
+    thread: KeyboardInterrupt is raised once the call returns, and the next calls are right."""
+    code = """
+        import _thread, os, signal, threading, time
+        import numpy as np
+        from refattn import native
+
+        rng = np.random.default_rng(0)
+        q = rng.standard_normal((1, 4, 3000, 64)).astype(np.float32)
+        small = [rng.standard_normal((2, 3, 40, 16)).astype(np.float32) for _ in range(3)]
+        want = native.attention(*small, num_threads=2, return_lse=True)
+        t0 = time.perf_counter()
+        native.attention(q, q, q, num_threads=1)
+        one = time.perf_counter() - t0
+        reps = max(1, int(2.0 / one))  # a call of about two seconds, in pieces of `one`
+        big = np.concatenate([q] * reps, axis=1)
+        fired = []
+        timer = threading.Timer(
+            0.3, lambda: (fired.append(time.perf_counter()), os.kill(os.getpid(), signal.SIGINT))
+        )
+        timer.start()
+        t0 = time.perf_counter()
+        try:
+            native.attention(big, q, q, num_threads=1)
+            print("no interrupt")
+        except KeyboardInterrupt:
+            returned = time.perf_counter()
+            print("interrupted after", round(returned - t0, 2), "s; signal at",
+                  round(fired[0] - t0, 2), "s")
+            assert fired[0] < returned
+        timer.join()
+        for threads in (1, 2):
+            got = native.attention(*small, num_threads=threads, return_lse=True)
+            assert all(np.array_equal(a, b) for a, b in zip(got, want)), threads
+        print("next calls ok")
+    """
+    run = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=tempfile.gettempdir(),
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "interrupted after" in run.stdout and "next calls ok" in run.stdout, run.stdout
