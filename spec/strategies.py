@@ -10,7 +10,7 @@ import math
 
 from hypothesis import strategies as st
 
-from spec.capabilities import CAPABILITIES
+from spec.capabilities import CAPABILITIES, exclusive_pairs
 from spec.cases import Case, MHACase
 
 DTYPES = ("float64", "float32", "float16")  # shrinks toward float64: no rounding noise
@@ -74,6 +74,8 @@ def cases(
     and max_lk default to max_len; square=True (default False) draws Lk = Lq.
     min_batch_dims (default 0): at least this many batch dims.
     magnitudes: standard deviations to draw q, k and v entries with (default (1.0,)).
+    With "combined_masks", masking features are drawn together, except the pairs in
+    `capabilities.exclusive` (see spec.capabilities.Capabilities).
     """
     caps = frozenset(capabilities)
     unknown = caps - set(CAPABILITIES)
@@ -154,12 +156,18 @@ def cases(
         "kv_lengths": wanted("kv_lengths", kv_lengths),
     }
     forced = [name for name, option in features.items() if option == "always"]
+    exclusive = exclusive_pairs(capabilities)
+    for pair in exclusive:
+        if pair <= set(forced):
+            raise ValueError(f"{sorted(pair)} cannot be combined by this implementation")
     if "combined_masks" in caps:
-        chosen = [
-            name
-            for name, option in features.items()
-            if option == "always" or (option and draw(st.booleans(), label=f"use {name}"))
-        ]
+        chosen = []
+        for name, option in features.items():
+            clash = any(frozenset((name, other)) in exclusive for other in {*forced, *chosen})
+            if option == "always" or (
+                option and not clash and draw(st.booleans(), label=f"use {name}")
+            ):
+                chosen.append(name)
     elif len(forced) > 1:
         raise ValueError(f"{forced} together need capability 'combined_masks'")
     else:
