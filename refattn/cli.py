@@ -31,6 +31,7 @@ def _conform(args) -> int:
             seed=args.seed,
             json_path=args.json,
             markdown_path=args.markdown,
+            jobs=args.jobs,
         )
     except (ImplementationNotFound, PeerNotInstalled, UsageError) as error:
         print(f"refattn conform: {error}", file=sys.stderr)
@@ -76,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_SEED,
         metavar="N",
         help=f"hypothesis seed, for reproducible runs (default {DEFAULT_SEED})",
+    )
+    conform.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run invariants in N worker processes (default 1); results do not depend on it",
     )
     conform.add_argument("--json", metavar="PATH", help="also write a JSON report")
     conform.add_argument("--markdown", metavar="PATH", help="also write a Markdown report")
