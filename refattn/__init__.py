@@ -1,16 +1,19 @@
 """refattn: the executable specification of attention.
 
 - `refattn.reference` — the readable NumPy definition of what attention must compute.
-- `refattn.attention` — the implementation to call (the reference until the native core lands).
+- `refattn.attention` — the implementation to call: the native C core (`refattn.native`), with
+  the reference's signature and semantics, plus `num_threads=` and `isa=`.
+- `refattn.native` — the native core itself, and `refattn.native.info()`.
 - `refattn.masks` — the structural masks spelled out as bool arrays.
 - `refattn.multi_head_attention`, `MHAParams`, `KVCache` — layers built on any attention function.
 - `refattn.merge_partials` — combine attention over disjoint key chunks.
 - `spec` (a sibling package) — the invariants, checked against any implementation.
 """
 
-from refattn import masks, reference
+from refattn import masks, native, reference
 from refattn.mha import KVCache, MHAParams, multi_head_attention
-from refattn.reference import attention, merge_partials
+from refattn.native import attention
+from refattn.reference import merge_partials
 from refattn.similarity import additive_attention, general_attention
 
 __version__ = "0.1.0"
@@ -24,5 +27,6 @@ __all__ = [
     "masks",
     "merge_partials",
     "multi_head_attention",
+    "native",
     "reference",
 ]

@@ -1,11 +1,13 @@
-"""The `refattn` command: `spec` prints the specification, `conform` checks an implementation."""
+"""The `refattn` command: `spec` prints the specification, `conform` checks an implementation,
+`bench` times the native core against its peers, `plot` draws weights, masks and benchmarks."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
-DEFAULT_IMPL = "reference"
+DEFAULT_IMPL = "native"
 
 
 def _spec(args) -> int:
@@ -38,6 +40,177 @@ def _conform(args) -> int:
         return 2
 
 
+def _bench(args) -> int:
+    from refattn.bench import BenchError, UsageError, bench
+    from refattn.pictures import MissingMatplotlib
+
+    impls = None if args.impls is None else [n.strip() for n in args.impls.split(",") if n.strip()]
+    try:
+        bench(
+            shapes=args.shapes,
+            causal=args.causal,
+            dtype=args.dtype,
+            impls=impls,
+            threads=args.threads,
+            repeat=args.repeat,
+            memory=not args.no_memory,
+            memory_shapes=args.memory_shapes,
+            json_path=args.json,
+            plot_path=args.plot,
+            command=shlex.join(["refattn", *args.argv]),
+        )
+    except (UsageError, MissingMatplotlib) as error:
+        print(f"refattn bench: {error}", file=sys.stderr)
+        return 2
+    except BenchError as error:
+        print(f"refattn bench: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _plot(args) -> int:
+    from refattn import pictures
+
+    try:
+        written = args.draw(args)
+    except (pictures.MissingMatplotlib, ValueError, OSError) as error:
+        print(f"refattn plot {args.picture}: {error}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
+def _shape(text: str):
+    from refattn.bench.cases import parse_shape
+
+    try:
+        return parse_shape(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _window(text: str):
+    """'L,R' with each side an int >= 0 or 'none' (unbounded)."""
+    try:
+        left, right = (None if p.strip().lower() == "none" else int(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a window should be LEFT,RIGHT (ints, or none for unbounded), but got {text!r}"
+        ) from None
+    return (left, right)
+
+
+def _add_bench(commands) -> None:
+    from refattn.bench.cases import CAUSAL_CHOICES, DTYPES
+    from refattn.bench.impls import IMPLS
+    from refattn.bench.run import DEFAULT_REPEAT
+
+    bench = commands.add_parser(
+        "bench",
+        help="time the native core against its peers, side by side",
+        description="Time attention implementations side by side in one run, interleaved, "
+        "with threads set equal for all; report median ms (min–max), GFLOP/s, % of the "
+        "measured matmul peak, decode bandwidth, speed-ups and peak memory.",
+    )
+    bench.add_argument(
+        "--shapes",
+        nargs="+",
+        type=_shape,
+        metavar="B,H,Lq,Lk,D",
+        help="shapes to time (B,H,N,D for Lq = Lk); default: the standard grid",
+    )
+    bench.add_argument(
+        "--causal", choices=list(CAUSAL_CHOICES), default="both", help="default: both"
+    )
+    bench.add_argument("--dtype", choices=DTYPES, default="float32", help="default: float32")
+    bench.add_argument(
+        "--impls",
+        metavar="A,B,...",
+        help=f"among {','.join(IMPLS)}; default: native and every installed peer",
+    )
+    bench.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="threads for every implementation (default: all CPUs)",
+    )
+    bench.add_argument(
+        "--repeat",
+        type=int,
+        default=DEFAULT_REPEAT,
+        metavar="N",
+        help=f"timed rounds per case (default {DEFAULT_REPEAT})",
+    )
+    bench.add_argument(
+        "--memory-shapes",
+        nargs="+",
+        type=_shape,
+        metavar="B,H,Lq,Lk,D",
+        help="shapes whose peak memory to measure (default: the standard ones with the "
+        "standard grid, none with --shapes)",
+    )
+    bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    bench.add_argument("--plot", metavar="PATH", help="also draw GFLOP/s vs N as a PNG")
+    bench.set_defaults(run=_bench)
+
+
+def _add_plot(commands) -> None:
+    from refattn import pictures
+
+    plot = commands.add_parser("plot", help="draw attention weights, masks, benchmark results")
+    kinds = plot.add_subparsers(dest="picture", required=True)
+
+    weights = kinds.add_parser(
+        "weights",
+        help="a heatmap of attention weights: query tokens down, key tokens across",
+        description="Weights from --query/--key .npy files, or of a demo sentence with seeded "
+        "word embeddings (q = k = the embeddings).",
+    )
+    weights.add_argument("--query", metavar="Q.npy", help="(..., Lq, D) queries")
+    weights.add_argument("--key", metavar="K.npy", help="(..., Lk, D) keys (default: the queries)")
+    weights.add_argument(
+        "--index", default="", metavar="I,J", help="leading indices picking one (L, D) slice"
+    )
+    weights.add_argument("--tokens", metavar="WORDS", help="query labels, space-separated")
+    weights.add_argument("--key-tokens", metavar="WORDS", help="key labels (default: --tokens)")
+    weights.add_argument("--sentence", default=pictures.DEMO_SENTENCE, help="the demo's sentence")
+    weights.add_argument("--dim", type=int, default=16, help="the demo's embedding size")
+    weights.add_argument("--seed", type=int, default=0, help="the demo's seed")
+    weights.add_argument("--causal", choices=["top_left", "bottom_right"])
+    weights.add_argument("--window", type=_window, metavar="LEFT,RIGHT")
+    weights.add_argument("--out", "-o", default="weights.png", metavar="PATH")
+    weights.set_defaults(run=_plot, draw=pictures.weights_command)
+
+    mask = kinds.add_parser(
+        "mask",
+        help="which keys each query may see",
+        description="One panel per causal alignment asked for (both: top-left and "
+        "bottom-right side by side); visibility from refattn.masks.",
+    )
+    mask.add_argument("--lq", type=int, required=True, metavar="N", help="query length")
+    mask.add_argument("--lk", type=int, metavar="N", help="key length (default: Lq)")
+    mask.add_argument(
+        "--causal", choices=["none", "top_left", "bottom_right", "both"], default="none"
+    )
+    mask.add_argument("--window", type=_window, metavar="LEFT,RIGHT")
+    mask.add_argument("--kv-length", type=int, metavar="N", help="keys from N on are padding")
+    mask.add_argument("--out", "-o", default="mask.png", metavar="PATH")
+    mask.set_defaults(run=_plot, draw=pictures.mask_command)
+
+    spec_masks = kinds.add_parser(
+        "spec-masks", help="write the pictures SPEC.md shows for the mask invariants"
+    )
+    spec_masks.add_argument("--dir", default="docs/img", help="default: docs/img")
+    spec_masks.set_defaults(run=_plot, draw=lambda a: pictures.spec_mask_pictures(a.dir))
+
+    results = kinds.add_parser("bench", help="GFLOP/s vs N from a `refattn bench --json` file")
+    results.add_argument("json", metavar="RESULTS.json")
+    results.add_argument("--out", "-o", default="bench.png", metavar="PATH")
+    results.set_defaults(run=_plot, draw=pictures.bench_command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from spec.runner import DEFAULT_MAX_EXAMPLES, DEFAULT_SEED
 
@@ -57,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
         "impl",
         nargs="?",
         default=DEFAULT_IMPL,
-        help=f"the implementation to check (default: {DEFAULT_IMPL})",
+        help=f"the implementation to check (default: {DEFAULT_IMPL}): native, native:ISA, "
+        "reference, torch, torch-math, torch-flash, jax, onnxruntime, onnx-reference, or a "
+        "module.path:function following the SDPA protocol",
     )
     conform.add_argument("--only", nargs="+", metavar="ID", help="run only these invariants")
     conform.add_argument("--skip", nargs="+", metavar="ID", help="leave these invariants out")
@@ -88,11 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
     conform.add_argument("--json", metavar="PATH", help="also write a JSON report")
     conform.add_argument("--markdown", metavar="PATH", help="also write a Markdown report")
     conform.set_defaults(run=_conform)
+
+    _add_bench(commands)
+    _add_plot(commands)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     return args.run(args)
 
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refattn import reference
 from refattn._checks import check_float_array, check_same_dtype, check_size
 
 
@@ -184,7 +183,7 @@ def multi_head_attention(
     scale=None,
     softcap=None,
     kv_cache: KVCache | None = None,
-    attention: Callable = reference.attention,
+    attention: Callable | None = None,
 ):
     """Multi-head attention of x (B..., Lq, Dm) over context (B..., Lk, Dc), or over x itself.
 
@@ -194,8 +193,9 @@ def multi_head_attention(
     then cover all Lk cached tokens, and a causal mask is aligned bottom-right (query i of this
     call is token Lk - Lq + i), so causal may be True or "bottom_right".
 
-    `attention` is the attention function to run the heads with (default: the reference); any
-    function with the reference's signature works, e.g. `refattn.attention`.
+    `attention` is the attention function to run the heads with (default: `refattn.attention`,
+    the native core); any function with the reference's signature works, e.g.
+    `refattn.reference.attention` for the readable float64-capable definition.
     Returns y, (B..., Lq, Do), in x's dtype.
     """
     x = check_float_array("x", x, min_ndim=2)
@@ -235,6 +235,8 @@ def multi_head_attention(
         if causal and q.shape[-2] == 1 and window is None:
             causal = None  # one new query sees every cached key: there is nothing to hide
 
+    if attention is None:
+        from refattn import attention  # the native core; imported late: refattn imports us
     heads = attention(
         q,
         k,

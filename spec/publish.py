@@ -26,6 +26,7 @@ from spec.runner import DEFAULT_MAX_EXAMPLES, DEFAULT_SEED, DEVIATION, FAIL, PAS
 # that spec.adapters.load knows) to publish it.
 IMPLEMENTATIONS = (
     "reference",
+    "native",
     "torch",
     "torch-math",
     "torch-flash",

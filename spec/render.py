@@ -6,6 +6,7 @@ import textwrap
 
 from spec import tolerance
 from spec.capabilities import CAPABILITIES
+from spec.pictures import MASK_PICTURES
 from spec.registry import SECTIONS, Invariant
 
 PREAMBLE = """\
@@ -83,6 +84,8 @@ def _capabilities_section() -> str:
 
 def _invariant_markdown(inv: Invariant) -> str:
     requires = ", ".join(f"`{c}`" for c in inv.requires) or "nothing"
+    picture = MASK_PICTURES.get(inv.id)  # drawn by `refattn plot spec-masks`
+    shown = [f"![{picture.caption}]({picture.path})", ""] if picture else []
     return "\n".join(
         [
             f"### {inv.id}",
@@ -93,6 +96,7 @@ def _invariant_markdown(inv: Invariant) -> str:
             "",
             f"$$ {inv.formula} $$",
             "",
+            *shown,
             f"*Why:* {inv.rationale}",
             "",
             f"*Requires:* {requires}.",

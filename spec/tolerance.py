@@ -33,6 +33,11 @@ first-order bound leaves out (e^δ - 1 <= 2δ while δ <= 1). float16 outputs ad
 rounding to float16, 2^-11·max|v|. The bounds are worst cases, not statistical: any pass of an
 implementation computing in the stated dtype stays inside them, whatever its summation order,
 tiling or thread count, so a tighter result is not demanded and a looser one is a bug.
+
+Properties that compare two calls add what their transformation costs, derived the same way:
+inputs rounded to the input dtype after a transformation (a·V1 + b·V2 in ATT-A2, K + c in
+ATT-A5), chunk outputs rounded before a merge (ATT-C1), and for multi-head layers the error of
+the projections x·W + b and of the output projection (`expect_layer`).
 """
 
 from __future__ import annotations

@@ -23,3 +23,11 @@ if "REFATTN_EXAMPLES" in os.environ:
     )
     profile = "custom"
 settings.load_profile(profile)
+
+
+def pytest_ignore_collect(collection_path, config):
+    """Benchmarks time things; the normal run does not. Run them with
+    `pytest tests/benchmarks --benchmark-only`."""
+    if collection_path.name == "benchmarks" and not config.getoption("benchmark_only", False):
+        return True
+    return None

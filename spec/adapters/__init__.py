@@ -10,6 +10,8 @@ not have is refused with `Unsupported`, never dropped.
 Implementations by name (`load`):
 
     reference       refattn.reference.attention
+    native          refattn.native.attention, the C core with the kernels it picks
+    native:ISA      the same with the kernels of one instruction set (avx512, avx2, scalar)
     torch           torch.nn.functional.scaled_dot_product_attention, CPU, default backend
     torch-math      the same, forced to the math backend (torch.nn.attention.sdpa_kernel)
     torch-flash     the same, forced to the CPU flash backend
@@ -101,6 +103,26 @@ def _reference() -> Adapter:
     return Adapter("reference", reference.attention)
 
 
+def _native(isa: str | None = None) -> Callable[[], Adapter]:
+    """The native core, with the kernels it picks (isa None) or those of one instruction set."""
+
+    def factory() -> Adapter:
+        from functools import partial
+
+        from refattn import native
+
+        if isa is None:
+            return Adapter("native", native.attention)
+        if isa not in native.available_isas():
+            raise ImplementationNotFound(
+                f"native:{isa} needs the {isa} kernels, which this CPU (or this build) cannot "
+                f"run; available: {', '.join('native:' + n for n in native.available_isas())}"
+            )
+        return Adapter(f"native:{isa}", partial(native.attention, isa=isa))
+
+    return factory
+
+
 def _torch(backend: str | None) -> Callable[[], Adapter]:
     def factory() -> Adapter:
         from spec.adapters import torch_sdpa
@@ -128,6 +150,10 @@ def _onnx(runtime: str) -> Callable[[], Adapter]:
 # Name -> factory. Add an implementation here (and to spec.publish.IMPLEMENTATIONS to publish it).
 BUILTIN: dict[str, Callable[[], Adapter]] = {
     "reference": _reference,
+    "native": _native(),
+    "native:avx512": _native("avx512"),
+    "native:avx2": _native("avx2"),
+    "native:scalar": _native("scalar"),
     "torch": _torch(None),
     "torch-math": _torch("math"),
     "torch-flash": _torch("flash"),

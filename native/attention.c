@@ -1,0 +1,82 @@
+/* The entry point: check what keeps memory safe, pick threads and kernels, run the driver.
+
+   The Python wrapper has already checked the call (refattn._checks) and says exactly what is
+   wrong; the checks here are the last line, so that no call can make the kernel read or write
+   out of bounds. They return REFATTN_EINVAL without saying more. */
+#include <stddef.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "internal.h"
+
+#ifndef REFATTN_BUILD_FLAGS
+#define REFATTN_BUILD_FLAGS "unknown"
+#endif
+
+static int tensor_ok(const refattn_tensor *t, int rows_contiguous) {
+    if (!t->data) return 0;
+    return !rows_contiguous || t->stride[3] == 1;
+}
+
+int refattn_attention(const refattn_call *c) {
+    if (!c) return REFATTN_EINVAL;
+    if (c->B < 0 || c->Hq < 1 || c->Hkv < 1 || c->Lq < 0 || c->Lk < 0 || c->Dk < 1 || c->Dv < 0)
+        return REFATTN_EINVAL;
+    if (c->Hq % c->Hkv != 0) return REFATTN_EINVAL;
+    if (c->dtype != REFATTN_FLOAT32 && c->dtype != REFATTN_FLOAT64) return REFATTN_EINVAL;
+    if (c->causal < REFATTN_CAUSAL_NONE || c->causal > REFATTN_CAUSAL_BOTTOM_RIGHT)
+        return REFATTN_EINVAL;
+    if (c->window_left < -1 || c->window_right < -1 || !(c->softcap >= 0)) return REFATTN_EINVAL;
+    if (c->isa < REFATTN_ISA_SCALAR || c->isa > REFATTN_ISA_AVX512) return REFATTN_EINVAL;
+    if (c->dtype == REFATTN_FLOAT32 && !refattn_isa_supported(c->isa)) return REFATTN_EISA;
+    const int64_t rows = c->B * c->Hq * c->Lq;
+    if (rows == 0) return REFATTN_OK; /* nothing to compute or write */
+    if (!c->out || !tensor_ok(&c->query, 1)) return REFATTN_EINVAL;
+    if (c->Lk > 0 && (!tensor_ok(&c->key, 1) || (c->Dv > 0 && !tensor_ok(&c->value, 1))))
+        return REFATTN_EINVAL;
+    if (c->kv_lengths)
+        for (int64_t b = 0; b < c->B; b++)
+            if (c->kv_lengths[b] < 0 || c->kv_lengths[b] > c->Lk) return REFATTN_EINVAL;
+    int threads = c->num_threads > 0 ? c->num_threads : refattn_max_threads();
+    if (c->dtype == REFATTN_FLOAT32) return refattn_flash_f32(c, c->isa, threads);
+    return refattn_flash_f64(c, threads);
+}
+
+int refattn_isa_supported(int isa) {
+    if (isa == REFATTN_ISA_SCALAR) return 1;
+    if (isa == REFATTN_ISA_AVX2) return refattn_avx2_ops != NULL && refattn_cpu_has(isa);
+    if (isa == REFATTN_ISA_AVX512) return refattn_avx512_ops != NULL && refattn_cpu_has(isa);
+    return 0;
+}
+
+int refattn_isa_best(void) {
+    if (refattn_isa_supported(REFATTN_ISA_AVX512)) return REFATTN_ISA_AVX512;
+    if (refattn_isa_supported(REFATTN_ISA_AVX2)) return REFATTN_ISA_AVX2;
+    return REFATTN_ISA_SCALAR;
+}
+
+int refattn_max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+int refattn_openmp_version(void) {
+#ifdef _OPENMP
+    return _OPENMP;
+#else
+    return 0;
+#endif
+}
+
+const char *refattn_build_info(void) {
+#ifdef __VERSION__
+    return "compiler " __VERSION__ "; flags " REFATTN_BUILD_FLAGS;
+#else
+    return "flags " REFATTN_BUILD_FLAGS;
+#endif
+}

@@ -1,0 +1,48 @@
+/* Which instruction sets this CPU and its OS can run, asked once at run time.
+
+   A CPU flag is not enough: AVX and AVX-512 registers are usable only when the OS saves their
+   state on a context switch, which XGETBV(0) reports (XCR0). The build never assumes the
+   build machine's CPU: the SIMD kernels are compiled with per-file target pragmas and only
+   called after this check says yes. */
+#include "internal.h"
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+
+static uint64_t xgetbv0(void) {
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+static int detect(int isa) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    const int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1;
+    if (!osxsave || !avx) return 0;
+    const uint64_t xcr0 = xgetbv0();
+    if ((xcr0 & 0x6) != 0x6) return 0; /* the OS saves SSE and AVX (YMM) state */
+    if (__get_cpuid_max(0, 0) < 7) return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    const int avx2 = (b >> 5) & 1;
+    if (isa == REFATTN_ISA_AVX2) return avx2 && fma;
+    const int f = (b >> 16) & 1, dq = (b >> 17) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1;
+    /* ... and the opmask and upper ZMM state (XCR0 bits 5, 6, 7) */
+    if (isa == REFATTN_ISA_AVX512) return avx2 && fma && f && dq && bw && vl && (xcr0 & 0xE0) == 0xE0;
+    return 0;
+}
+#else
+static int detect(int isa) {
+    (void)isa;
+    return 0;
+}
+#endif
+
+int refattn_cpu_has(int isa) {
+    /* Benign race: every thread computes the same answer. */
+    static volatile int cached[3] = {-1, -1, -1};
+    if (isa == REFATTN_ISA_SCALAR) return 1;
+    if (isa < 0 || isa > 2) return 0;
+    if (cached[isa] < 0) cached[isa] = detect(isa);
+    return cached[isa];
+}

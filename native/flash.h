@@ -1,0 +1,499 @@
+/* flash.h: the FlashAttention-2 driver and the plain scalar tile kernels, for one real type.
+
+   What it does: for each tile of queries (the parallel unit) it walks the tiles of keys that
+   the structural masks (causal, window, kv_lengths) leave visible to some query of the tile,
+   scores them, keeps a running max and sum per query row (online softmax), rescales the row's
+   float accumulator only when the max grows, and divides once at the end. Memory: per-thread
+   tiles only, plus small split-K partials; no Lq×Lk buffer unless weights are asked for.
+   What it does not do: SIMD arithmetic (the ops table does the tile arithmetic), validation
+   (refattn_attention checks the call first), or anything across calls.
+
+   This file is a template: flash_f32.c and flash_f64.c include it with
+       REAL      float or double              OPS       the tile-kernel table type
+       FN(name)  the name with a dtype suffix EXP, LOG, TANH  libm functions for REAL
+
+   Legend: B batch, Hq/Hkv heads, G = Hq/Hkv, Lq/Lk lengths, Dk/Dv head dims. A tile is m query
+   rows (m <= bq) against n keys (n <= bk); r indexes rows in a tile, j keys in a tile. */
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "internal.h"
+
+#ifndef REFATTN_FLASH_COMMON
+#define REFATTN_FLASH_COMMON
+
+#ifdef _OPENMP
+#define THREAD_ID() omp_get_thread_num()
+#else
+#define THREAD_ID() 0
+#endif
+
+#define ALIGN 64 /* bytes: a cache line, and an AVX-512 vector */
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+static inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static inline size_t round_up(size_t n) { return (n + ALIGN - 1) / ALIGN * ALIGN; }
+
+/* The element offset of batch entry b of a tensor. */
+static inline int64_t batch_offset(const refattn_tensor *t, int64_t b) {
+    return t->batch_offsets ? t->batch_offsets[b] : b * t->stride[0];
+}
+
+/* a·b + c bytes, or SIZE_MAX when it does not fit (the allocation then fails: ENOMEM). */
+static inline size_t size_mul_add(size_t a, size_t b, size_t c) {
+    if (b != 0 && a > (SIZE_MAX - c) / b) return SIZE_MAX;
+    return a * b + c;
+}
+
+#endif /* REFATTN_FLASH_COMMON */
+
+/* ------------------------------------------------------------------------------------------ */
+/* The scalar tile kernels: plain loops, the fallback and the baseline of every SIMD kernel.  */
+
+/* kp: keys as rows of Dk, (n, Dk). */
+static void FN(scalar_pack_keys)(REAL *kp, const REAL *k, int64_t ldk, int64_t n, int64_t Dk) {
+    for (int64_t j = 0; j < n; j++) memcpy(kp + j * Dk, k + j * ldk, (size_t)Dk * sizeof(REAL));
+}
+
+/* s (m, n) = scale · q (m, Dk) · kpᵀ (Dk, n) */
+static void FN(scalar_scores)(REAL *s, int64_t lds, const REAL *q, int64_t ldq, const REAL *kp,
+                              int64_t m, int64_t n, int64_t Dk, REAL scale) {
+    for (int64_t r = 0; r < m; r++) {
+        for (int64_t j = 0; j < n; j++) {
+            REAL dot = 0;
+            for (int64_t d = 0; d < Dk; d++) dot += q[r * ldq + d] * kp[j * Dk + d];
+            s[r * lds + j] = dot * scale;
+        }
+    }
+}
+
+static void FN(scalar_softmax)(REAL *s, int64_t n, REAL *mx, REAL *sum, REAL *alpha) {
+    /* pass 1: the tile's max, and the row's new running max */
+    REAL top = -INFINITY;
+    for (int64_t j = 0; j < n; j++) top = s[j] > top ? s[j] : top;
+    REAL old = *mx, now = top > old ? top : old;
+    if (now == -INFINITY) {
+        /* Nothing visible so far: shift by 0, as the reference does, so that hidden keys
+           weigh exp(-inf) = 0 rather than exp(-inf - -inf) = NaN; a NaN score still makes
+           the row NaN. The accumulator holds nothing to rescale. */
+        REAL total = 0;
+        for (int64_t j = 0; j < n; j++) {
+            s[j] = isnan(s[j]) ? s[j] : 0;
+            total += s[j];
+        }
+        *sum += total;
+        *alpha = 1;
+        return;
+    }
+    /* pass 2: p = exp(s - max) and their sum */
+    REAL total = 0;
+    for (int64_t j = 0; j < n; j++) {
+        s[j] = EXP(s[j] - now);
+        total += s[j];
+    }
+    REAL a = now == old ? 1 : EXP(old - now); /* old = -inf: exp(-inf) = 0, nothing to keep */
+    *sum = *sum * a + total;
+    *mx = now;
+    *alpha = a;
+}
+
+/* o (m, Dv) = alpha ⊙ o + p (m, n) · v (n, Dv), leaving out keys with vis 0 */
+static void FN(scalar_weigh)(REAL *o, int64_t ldo, const REAL *p, int64_t ldp, const uint8_t *vis,
+                             int64_t ldvis, const REAL *alpha, const REAL *v, int64_t ldv,
+                             int64_t m, int64_t n, int64_t Dv) {
+    for (int64_t r = 0; r < m; r++) {
+        REAL *orow = o + r * ldo;
+        if (alpha[r] != 1)
+            for (int64_t d = 0; d < Dv; d++) orow[d] *= alpha[r];
+        for (int64_t j = 0; j < n; j++) {
+            if (vis && !vis[r * ldvis + j]) continue;
+            REAL pj = p[r * ldp + j];
+            for (int64_t d = 0; d < Dv; d++) orow[d] += pj * v[j * ldv + d];
+        }
+    }
+}
+
+static const OPS FN(scalar_ops) = {
+    .bq = 32,
+    .bk = 64,
+    .pack_keys = FN(scalar_pack_keys),
+    .scores = FN(scalar_scores),
+    .softmax = FN(scalar_softmax),
+    .weigh = FN(scalar_weigh),
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* The driver.                                                                                */
+
+/* What every thread of one call shares. */
+typedef struct FN(plan) {
+    const refattn_call *c;
+    const OPS *ops;
+    int64_t G;             /* query heads per kv head */
+    int64_t bq, bk;        /* tile: query rows, keys */
+    int64_t nqt;           /* query tiles per head */
+    int64_t nsplit, chunk; /* split-K: key chunks per query tile, keys per chunk */
+    int64_t offset;        /* the diagonal: key i + offset is query i's own position */
+    int64_t wl, wr;        /* window sides, -1 = unbounded */
+    REAL scale, softcap;
+    REAL *lse;  /* (B, Hq, Lq): the caller's, or ours when weights or split-K need it */
+    REAL *part; /* (B, Hq, Lq, nsplit, Dv + 2): split-K partials [max, sum, o...] */
+} FN(plan);
+
+/* One thread's tiles. */
+typedef struct FN(work) {
+    REAL *kp;         /* packed keys, Dk·bk */
+    REAL *s;          /* scores, then probabilities, (bq, bk) */
+    uint8_t *vis;     /* visibility of the tile when some key is hidden, (bq, bk) */
+    REAL *o;          /* unnormalised output rows, (bq, Dv) */
+    REAL *mx, *sum;   /* running max and sum per row, (bq) */
+    REAL *alpha;      /* rescale factor per row for the tile, (bq) */
+} FN(work);
+
+/* The keys query i of batch b may see under the structural masks: [*lo, *hi), both ends in
+   [0, Lk]; a row that sees no key gets the empty [end, end). Both ends grow with i (each is a
+   min or max of non-decreasing bounds), so the keys of rows [i0, i1) lie in
+   [lo(i0), hi(i1 - 1)). */
+static inline void FN(visible_range)(const FN(plan) *p, int64_t b, int64_t i, int64_t *lo,
+                                     int64_t *hi) {
+    const refattn_call *c = p->c;
+    int64_t first = 0, end = c->Lk;
+    int64_t diagonal = i + p->offset;
+    if (c->kv_lengths) end = min64(end, c->kv_lengths[b]);
+    if (c->causal != REFATTN_CAUSAL_NONE) end = min64(end, diagonal + 1);
+    if (p->wl >= 0) first = max64(first, diagonal - p->wl);
+    if (p->wr >= 0) end = min64(end, diagonal + p->wr + 1);
+    end = max64(end, 0);
+    *lo = min64(first, end);
+    *hi = end;
+}
+
+/* Scores of rows [i0, i0 + m) of head h against keys [j0, j0 + n) into w->s, with hidden keys
+   at -inf. Returns 1 when some key of the tile is hidden from some row (w->vis then says
+   which), 0 when every row sees every key of the tile. */
+static int FN(score_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, int64_t i0,
+                          int64_t m, int64_t j0, int64_t n) {
+    const refattn_call *c = p->c;
+    const OPS *ops = p->ops;
+    const int64_t bk = p->bk, Dk = c->Dk;
+    /* pass 1: scale · q·k for the tile */
+    const REAL *q = (const REAL *)c->query.data + batch_offset(&c->query, b) +
+                    h * c->query.stride[1] + i0 * c->query.stride[2];
+    const REAL *k = (const REAL *)c->key.data + batch_offset(&c->key, b) +
+                    (h / p->G) * c->key.stride[1] + j0 * c->key.stride[2];
+    ops->pack_keys(w->kp, k, c->key.stride[2], n, Dk);
+    ops->scores(w->s, bk, q, c->query.stride[2], w->kp, m, n, Dk, p->scale);
+
+    /* pass 2: softcap, bias and masks; a tile inside every row's structural range with none
+       of them needs nothing more */
+    int64_t lo_last, hi_last, lo_first, hi_first;
+    FN(visible_range)(p, b, i0 + m - 1, &lo_last, &hi_last);
+    FN(visible_range)(p, b, i0, &lo_first, &hi_first);
+    int inside = lo_last <= j0 && hi_first >= j0 + n;
+    int has_mask = c->mask.data != NULL, has_bias = c->bias.data != NULL;
+    if (inside && !has_mask && !has_bias && p->softcap == 0) return 0;
+
+    int hidden_any = 0;
+    for (int64_t r = 0; r < m; r++) {
+        const int64_t i = i0 + r;
+        REAL *s = w->s + r * bk;
+        uint8_t *vis = w->vis + r * bk;
+        if (p->softcap != 0) {
+            const REAL cap = p->softcap;
+            for (int64_t j = 0; j < n; j++) s[j] = cap * TANH(s[j] / cap);
+        }
+        int64_t lo, hi;
+        FN(visible_range)(p, b, i, &lo, &hi);
+        const int64_t jl = min64(max64(lo - j0, 0), n), jh = max64(jl, min64(hi - j0, n));
+        for (int64_t j = 0; j < n; j++) vis[j] = j >= jl && j < jh;
+        if (has_mask) {
+            const refattn_tensor *t = &c->mask;
+            const uint8_t *mrow = (const uint8_t *)t->data + batch_offset(t, b) +
+                                  h * t->stride[1] + i * t->stride[2] + j0 * t->stride[3];
+            for (int64_t j = 0; j < n; j++) vis[j] &= mrow[j * t->stride[3]] != 0;
+        }
+        if (has_bias) {
+            const refattn_tensor *t = &c->bias;
+            const REAL *brow = (const REAL *)t->data + batch_offset(t, b) + h * t->stride[1] +
+                               i * t->stride[2] + j0 * t->stride[3];
+            for (int64_t j = 0; j < n; j++) {
+                const REAL add = brow[j * t->stride[3]];
+                if (add == -INFINITY) vis[j] = 0; /* hides the key even if its score is NaN */
+                s[j] += add;
+            }
+        }
+        for (int64_t j = 0; j < n; j++) {
+            if (!vis[j]) {
+                s[j] = -INFINITY;
+                hidden_any = 1;
+            }
+        }
+    }
+    return hidden_any;
+}
+
+#define PREFETCH_ROWS 8 /* query tiles this small prefetch the next key tile */
+
+/* Hint the cache to fetch rows [j0, j1) of k (Dk wide) and v (Dv wide). */
+static void FN(prefetch_rows)(const REAL *k, int64_t ldk, int64_t Dk, const REAL *v, int64_t ldv,
+                              int64_t Dv, int64_t j0, int64_t j1) {
+#if defined(__GNUC__) || defined(__clang__)
+    const int64_t line = 64 / sizeof(REAL);
+    for (int64_t j = j0; j < j1; j++) {
+        for (int64_t d = 0; d < Dk; d += line) __builtin_prefetch(k + j * ldk + d, 0, 3);
+        for (int64_t d = 0; d < Dv; d += line) __builtin_prefetch(v + j * ldv + d, 0, 3);
+    }
+#else
+    (void)k, (void)ldk, (void)Dk, (void)v, (void)ldv, (void)Dv, (void)j0, (void)j1;
+#endif
+}
+
+/* Query rows [i0, i0 + m) of head h of batch b, over the keys of chunk `split`. */
+static void FN(attend_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, int64_t qt,
+                            int64_t split) {
+    const refattn_call *c = p->c;
+    const OPS *ops = p->ops;
+    const int64_t Hq = c->Hq, Lq = c->Lq, Dv = c->Dv, bk = p->bk;
+    const int64_t i0 = qt * p->bq, m = min64(p->bq, Lq - i0);
+    const int64_t c0 = split * p->chunk, c1 = min64(c->Lk, c0 + p->chunk);
+    for (int64_t r = 0; r < m; r++) {
+        w->mx[r] = -INFINITY;
+        w->sum[r] = 0;
+    }
+    memset(w->o, 0, (size_t)(m * Dv) * sizeof(REAL));
+
+    /* The keys some row of the tile may see; keys outside them are never read. Key tiles
+       start at multiples of bk from the chunk start, so the work depends on shapes alone. */
+    int64_t lo, hi, lo_last, hi_last;
+    FN(visible_range)(p, b, i0, &lo, &hi);
+    FN(visible_range)(p, b, i0 + m - 1, &lo_last, &hi_last);
+    const int64_t jlo = max64(c0, lo), jhi = min64(c1, hi_last);
+    const REAL *v = (const REAL *)c->value.data + batch_offset(&c->value, b) +
+                    (h / p->G) * c->value.stride[1];
+    const int64_t ldv = c->value.stride[2];
+    const REAL *k = (const REAL *)c->key.data + batch_offset(&c->key, b) +
+                    (h / p->G) * c->key.stride[1];
+    const int64_t ldk = c->key.stride[2];
+    for (int64_t jt = jlo < jhi ? c0 + (jlo - c0) / bk * bk : jhi; jt < jhi; jt += bk) {
+        const int64_t j0 = max64(jt, jlo), n = min64(jt + bk, jhi) - j0;
+        /* With few query rows the tile is quick and memory-bound: ask for the next tile's keys
+           and values now, so that the loads overlap this tile's arithmetic. */
+        if (m <= PREFETCH_ROWS)
+            FN(prefetch_rows)(k, ldk, c->Dk, v, ldv, Dv, jt + bk, min64(jt + 2 * bk, jhi));
+        const int hidden = FN(score_tile)(p, w, b, h, i0, m, j0, n);
+        for (int64_t r = 0; r < m; r++)
+            ops->softmax(w->s + r * bk, n, &w->mx[r], &w->sum[r], &w->alpha[r]);
+        ops->weigh(w->o, Dv, w->s, bk, hidden ? w->vis : NULL, bk, w->alpha, v + j0 * ldv, ldv,
+                   m, n, Dv);
+    }
+
+    /* Finish: out = o / sum and lse = max + log(sum), or keep the partial state for merging */
+    for (int64_t r = 0; r < m; r++) {
+        const int64_t row = (b * Hq + h) * Lq + i0 + r; /* (b, h, i) */
+        const REAL *o = w->o + r * Dv;
+        if (p->nsplit > 1) {
+            REAL *part = p->part + (row * p->nsplit + split) * (Dv + 2);
+            part[0] = w->mx[r];
+            part[1] = w->sum[r];
+            memcpy(part + 2, o, (size_t)Dv * sizeof(REAL));
+            continue;
+        }
+        REAL *out = (REAL *)c->out + row * Dv;
+        if (w->sum[r] == 0) {
+            /* The row saw no key (fully masked): its sum is 0, and its output is 0 and its lse
+               -inf by the spec, rather than 0/0. */
+            memset(out, 0, (size_t)Dv * sizeof(REAL));
+            if (p->lse) p->lse[row] = -INFINITY;
+            continue;
+        }
+        const REAL inv = 1 / w->sum[r]; /* the one division of the row */
+        for (int64_t d = 0; d < Dv; d++) out[d] = o[d] * inv;
+        if (p->lse) p->lse[row] = w->mx[r] + LOG(w->sum[r]);
+    }
+}
+
+/* Split-K: merge the chunks of one row (b, h, i) with log-sum-exp rescaling. */
+static void FN(merge_row)(const FN(plan) *p, int64_t row) {
+    const int64_t Dv = p->c->Dv, nsplit = p->nsplit;
+    const REAL *part = p->part + row * nsplit * (Dv + 2);
+    REAL *out = (REAL *)p->c->out + row * Dv;
+    REAL top = -INFINITY;
+    for (int64_t s = 0; s < nsplit; s++) top = part[s * (Dv + 2)] > top ? part[s * (Dv + 2)] : top;
+    if (top == -INFINITY) {
+        /* No chunk saw a finite score: the row is fully masked (every sum 0: out 0, lse
+           -inf), unless a NaN score made some chunk's sum NaN. */
+        REAL total = 0;
+        for (int64_t s = 0; s < nsplit; s++) total += part[s * (Dv + 2) + 1];
+        for (int64_t d = 0; d < Dv; d++) out[d] = total == 0 ? 0 : total;
+        p->lse[row] = total == 0 ? -INFINITY : total;
+        return;
+    }
+    REAL total = 0;
+    for (int64_t d = 0; d < Dv; d++) out[d] = 0;
+    for (int64_t s = 0; s < nsplit; s++) {
+        const REAL *chunk = part + s * (Dv + 2);
+        if (chunk[0] == -INFINITY) continue; /* saw nothing: weighs exp(-inf) = 0 */
+        const REAL weight = chunk[0] == top ? 1 : EXP(chunk[0] - top);
+        total += weight * chunk[1];
+        for (int64_t d = 0; d < Dv; d++) out[d] += weight * chunk[2 + d];
+    }
+    /* total >= 1: the chunk holding the max has sum >= exp(0) (or NaN, which propagates). */
+    const REAL inv = 1 / total;
+    for (int64_t d = 0; d < Dv; d++) out[d] *= inv;
+    p->lse[row] = top + LOG(total);
+}
+
+/* Weights of rows [i0, i0 + m) of head h: exp(s - lse) at visible keys, 0 elsewhere (NaN
+   everywhere in a NaN row, as the reference's softmax gives). A straightforward pass. */
+static void FN(weights_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, int64_t qt) {
+    const refattn_call *c = p->c;
+    const int64_t Lq = c->Lq, Lk = c->Lk, bk = p->bk;
+    const int64_t i0 = qt * p->bq, m = min64(p->bq, Lq - i0);
+    const int64_t row0 = (b * c->Hq + h) * Lq + i0;
+    REAL *weights = (REAL *)c->weights + row0 * Lk;
+    const REAL *lse = p->lse + row0;
+    for (int64_t r = 0; r < m; r++) {
+        const REAL hidden = isnan(lse[r]) ? lse[r] : 0; /* exp(-inf - lse) */
+        for (int64_t j = 0; j < Lk; j++) weights[r * Lk + j] = hidden;
+    }
+    int64_t lo, hi, lo_last, hi_last;
+    FN(visible_range)(p, b, i0, &lo, &hi);
+    FN(visible_range)(p, b, i0 + m - 1, &lo_last, &hi_last);
+    for (int64_t jt = lo < hi_last ? lo / bk * bk : hi_last; jt < hi_last; jt += bk) {
+        const int64_t j0 = max64(jt, lo), n = min64(jt + bk, hi_last) - j0;
+        FN(score_tile)(p, w, b, h, i0, m, j0, n);
+        for (int64_t r = 0; r < m; r++) {
+            if (lse[r] == -INFINITY) continue; /* fully masked row: weights stay 0, not NaN */
+            const REAL *s = w->s + r * bk;
+            for (int64_t j = 0; j < n; j++) weights[r * Lk + j0 + j] = EXP(s[j] - lse[r]);
+        }
+    }
+}
+
+/* Split-K when the query tiles alone are too few to keep threads busy (decode: Lq = 1 with
+   few heads). The split depends on the shapes only, never on the thread count, so results
+   are the same bit for bit whatever the number of threads. */
+#define SPLIT_ITEMS 64       /* aim for at least this many work items */
+#define SPLIT_MIN_KEYS 512   /* and no chunk shorter than this */
+
+static int FN(flash)(const refattn_call *c, const OPS *ops, int num_threads) {
+    FN(plan) p = {0};
+    p.c = c;
+    p.ops = ops;
+    p.G = c->Hq / c->Hkv;
+    p.bk = ops->bk;
+    p.bq = c->Lq < ops->bq ? (c->Lq > 0 ? c->Lq : 1) : ops->bq;
+    p.nqt = cdiv(c->Lq, p.bq);
+    p.offset = c->causal == REFATTN_CAUSAL_BOTTOM_RIGHT ? c->Lk - c->Lq : 0;
+    /* A window side longer than Lq + Lk hides nothing: clamp it so index sums cannot overflow. */
+    p.wl = c->window_left < 0 ? -1 : min64(c->window_left, c->Lq + c->Lk);
+    p.wr = c->window_right < 0 ? -1 : min64(c->window_right, c->Lq + c->Lk);
+    p.scale = (REAL)c->scale;
+    p.softcap = (REAL)c->softcap;
+    const int64_t BH = c->B * c->Hq, rows = BH * c->Lq, Dv = c->Dv;
+
+    p.nsplit = 1;
+    p.chunk = c->Lk > 0 ? c->Lk : 1;
+    const int64_t tiles = BH * p.nqt;
+    if (tiles > 0 && tiles < SPLIT_ITEMS && c->Lk >= 2 * SPLIT_MIN_KEYS) {
+        int64_t want = min64(cdiv(c->Lk, SPLIT_MIN_KEYS), cdiv(SPLIT_ITEMS, tiles));
+        p.chunk = cdiv(cdiv(c->Lk, want), p.bk) * p.bk;
+        p.nsplit = cdiv(c->Lk, p.chunk);
+    }
+    const int64_t items = tiles * p.nsplit;
+
+    /* Threads: no more than the work items, and one when the call is too small to share. */
+    int64_t threads = num_threads;
+    const double work = (double)rows * (double)c->Lk * (double)(c->Dk + Dv);
+    if (threads > items) threads = items > 0 ? items : 1;
+    if (work < 65536.0) threads = 1;
+
+    /* Allocate everything before the parallel region, so a failure is one clean return. */
+    const int64_t bq = p.bq, bk = p.bk;
+    const size_t per_thread = round_up(sizeof(REAL) * (size_t)(c->Dk * bk)) +
+                              round_up(sizeof(REAL) * (size_t)(bq * bk)) +
+                              round_up((size_t)(bq * bk)) +
+                              round_up(sizeof(REAL) * (size_t)(bq * Dv)) +
+                              3 * round_up(sizeof(REAL) * (size_t)bq);
+    const int need_lse = c->weights != NULL || p.nsplit > 1;
+    const size_t lse_bytes = need_lse && !c->lse ? round_up(sizeof(REAL) * (size_t)rows) : 0;
+    size_t part_bytes = 0;
+    if (p.nsplit > 1) {
+        part_bytes = size_mul_add((size_t)rows, (size_t)p.nsplit, 0);
+        part_bytes = size_mul_add(part_bytes, sizeof(REAL) * (size_t)(Dv + 2), 0);
+    }
+    size_t total = size_mul_add((size_t)threads, per_thread, ALIGN);
+    total = size_mul_add(1, total, lse_bytes);
+    total = size_mul_add(1, total, part_bytes);
+    if (total == SIZE_MAX) return REFATTN_ENOMEM;
+    char *block = malloc(total);
+    if (!block) return REFATTN_ENOMEM;
+    char *base = (char *)round_up((size_t)(uintptr_t)block); /* 64-byte aligned */
+    char *shared = base + (size_t)threads * per_thread;
+    p.lse = c->lse ? (REAL *)c->lse : (need_lse ? (REAL *)shared : NULL);
+    p.part = p.nsplit > 1 ? (REAL *)(shared + lse_bytes) : NULL;
+
+    /* Work items (b, h, query tile, key chunk). Causal and windowed tiles cost more the later
+       they sit, so those go first, heaviest first; otherwise head by head, for the caches.
+       Dynamic scheduling balances what remains; which thread runs an item never changes
+       its result. */
+    const int heaviest_first = c->causal != REFATTN_CAUSAL_NONE || p.wl >= 0 || p.wr >= 0;
+    const int64_t nsplit = p.nsplit, nqt = p.nqt;
+
+#pragma omp parallel num_threads((int)threads) if (threads > 1)
+    {
+        char *mine = base + (size_t)THREAD_ID() * per_thread;
+        FN(work) w;
+        w.kp = (REAL *)mine;
+        mine += round_up(sizeof(REAL) * (size_t)(c->Dk * bk));
+        w.s = (REAL *)mine;
+        mine += round_up(sizeof(REAL) * (size_t)(bq * bk));
+        w.vis = (uint8_t *)mine;
+        mine += round_up((size_t)(bq * bk));
+        w.o = (REAL *)mine;
+        mine += round_up(sizeof(REAL) * (size_t)(bq * Dv));
+        w.mx = (REAL *)mine;
+        mine += round_up(sizeof(REAL) * (size_t)bq);
+        w.sum = (REAL *)mine;
+        mine += round_up(sizeof(REAL) * (size_t)bq);
+        w.alpha = (REAL *)mine;
+
+        /* pass 1: every (b, h, query tile, key chunk) */
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t item = 0; item < items; item++) {
+            const int64_t split = item % nsplit, rest = item / nsplit;
+            int64_t bh, qt;
+            if (heaviest_first) {
+                qt = nqt - 1 - rest / BH;
+                bh = rest % BH;
+            } else {
+                qt = rest % nqt;
+                bh = rest / nqt;
+            }
+            FN(attend_tile)(&p, &w, bh / c->Hq, bh % c->Hq, qt, split);
+        }
+
+        /* pass 2: merge the key chunks of each row */
+        if (nsplit > 1) {
+#pragma omp for schedule(static)
+            for (int64_t row = 0; row < rows; row++) FN(merge_row)(&p, row);
+        }
+
+        /* pass 3: weights, when asked, from the final lse */
+        if (c->weights) {
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t t = 0; t < tiles; t++)
+                FN(weights_tile)(&p, &w, (t / nqt) / c->Hq, (t / nqt) % c->Hq, t % nqt);
+        }
+    }
+    free(block);
+    return REFATTN_OK;
+}

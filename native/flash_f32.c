@@ -1,0 +1,16 @@
+/* The float32 driver: flash.h for float, with the tile kernels of the chosen instruction set
+   (AVX-512, AVX2+FMA, or the scalar ones from flash.h). */
+#define REAL float
+#define OPS refattn_ops_f32
+#define FN(name) name##_f32
+#define EXP expf
+#define LOG logf
+#define TANH tanhf
+#include "flash.h"
+
+int refattn_flash_f32(const refattn_call *call, int isa, int num_threads) {
+    const refattn_ops_f32 *ops = &scalar_ops_f32;
+    if (isa == REFATTN_ISA_AVX512 && refattn_avx512_ops) ops = refattn_avx512_ops;
+    if (isa == REFATTN_ISA_AVX2 && refattn_avx2_ops) ops = refattn_avx2_ops;
+    return flash_f32(call, ops, num_threads);
+}

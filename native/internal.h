@@ -1,0 +1,58 @@
+/* What the pieces of the native core share, and nothing a caller needs.
+
+   The driver (flash.h, instantiated for float32 and float64) walks tiles of queries and keys
+   and keeps the online softmax; the tile kernels below do the arithmetic of one tile. Each
+   instruction set provides one table of tile kernels; the scalar table is written in plain C
+   beside the driver, and every SIMD table is checked against it.
+
+   Legend: B batch, Hq/Hkv heads, Lq/Lk lengths, Dk/Dv head dims; in a tile, m query rows
+   (m <= bq) against n keys (n <= bk). */
+#ifndef REFATTN_INTERNAL_H
+#define REFATTN_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attention.h"
+
+/* Tile kernels for one element type. Strides (ld*) are in elements. */
+#define REFATTN_DECLARE_OPS(T, NAME)                                                           \
+    typedef struct NAME {                                                                      \
+        int64_t bq; /* query rows per tile */                                                  \
+        int64_t bk; /* keys per tile, a multiple of 16 */                                      \
+        /* Copy keys [0, n) of k (rows of Dk, row stride ldk) into kp, in whatever layout      \
+           `scores` reads; kp holds Dk·bk elements. */                                         \
+        void (*pack_keys)(T *kp, const T *k, int64_t ldk, int64_t n, int64_t Dk);              \
+        /* s[r·lds + j] = scale·(q_r · k_j) for r < m, j < n; columns up to the next multiple  \
+           of 16 may be written too (lds >= bk). */                                            \
+        void (*scores)(T *s, int64_t lds, const T *q, int64_t ldq, const T *kp, int64_t m,     \
+                       int64_t n, int64_t Dk, T scale);                                        \
+        /* One row of the online softmax: s[0, n) holds scores (-inf where hidden). Updates    \
+           the running max *mx and sum *sum, overwrites s with p = exp(s - max), and sets     \
+           *alpha to the factor that rescales the row's accumulator (1 when the max holds). */ \
+        void (*softmax)(T *s, int64_t n, T *mx, T *sum, T *alpha);                             \
+        /* o[r] = alpha[r]·o[r] + Σ_j p[r·ldp + j]·v_j for r < m, over j < n (v rows of Dv,    \
+           row stride ldv). With vis, keys with vis[r·ldvis + j] == 0 are left out entirely    \
+           (not multiplied by 0: a NaN value of a hidden key must not reach the row). */      \
+        void (*weigh)(T *o, int64_t ldo, const T *p, int64_t ldp, const uint8_t *vis,         \
+                      int64_t ldvis, const T *alpha, const T *v, int64_t ldv, int64_t m,       \
+                      int64_t n, int64_t Dv);                                                  \
+    } NAME;
+
+REFATTN_DECLARE_OPS(float, refattn_ops_f32)
+REFATTN_DECLARE_OPS(double, refattn_ops_f64)
+
+/* The SIMD tables; NULL when this build has no such kernels (not x86-64, or a compiler
+   that cannot target them). */
+extern const refattn_ops_f32 *const refattn_avx512_ops;
+extern const refattn_ops_f32 *const refattn_avx2_ops;
+
+/* Does this CPU, with this OS, run the instruction set? (CPUID, and XGETBV for the register
+   state the OS saves.) Cached after the first call. */
+int refattn_cpu_has(int isa);
+
+/* The drivers, one per dtype; `call` has been checked by refattn_attention. */
+int refattn_flash_f32(const refattn_call *call, int isa, int num_threads);
+int refattn_flash_f64(const refattn_call *call, int num_threads);
+
+#endif

@@ -1,0 +1,219 @@
+"""What `refattn bench` reports: the JSON document (schema "refattn-bench/1") and its table.
+
+Derived figures, per case and implementation, all from medians:
+    GFLOP/s   = flops / median time, flops = 4·B·H·pairs·D (causal: visible pairs only)
+    % peak    = GFLOP/s / the matmul peak measured in the same run
+    GB/s      = bytes of K and V / median time (decode cases, Lq = 1: they read K and V once)
+    % read    = GB/s / the streaming-read bandwidth measured in the same run
+    native ×  = the peer's median time / native's median time (> 1: native is faster)
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import numpy as np
+
+from refattn.bench import measure
+from refattn.bench.impls import IMPLS
+
+SCHEMA = "refattn-bench/1"
+BUSY_WARNING_PERCENT = 2.0
+FLOPS_COUNTED = (
+    "4·B·H·pairs·D: 2·D for q·k and 2·D for p·v per (query, key) pair; a causal case counts "
+    "only its visible pairs, N(N+1)/2 per head when Lq = Lk = N"
+)
+
+
+def _spread(values: list[float], how: str) -> dict:
+    return {
+        "median": float(np.median(values)),
+        "min": float(min(values)),
+        "max": float(max(values)),
+        "samples": [float(v) for v in values],
+        "how": how,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def build(*, timing, memory, settings, impls, cpus, created, command, elapsed, busy) -> dict:
+    threads, dtype = settings["threads"], settings["dtype"]
+    n = settings["peak_n"]
+    peak = _spread(
+        timing["matmul_gflops"],
+        f"NumPy {dtype} matmul {n}×{n} @ {n}×{n} (OpenBLAS gemm), {threads} threads; "
+        f"samples at the start and the end",
+    )
+    rows, cols = settings["stream_shape"]
+    stream = _spread(
+        timing["stream_gbps"],
+        f"NumPy {dtype} matrix-vector product over a {rows}×{cols} matrix "
+        f"({rows * cols * np.dtype(dtype).itemsize / 2**20:.0f} MiB, OpenBLAS gemv), "
+        f"{threads} threads: bytes of the matrix / time; samples at the start and the end",
+    )
+    cases = []
+    for entry in timing["cases"]:
+        case, results = entry["case"], entry["results"]
+        for result in results.values():
+            if result["status"] != "ok":
+                continue
+            seconds = result["ms"]["median"] / 1e3
+            result["gflops"] = case["flops"] / seconds / 1e9
+            result["pct_peak"] = 100 * result["gflops"] / peak["median"]
+            if case["decode"]:
+                result["gbps"] = case["kv_bytes"] / seconds / 1e9
+                result["pct_stream"] = 100 * result["gbps"] / stream["median"]
+        speedup = {}
+        native = results.get("native", {})
+        if native.get("status") == "ok":
+            for name, result in results.items():
+                if name != "native" and result["status"] == "ok":
+                    speedup[name] = result["ms"]["median"] / native["ms"]["median"]
+        cases.append({**case, "results": results, "native_speedup": speedup})
+    seen = timing.get("threads_seen", {})
+    return {
+        "schema": SCHEMA,
+        "created": created,
+        "command": command,
+        "elapsed_s": elapsed,
+        "settings": {
+            **settings,
+            "min_sample_s": measure.MIN_SAMPLE_S,
+            "warmup_s": measure.WARMUP_S,
+            "settle_s": measure.SETTLE_S,
+            "primer_below_s": measure.PRIME_BELOW_S,
+            "statistic": "median of the rounds, with min and max; per call",
+            "sample": "one untimed call (for calls under primer_below_s), then enough timed "
+            "calls back to back to last min_sample_s; implementations interleaved, the order "
+            "rotating every round",
+            "causal_alignment": "bottom-right (the same as top-left when Lq = Lk)",
+            "flops_counted": FLOPS_COUNTED,
+        },
+        "machine": {
+            "cpu": _cpu_name(),
+            "cpus_allowed": len(os.sched_getaffinity(0)),
+            "cpus_pinned": cpus,
+            "python": platform.python_version(),
+            "matmul_peak_gflops": peak,
+            "stream_read_gbps": stream,
+            "busy_elsewhere": busy,
+        },
+        "implementations": {
+            name: {
+                "title": IMPLS[name].title,
+                "threads": IMPLS[name].threads_how.format(n=threads)
+                + (f" (reports {seen[name]})" if name in seen else ""),
+                "versions": timing["versions"].get(name, {}),
+            }
+            for name in impls
+        },
+        "cases": cases,
+        "memory": memory,
+    }
+
+
+# --------------------------------------------------------------------------------------- table
+
+
+def _ms(ms: dict) -> str:
+    def fmt(x):
+        return f"{x:.3g}" if x < 100 else f"{x:.0f}"
+
+    return f"{fmt(ms['median']):>7} ({fmt(ms['min'])}–{fmt(ms['max'])})"
+
+
+def table(document: dict) -> str:
+    settings, machine = document["settings"], document["machine"]
+    peak, stream = machine["matmul_peak_gflops"], machine["stream_read_gbps"]
+    impls = list(document["implementations"])
+    has_native = "native" in impls
+    lines = [
+        f"refattn bench: {settings['dtype']}, {settings['threads']} threads, "
+        f"{settings['repeat']} rounds (median, min–max per call), {document['created']}",
+        f"machine: {machine['cpu']}, CPUs {machine['cpus_pinned']} of {machine['cpus_allowed']}",
+        f"matmul peak {peak['median']:.0f} GFLOP/s (min–max {peak['min']:.0f}–{peak['max']:.0f}): "
+        f"{peak['how']}",
+        f"streaming read {stream['median']:.1f} GB/s (min–max {stream['min']:.1f}–"
+        f"{stream['max']:.1f}): {stream['how']}",
+        f"a sample: {settings['sample']}",
+        f"GFLOP/s counts {settings['flops_counted']}. Causal is {settings['causal_alignment']}.",
+        _busy_line(machine["busy_elsewhere"]),
+        "threads:",
+        *(f"  {name}: {info['threads']}" for name, info in document["implementations"].items()),
+        "",
+    ]
+    header = f"{'case':<26} {'impl':<12} {'median ms (min–max)':<24} {'GFLOP/s':>8} {'% peak':>7}"
+    header += f" {'GB/s':>6} {'% read':>6}"
+    if has_native:
+        header += f" {'native ×':>9}"
+    lines += [header, "-" * len(header)]
+    for case in document["cases"]:
+        first = True
+        for name in impls:
+            result = case["results"][name]
+            label = case["label"] if first else ""
+            first = False
+            if result["status"] != "ok":
+                lines.append(f"{label:<26} {name:<12} {result['status']}: {result['reason']}")
+                continue
+            row = f"{label:<26} {name:<12} {_ms(result['ms']):<24} {result['gflops']:>8.1f}"
+            row += f" {result['pct_peak']:>6.0f}%"
+            if "gbps" in result:
+                row += f" {result['gbps']:>6.1f} {result['pct_stream']:>5.0f}%"
+            else:
+                row += f" {'':>6} {'':>6}"
+            if name in case["native_speedup"]:
+                row += f" {case['native_speedup'][name]:>8.2f}×"
+            lines.append(row.rstrip())
+    if has_native:
+        lines.append("native × = the peer's median time / native's: above 1, native is faster.")
+    if document["memory"]:
+        lines += ["", _memory_table(document["memory"])]
+    lines.append(f"\nelapsed {document['elapsed_s']:.0f} s")
+    return "\n".join(lines) + "\n"
+
+
+def _busy_line(busy: dict) -> str:
+    line = (
+        f"other processes used {busy['cpu_s']:.1f} CPU-seconds while timing ran "
+        f"({busy['percent_of_machine']:.1f}% of this machine over {busy['wall_s']:.0f} s)"
+    )
+    if busy["percent_of_machine"] > BUSY_WARNING_PERCENT:
+        line += ": the machine was not quiet; times may be slower and noisier than it can do"
+    return line
+
+
+def _memory_table(memory: list[dict]) -> str:
+    lines = [
+        "peak memory: one fresh process per implementation and case; one call after a warm-up",
+        "  peak = the most resident memory (VmHWM) during that call, over the process after "
+        "imports",
+        "  beyond = peak − inputs − output: the implementation's own working memory",
+        f"{'case':<26} {'impl':<12} {'inputs+out MiB':>14} {'peak MiB':>9} {'beyond MiB':>11}",
+    ]
+    lines.append("-" * len(lines[-1]))
+    last = None
+    for entry in memory:
+        label = entry["case"]["label"] if entry["case"]["id"] != last else ""
+        last = entry["case"]["id"]
+        name = entry["impl"]
+        if entry["status"] != "ok":
+            lines.append(f"{label:<26} {name:<12} {entry['status']}: {entry['reason']}")
+            continue
+        io = entry["inputs_mib"] + entry["output_mib"]
+        lines.append(
+            f"{label:<26} {name:<12} {io:>14.0f} {entry['peak_over_baseline_mib']:>9.0f} "
+            f"{entry['beyond_inputs_outputs_mib']:>11.0f}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,280 @@
+"""The native core: refattn's C attention kernel, with the reference's signature and semantics.
+
+    out = attention(query, key, value, *, mask, bias, causal, window, kv_lengths, scale,
+                    softcap, return_lse, return_weights, num_threads, isa)
+
+computes what `refattn.reference.attention` defines (its docstring has the formula, the shape
+letters and every option), FlashAttention-2 style: tiles of queries and keys, an online
+softmax, float32 accumulation (float64 for float64 inputs), OpenMP threads, and SIMD kernels
+chosen at run time. float16 inputs are computed in float32; out comes back in the query's
+dtype, lse and weights in the compute dtype.
+
+Each call takes four steps: validate (`refattn._checks`, shared with the reference), take the
+buffers (any strides NumPy gives; broadcast masks and biases are passed with their broadcast
+strides, never copied B·H times), call the C core (the GIL is released meanwhile), and turn its
+status into an exception (MemoryError when it cannot allocate its working memory).
+
+Extra arguments:
+    num_threads: threads for this call; default the REFATTN_NUM_THREADS environment variable,
+        else OpenMP's default (OMP_NUM_THREADS, else every core).
+    isa: "avx512", "avx2" or "scalar", the SIMD kernels for this call (float32; float64 always
+        runs portable C); default REFATTN_ISA (read at import), else the fastest this CPU runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+
+import numpy as np
+
+from refattn._checks import check_attention
+from refattn._native import ffi, lib
+
+ISAS = {
+    "avx512": lib.REFATTN_ISA_AVX512,
+    "avx2": lib.REFATTN_ISA_AVX2,
+    "scalar": lib.REFATTN_ISA_SCALAR,
+}
+MAX_THREADS = 1024
+_CAUSAL = {
+    None: lib.REFATTN_CAUSAL_NONE,
+    "top_left": lib.REFATTN_CAUSAL_TOP_LEFT,
+    "bottom_right": lib.REFATTN_CAUSAL_BOTTOM_RIGHT,
+}
+_DTYPE = {np.dtype(np.float32): lib.REFATTN_FLOAT32, np.dtype(np.float64): lib.REFATTN_FLOAT64}
+
+
+def available_isas() -> list[str]:
+    """The instruction sets this build and this CPU can run, fastest first."""
+    return [name for name, code in ISAS.items() if lib.refattn_isa_supported(code)]
+
+
+def _isa_code(name, what: str) -> int:
+    if not isinstance(name, str) or name not in ISAS:
+        raise ValueError(f"{what} should be one of {', '.join(map(repr, ISAS))}, but got {name!r}")
+    if not lib.refattn_isa_supported(ISAS[name]):
+        raise ValueError(
+            f"{what} is {name!r}, but this CPU (or this build) cannot run it; "
+            f"available: {', '.join(available_isas())}"
+        )
+    return ISAS[name]
+
+
+def _default_isa() -> tuple[int | None, str | None]:
+    """The ISA chosen at import: REFATTN_ISA if set, else the fastest; or the error to raise."""
+    name = os.environ.get("REFATTN_ISA", "")
+    if not name:
+        return lib.refattn_isa_best(), None
+    try:
+        return _isa_code(name, "REFATTN_ISA"), None
+    except ValueError as error:
+        return None, str(error)
+
+
+_ISA, _ISA_ERROR = _default_isa()
+
+
+def _isa(isa) -> int:
+    if isa is not None:
+        return _isa_code(isa, "isa")
+    if _ISA is None:
+        raise ValueError(_ISA_ERROR)
+    return _ISA
+
+
+def _threads(num_threads) -> int:
+    """Threads for the call; 0 lets the C core use OpenMP's default."""
+    what = "num_threads"
+    if num_threads is None:
+        text = os.environ.get("REFATTN_NUM_THREADS", "").strip()
+        if not text:
+            return 0
+        what = "REFATTN_NUM_THREADS"
+        try:
+            num_threads = int(text)
+        except ValueError:
+            raise ValueError(
+                f"REFATTN_NUM_THREADS should be a whole number from 1 to {MAX_THREADS}, "
+                f"but got {text!r}"
+            ) from None
+    elif not isinstance(num_threads, int | np.integer) or isinstance(num_threads, bool):
+        raise TypeError(
+            f"num_threads should be an int or None, but got {type(num_threads).__name__} "
+            f"{num_threads!r}"
+        )
+    if not 1 <= num_threads <= MAX_THREADS:
+        raise ValueError(f"{what} should be from 1 to {MAX_THREADS}, but got {num_threads}")
+    return int(num_threads)
+
+
+def _rows(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """x in the compute dtype with aligned elements and contiguous rows: what the kernel reads
+    vector by vector. Other strides (transposed heads, negative steps) are kept as they are."""
+    if x.dtype != dtype:
+        return x.astype(dtype)
+    item = x.itemsize
+    odd = any(s % item for n, s in zip(x.shape, x.strides, strict=True) if n > 1)
+    if not x.flags.aligned or odd or (x.shape[-1] > 1 and x.strides[-1] != item):
+        return np.array(x, dtype=dtype, order="C")  # a fresh, aligned copy
+    return x
+
+
+def _aligned(x: np.ndarray) -> np.ndarray:
+    """x itself, or an aligned copy when its elements are misaligned (any strides are fine)."""
+    odd = any(s % x.itemsize for n, s in zip(x.shape, x.strides, strict=True) if n > 1)
+    return np.array(x, order="C") if odd or not x.flags.aligned else x
+
+
+def _address(x: np.ndarray):
+    return ffi.cast("void *", x.__array_interface__["data"][0])
+
+
+def _tensor(field, x: np.ndarray, nbatch: int, keep: list) -> None:
+    """Describe x, (B..., H, L, last), in a refattn_tensor: its address and element strides,
+    the batch dims flattened into one stride when they line up, else one offset per entry."""
+    item = x.itemsize
+    # A dim of size 1 is never stepped along: its stride may be anything NumPy left there.
+    strides = [0 if n == 1 else s // item for n, s in zip(x.shape, x.strides, strict=True)]
+    if x.shape[-1] == 1:
+        strides[-1] = 1  # rows of one element are contiguous
+    batch = [(n, s) for n, s in zip(x.shape[:nbatch], strides[:nbatch], strict=True) if n != 1]
+    field.data = _address(x)
+    if all(outer[1] == inner[1] * inner[0] for outer, inner in itertools.pairwise(batch)):
+        batch_stride = batch[-1][1] if batch else 0
+    else:
+        batch_stride = 0
+        offsets = np.zeros((), dtype=np.int64)
+        for n, s in zip(x.shape[:nbatch], strides[:nbatch], strict=True):
+            offsets = offsets[..., None] + np.arange(n, dtype=np.int64) * s
+        offsets = np.ascontiguousarray(offsets.reshape(-1))
+        keep.append(offsets)
+        field.batch_offsets = ffi.cast("int64_t *", offsets.__array_interface__["data"][0])
+    field.stride = [batch_stride, *strides[nbatch:]]
+
+
+_STATUS = {
+    lib.REFATTN_ENOMEM: (MemoryError, "the native core could not allocate its working memory"),
+    lib.REFATTN_EISA: (ValueError, "the native core cannot run the instruction set asked for"),
+    lib.REFATTN_EINVAL: (
+        RuntimeError,
+        "the native core rejected the call after refattn checked it: a bug in refattn, "
+        "please report it with the call's shapes and options",
+    ),
+}
+
+
+def attention(
+    query,
+    key,
+    value,
+    *,
+    mask=None,
+    bias=None,
+    causal=None,
+    window=None,
+    kv_lengths=None,
+    scale=None,
+    softcap=None,
+    return_lse=False,
+    return_weights=False,
+    num_threads=None,
+    isa=None,
+):
+    """Scaled dot-product attention in C; the semantics of `refattn.reference.attention`.
+
+    See the module docstring for num_threads and isa, and refattn.reference.attention for
+    everything else. Returns out, or (out, lse), (out, weights) or (out, lse, weights).
+    """
+    # 1. validate
+    call = check_attention(
+        query,
+        key,
+        value,
+        mask=mask,
+        bias=bias,
+        causal=causal,
+        window=window,
+        kv_lengths=kv_lengths,
+        scale=scale,
+        softcap=softcap,
+    )
+    isa_code = _isa(isa)
+    threads = _threads(num_threads)
+
+    # 2. buffers
+    dtype = call.compute_dtype
+    batch, nbatch = call.batch_shape, len(call.batch_shape)
+    B = math.prod(batch)
+    Hq, Lq, Lk, Dv = call.Hq, call.Lq, call.Lk, call.Dv
+    out = np.empty((B, Hq, Lq, Dv), dtype=dtype)
+    lse = np.empty((B, Hq, Lq), dtype=dtype) if return_lse else None
+    weights = np.empty((B, Hq, Lq, Lk), dtype=dtype) if return_weights else None
+    c = ffi.new("refattn_call *")
+    keep = []  # arrays that must outlive the C call
+    c.out = _address(out)
+    if lse is not None:
+        c.lse = _address(lse)
+    if weights is not None:
+        c.weights = _address(weights)
+    q, k, v = _rows(call.query, dtype), _rows(call.key, dtype), _rows(call.value, dtype)
+    _tensor(c.query, q, nbatch, keep)
+    _tensor(c.key, k, nbatch, keep)
+    _tensor(c.value, v, nbatch, keep)
+    if call.mask is not None:
+        mask = np.broadcast_to(call.mask, call.scores_shape)  # strides 0: no copy
+        _tensor(c.mask, mask, nbatch, keep)
+    if call.bias is not None:
+        bias = np.broadcast_to(_aligned(call.bias), call.scores_shape)
+        _tensor(c.bias, bias, nbatch, keep)
+    if call.kv_lengths is not None:
+        lengths = np.ascontiguousarray(call.kv_lengths.reshape(-1))
+        keep.append(lengths)
+        c.kv_lengths = ffi.cast("int64_t *", lengths.__array_interface__["data"][0])
+    c.B, c.Hq, c.Hkv, c.Lq, c.Lk, c.Dk, c.Dv = B, Hq, call.Hkv, Lq, Lk, call.Dk, Dv
+    c.dtype = _DTYPE[dtype]
+    c.causal = _CAUSAL[call.causal]
+    left, right = call.window if call.window is not None else (None, None)
+    # A side longer than Lq + Lk hides nothing; clamping keeps huge ints out of int64.
+    c.window_left = -1 if left is None else min(left, Lq + Lk)
+    c.window_right = -1 if right is None else min(right, Lq + Lk)
+    c.scale = call.scale
+    c.softcap = 0.0 if call.softcap is None else call.softcap
+    c.num_threads = threads
+    c.isa = isa_code
+
+    # 3. call (cffi releases the GIL for the duration)
+    status = lib.refattn_attention(c)
+
+    # 4. status -> exception
+    if status != lib.REFATTN_OK:
+        kind, message = _STATUS.get(status, (RuntimeError, f"unknown status {status}"))
+        raise kind(f"refattn.native.attention: {message}")
+    del keep
+    out = out.reshape(*batch, Hq, Lq, Dv)
+    if out.dtype != call.query.dtype:
+        out = out.astype(call.query.dtype)
+    extras = []
+    if lse is not None:
+        extras.append(lse.reshape(*batch, Hq, Lq))
+    if weights is not None:
+        extras.append(weights.reshape(*batch, Hq, Lq, Lk))
+    return (out, *extras) if extras else out
+
+
+def info() -> dict:
+    """What the native core runs with: ISA in use and available, threads, OpenMP, build."""
+    openmp = lib.refattn_openmp_version()
+    try:
+        threads = _threads(None) or lib.refattn_max_threads()
+    except ValueError as error:
+        threads = f"error: {error}"
+    return {
+        "isa": None if _ISA is None else next(n for n, c in ISAS.items() if c == _ISA),
+        "isa_error": _ISA_ERROR,
+        "isas_available": available_isas(),
+        "threads": threads,
+        "openmp": openmp or None,
+        "build": ffi.string(lib.refattn_build_info()).decode(),
+    }

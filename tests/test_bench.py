@@ -1,0 +1,269 @@
+"""`refattn bench`: the grid, the FLOP counts, the command line and the report's schema.
+
+Nothing here judges a time: the tiny run checks the shape of the report, never its numbers.
+"""
+
+import importlib.util
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from refattn import masks, reference
+from refattn.bench import cases as grid
+from refattn.bench import impls, run
+from refattn.bench.cases import Case, parse_shape, visible_pairs
+from refattn.cli import main
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+
+# ------------------------------------------------------------------------------------ the grid
+
+
+@pytest.mark.parametrize(
+    ("text", "shape"),
+    [("1,8,1024,64", (1, 8, 1024, 1024, 64)), ("1,32,1,4096,128", (1, 32, 1, 4096, 128))],
+)
+def test_parse_shape(text, shape):
+    assert parse_shape(text) == shape
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("1,8,64", "B,H,Lq,Lk,D"),
+        ("1,8,1024,64,1,1", "B,H,Lq,Lk,D"),
+        ("1,8,x,64", "whole numbers"),
+        ("1,0,16,64", "at least 1"),
+    ],
+)
+def test_parse_shape_rejects(text, says):
+    with pytest.raises(ValueError, match=says):
+        parse_shape(text)
+
+
+def test_default_grid_holds_issue_8_shapes():
+    cases = grid.default_cases()
+    for B, H, Lq, Lk, D in grid.ISSUE8_SHAPES:
+        causal_options = (False,) if Lq == 1 else (False, True)
+        for causal in causal_options:
+            assert Case(B, H, Lq, Lk, D, causal=causal) in cases, (B, H, Lq, Lk, D, causal)
+    sweep = {(c.Lq, c.D) for c in cases if c.B == 1 and c.Lq == c.Lk}
+    assert sweep >= {(n, d) for n in (128, 8192) for d in (64, 128)}
+    assert len(cases) == len(set(cases)), "no case twice"
+    assert (1, 8, 16384, 16384, 64) in grid.MEMORY_SHAPES
+
+
+def test_decode_is_timed_non_causal_in_both_mode():
+    cases = grid.cases_for([(1, 32, 1, 4096, 128), (1, 8, 16, 16, 8)], causal="both")
+    assert [(c.Lq, c.causal) for c in cases] == [(1, False), (16, False), (16, True)]
+    assert grid.cases_for([(1, 32, 1, 4096, 128)], causal="yes")[0].causal
+
+
+@pytest.mark.parametrize(("Lq", "Lk"), [(1, 1), (5, 5), (3, 8), (8, 3), (1, 9), (7, 7)])
+def test_visible_pairs_count_the_bottom_right_causal_mask(Lq, Lk):
+    expected = int(masks.causal_mask(Lq, Lk, "bottom_right").sum())
+    assert visible_pairs(Lq, Lk, causal=True) == expected
+    assert visible_pairs(Lq, Lk, causal=False) == Lq * Lk
+
+
+def test_flops():
+    full = Case(1, 8, 1024, 1024, 64)
+    assert full.flops == 4 * 8 * 1024 * 1024 * 64 == 2**31
+    causal = replace(full, causal=True)
+    assert causal.visible_pairs == 1024 * 1025 // 2
+    assert causal.flops == 4 * 8 * (1024 * 1025 // 2) * 64
+    decode = Case(1, 32, 1, 4096, 128)
+    assert decode.flops == 4 * 32 * 4096 * 128
+    assert decode.kv_bytes == 2 * 32 * 4096 * 128 * 4
+    assert Case(1, 1, 1, 8, 8, dtype="float64").kv_bytes == 2 * 8 * 8 * 8
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("Lq", "Lk"), [(6, 6), (3, 7)])
+def test_naive_numpy_computes_attention(causal, Lq, Lk):
+    q, k, v = Case(2, 3, Lq, Lk, 8, causal=causal).inputs(seed=1)
+    got = impls.naive_attention(q, k, v, causal=causal)
+    want = reference.attention(q, k, v, causal="bottom_right" if causal else None)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_skips_what_does_not_fit_and_what_the_default_grid_cannot_afford():
+    long = Case(1, 8, 16384, 16384, 64)
+    skips = run.plan_skips([long], ["numpy", "torch"], default_grid=False, available=2**33)
+    assert "would need ≈ 25.7 GiB (≈ 3.2 arrays" in skips[long.id]["numpy"]
+    assert "torch" not in skips[long.id]  # it streams: nothing to estimate
+    big = Case(1, 8, 8192, 8192, 64)
+    skips = run.plan_skips([big], ["numpy"], default_grid=True, available=2**40)
+    assert "the default grid times numpy up to" in skips[big.id]["numpy"]
+    assert run.plan_skips([big], ["numpy"], default_grid=False, available=2**40) == {}
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def _bench(argv, capsys):
+    status = main(["bench", *argv])
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--impls", "numpy,nosuch"], "unknown implementation 'nosuch'"),
+        (["--impls", "numpy", "--repeat", "0"], "--repeat should be at least 1"),
+        (["--impls", "numpy", "--threads", "0"], "--threads should be at least 1"),
+    ],
+)
+def test_usage_errors_exit_2(argv, says, capsys):
+    status, err = _bench(argv, capsys)
+    assert status == 2 and says in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--shapes", "1,8,x,64"],
+        ["--shapes", "1,8,64"],
+        ["--causal", "maybe"],
+        ["--dtype", "float16"],
+    ],
+)
+def test_argument_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", *argv])
+    assert exit_.value.code == 2
+    assert "refattn bench: error: argument" in capsys.readouterr().err
+
+
+def test_a_missing_peer_is_named_with_its_extra(monkeypatch, capsys):
+    absent = replace(impls.IMPLS["torch"], modules=("refattn_no_such_module",))
+    monkeypatch.setitem(impls.IMPLS, "torch", absent)
+    status, err = _bench(["--impls", "numpy,torch"], capsys)
+    assert status == 2
+    assert "torch: refattn_no_such_module is not installed (pip install 'refattn[peers]')" in err
+
+
+def test_native_not_importable_fails_clearly(monkeypatch, capsys):
+    absent = replace(impls.IMPLS["native"], modules=("refattn.no_such_native",))
+    monkeypatch.setitem(impls.IMPLS, "native", absent)
+    for argv in ([], ["--impls", "native,numpy"]):
+        status, err = _bench(argv, capsys)
+        assert status == 2
+        assert "native: refattn.no_such_native is not importable" in err
+        assert "--impls reference,numpy,torch,onnxruntime,jax" in err
+
+
+def test_plot_without_matplotlib_fails_before_running(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
+    status, err = _bench(["--impls", "numpy", "--plot", str(tmp_path / "p.png")], capsys)
+    assert status == 2 and "pip install 'refattn[plot]'" in err
+
+
+# ---------------------------------------------------------------------------- a tiny run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One tiny run, reported as JSON and drawn: numpy and reference, one round."""
+    tmp = tmp_path_factory.mktemp("bench")
+    paths = {"json": tmp / "bench.json", "plot": tmp / "bench.png"}
+    messages = []
+
+    class Err:
+        def write(self, text):
+            messages.append(text)
+
+        def flush(self):
+            pass
+
+    document = run.bench(
+        shapes=[(1, 2, 16, 16, 8), (1, 2, 32, 32, 8), (1, 1, 1, 64, 8)],
+        impls=["numpy", "reference"],
+        repeat=1,
+        memory_shapes=[(1, 1, 8, 8, 8)],
+        json_path=str(paths["json"]),
+        plot_path=str(paths["plot"]) if HAS_MATPLOTLIB else None,
+        limits=(64, (256, 64)),
+        out=Err(),
+        err=Err(),
+    )
+    return document, paths, "".join(messages)
+
+
+def test_tiny_run_writes_the_documented_json(tiny_run):
+    document, paths, messages = tiny_run
+    saved = json.loads(paths["json"].read_text())
+    assert saved == json.loads(json.dumps(document))
+    assert saved["schema"] == "refattn-bench/1"
+    assert set(saved) >= {"created", "command", "elapsed_s", "settings", "machine"}
+    assert saved["settings"]["repeat"] == 1 and saved["settings"]["threads"] >= 1
+    assert "visible pairs" in saved["settings"]["flops_counted"]
+    machine = saved["machine"]
+    for limit in ("matmul_peak_gflops", "stream_read_gbps"):
+        assert machine[limit]["min"] <= machine[limit]["median"] <= machine[limit]["max"]
+        assert len(machine[limit]["samples"]) == 6  # at the start and at the end
+    assert "64×64" in machine["matmul_peak_gflops"]["how"]
+    assert {"cpu_s", "percent_of_machine"} <= set(machine["busy_elsewhere"])
+    assert set(saved["implementations"]) == {"numpy", "reference"}
+    assert "OPENBLAS_NUM_THREADS" in saved["implementations"]["numpy"]["threads"]
+
+    ids = [c["id"] for c in saved["cases"]]
+    assert ids == [
+        "B1-H2-Lq16-Lk16-D8-full-float32",
+        "B1-H2-Lq16-Lk16-D8-causal-float32",
+        "B1-H2-Lq32-Lk32-D8-full-float32",
+        "B1-H2-Lq32-Lk32-D8-causal-float32",
+        "B1-H1-Lq1-Lk64-D8-full-float32",
+    ]
+    causal = saved["cases"][1]
+    assert causal["visible_pairs"] == 16 * 17 // 2
+    assert causal["flops"] == 4 * 2 * 136 * 8
+    for case in saved["cases"]:
+        assert case["native_speedup"] == {}  # no native in this run
+        for result in case["results"].values():
+            assert result["status"] == "ok"
+            ms = result["ms"]
+            assert 0 < ms["min"] <= ms["median"] <= ms["max"]
+            assert len(result["samples_ms"]) == 1 and result["calls_per_sample"] >= 1
+            assert result["max_abs_error"] < 1e-5
+            seconds = ms["median"] / 1e3
+            assert result["gflops"] == pytest.approx(case["flops"] / seconds / 1e9)
+            assert ("gbps" in result) == case["decode"]
+    decode = saved["cases"][-1]["results"]["numpy"]
+    assert decode["gbps"] == pytest.approx(2 * 64 * 8 * 4 / (decode["ms"]["median"] / 1e3) / 1e9)
+
+    assert [m["impl"] for m in saved["memory"]] == ["reference", "numpy"]  # IMPLS order
+    for entry in saved["memory"]:
+        assert entry["status"] == "ok" and entry["case"]["Lq"] == 8
+        assert entry["peak_mib"] >= entry["ready_mib"] and entry["baseline_mib"] > 0
+        assert entry["beyond_inputs_outputs_mib"] == pytest.approx(
+            entry["peak_over_baseline_mib"] - entry["inputs_mib"] - entry["output_mib"]
+        )
+    assert "timing [" in messages and "memory [" in messages  # progress went to err
+
+
+def test_tiny_run_table_shows_every_case(tiny_run):
+    document, _, _ = tiny_run
+    text = run.report.table(document)
+    for case in document["cases"]:
+        assert case["label"] in text
+    assert "matmul peak" in text and "streaming read" in text and "peak memory" in text
+
+
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="the plot needs the `plot` extra")
+def test_tiny_run_plot_is_a_png(tiny_run, tmp_path, capsys):
+    _, paths, _ = tiny_run
+    image = paths["plot"].read_bytes()
+    assert image.startswith(PNG_SIGNATURE) and len(image) > 10_000
+    again = tmp_path / "again.png"
+    assert main(["plot", "bench", str(paths["json"]), "--out", str(again)]) == 0
+    assert again.read_bytes().startswith(PNG_SIGNATURE)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert main(["plot", "bench", str(bad), "--out", str(again)]) == 2
+    assert "not a `refattn bench --json` file" in capsys.readouterr().err

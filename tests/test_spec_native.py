@@ -1,0 +1,32 @@
+"""The spec against the native core: every invariant, for each instruction set this machine
+runs and for 1 and 2 threads. The test id carries the invariant ID, the ISA and the threads.
+
+The strategies draw Lq and Lk up to 160 and Dk, Dv up to 128, past the kernels' tiles (96 query
+rows and 128 keys for the SIMD kernels, 32 and 64 for the scalar ones) and their register
+blocks (6 rows; 16 or 8 keys per panel), so tile and vector tails are part of every run.
+"""
+
+from functools import partial
+
+import pytest
+
+from refattn import native
+from spec.adapters import Adapter
+from spec.registry import all_invariants
+from spec.runner import property_test
+
+INVARIANTS = all_invariants()
+THREADS = (1, 2)
+PARAMS = [
+    pytest.param(inv, isa, threads, id=f"{inv.id}-{isa}-{threads}threads")
+    for isa in native.available_isas()
+    for threads in THREADS
+    for inv in INVARIANTS
+]
+
+
+@pytest.mark.parametrize(("inv", "isa", "threads"), PARAMS)
+def test_native_conforms(inv, isa, threads):
+    """The native core, with `isa` kernels on `threads` threads, satisfies invariant `inv`."""
+    impl = Adapter(f"native:{isa}", partial(native.attention, isa=isa, num_threads=threads))
+    property_test(inv, impl)()
