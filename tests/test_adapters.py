@@ -186,8 +186,9 @@ def test_printed_reproduction_runs_for_a_peer(peer):
 
 
 def test_jax_fast_compile_stays_within_the_tolerance_of_the_default(monkeypatch):
-    """REFATTN_JAX_FAST_COMPILE changes XLA's code generation (spec.adapters.jax_dpa): its
-    results differ from the default compilation's only by rounding."""
+    """The adapter's XLA_FAST_OPTIONS change XLA's code generation (spec.adapters.jax_dpa): its
+    results differ from those of XLA's default options (REFATTN_JAX_XLA_DEFAULTS=1) only by
+    rounding."""
     try:
         jax = load("jax")
     except PeerNotInstalled as error:
@@ -226,8 +227,9 @@ def test_jax_fast_compile_stays_within_the_tolerance_of_the_default(monkeypatch)
         q, k, v, options = case.build()
         return jax(q, k, v, **options)
 
+    monkeypatch.setenv("REFATTN_JAX_XLA_DEFAULTS", "1")
     default = [run(c) for c in cases]
-    monkeypatch.setenv("REFATTN_JAX_FAST_COMPILE", "1")
+    monkeypatch.delenv("REFATTN_JAX_XLA_DEFAULTS")
     for case, want in zip(cases, default, strict=True):
         q, k, v, options = case.build()
         bound = expect(q, k, v, **options).tol.out

@@ -47,9 +47,7 @@ KNOWN_FAILURES = {
 
 
 @pytest.mark.parametrize("name", KNOWN_FAILURES)
-def test_peer_fails_only_where_published(name, monkeypatch):
-    if name == "jax":  # compile 4x faster: this checks the adapter, not JAX's default code
-        monkeypatch.setenv("REFATTN_JAX_FAST_COMPILE", "1")
+def test_peer_fails_only_where_published(name):
     try:
         impl = load(name)
     except PeerNotInstalled as error:
