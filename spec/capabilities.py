@@ -20,6 +20,8 @@ CAPABILITIES = {
     "dv": "a value head dim Dv different from the query/key head dim Dk",
     "scale": "an explicit scale",
     "softcap": "softcap·tanh(scores/softcap) before bias and masks",
+    "float64_options": "scale and softcap taken in float64 by float64 calls (without it, they "
+    "are drawn as float32 numbers: an option that is a 32-bit float cannot carry more)",
     "lse": "returning the log-sum-exp of each row's scores",
     "weights": "returning the attention weights",
     "empty": "zero-length query or key sequences (Lq = 0 or Lk = 0)",

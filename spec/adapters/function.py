@@ -10,7 +10,8 @@
     returns    (B, Hq, Lq, Dv), converted with numpy.asarray
 
 That is the protocol of torch.nn.functional.scaled_dot_product_attention, on NumPy arrays. It
-gives the capabilities float32, float64, mask, bias, causal_top_left, scale, dv and empty.
+gives the capabilities float32, float64, mask, bias, causal_top_left, scale, float64_options (a
+Python float scale), dv and empty.
 Keywords the function declares in its signature widen them:
 
     enable_gqa   passed True when key and value have fewer heads than query (Hq a multiple of
@@ -39,6 +40,7 @@ PROTOCOL_CAPABILITIES = (
     "bias",
     "causal_top_left",
     "scale",
+    "float64_options",
     "dv",
     "empty",
 )

@@ -36,6 +36,7 @@ _COMMON = (
     "causal_bottom_right",
     "gqa",
     "scale",
+    "float64_options",
     "empty",
 )
 
