@@ -81,7 +81,7 @@ def _sdpa(backend, *args, **kwargs):
             return torch.nn.functional.scaled_dot_product_attention(*args, **kwargs)
 
 
-@finding("torch", "ATT-M3: a 1-D attn_mask with 4-D inputs raises IndexError (flash path)")
+@finding("torch", "ATT-M3: a 1-D attn_mask with 4-D inputs raises IndexError (default path)")
 def torch_mask_1d():
     import torch
 
@@ -98,7 +98,7 @@ def torch_mask_1d():
     return confirmed, "; ".join(f"{b}: {r}" for b, r in seen.items())
 
 
-@finding("torch", "ATT-S3: scale=0.0 with is_causal=True gives NaN on the flash path")
+@finding("torch", "ATT-S3 (torch-flash): scale=0.0 with is_causal=True gives NaN on the flash path")
 def torch_scale_zero_causal():
     import torch
 
@@ -239,7 +239,7 @@ def _qkv(dtype, shapes=((1, 1, 2, 2), (1, 1, 3, 2), (1, 1, 3, 2))):
     return [r.standard_normal(s).astype(dtype) for s in shapes]
 
 
-@finding("onnxruntime", "ATT-S2/N1/C3: float64 with the default scale errs at float32 level")
+@finding("onnxruntime", "ATT-S2/N1/N2/C3: float64 errs at float32 level: scale in float32")
 def ort_float64_scale():
     q, k, v = _qkv(np.float64)  # head size 2: scale 1/sqrt(2) is not a float32 number
     (out,) = _onnx_attention("onnxruntime", 24, {"Q": q, "K": k, "V": v})
@@ -247,8 +247,12 @@ def ort_float64_scale():
     q4, k4, v4 = _qkv(np.float64, ((1, 1, 2, 16), (1, 1, 3, 16), (1, 1, 3, 16)))
     (exact,) = _onnx_attention("onnxruntime", 24, {"Q": q4, "K": k4, "V": v4})  # sqrt(1/16) exact
     exact_error = float(np.abs(exact - attention(q4, k4, v4)).max())
-    return error > 1e-10 and exact_error < 1e-14, (
-        f"max error {error:.2g} with head size 2, {exact_error:.2g} with 16 (scale 1/4)"
+    # scale 0.5 is a float32 number, but is applied as sqrt(0.5) to Q and to K
+    (half,) = _onnx_attention("onnxruntime", 24, {"Q": q, "K": k, "V": v}, {"scale": 0.5})
+    half_error = float(np.abs(half - attention(q, k, v, scale=0.5)).max())
+    return error > 1e-10 and exact_error < 1e-14 and half_error > 1e-10, (
+        f"max error {error:.2g} with head size 2, {exact_error:.2g} with 16 (scale 1/4), "
+        f"{half_error:.2g} with scale=0.5"
     )
 
 
@@ -262,7 +266,7 @@ def ort_scale_zero():
         return "scale must be greater than 0" in str(error), str(error).split("was false.")[-1]
 
 
-@finding("onnxruntime", "ATT-W1/W2/N5: float16 weights (qk_matmul_output mode 3) are float16")
+@finding("onnxruntime", "float16 not claimed: weights (qk_matmul_output mode 3) are float16")
 def ort_float16_weights():
     q, k, v = _qkv(np.float16)
     _, qk = _onnx_attention(
@@ -272,7 +276,7 @@ def ort_float16_weights():
     return qk.dtype == np.float16, f"weights dtype {qk.dtype}, row sums {sums.ravel()}"
 
 
-@finding("onnxruntime", "ATT-M6/N1: float16 is computed in float16 by the opset-24 kernel")
+@finding("onnxruntime", "float16 not claimed: the opset-24 kernel computes float16 in float16")
 def ort_float16_kernel():
     r = rng()
     q = r.standard_normal((1, 1, 2, 5)).astype(np.float16)
@@ -307,7 +311,7 @@ def ort_mask_broadcast():
     return all("ok" not in s for s in seen), "; ".join(seen)
 
 
-@finding("onnx-reference", "ATT-M9/H4/A1/N2: is_causal with a mask broadcast along Lq is wrong")
+@finding("onnx-reference", "ATT-W1/M9/S2/S3/H4/A1/N1/N2: is_causal with a mask broadcast along Lq")
 def onnx_ref_causal_broadcast_mask():
     q, k, v = _qkv(np.float64, ((1, 1, 2, 2), (1, 1, 2, 2), (1, 1, 2, 2)))
     mask = np.array([[False, True]])  # one row for both queries: hide key 0
@@ -322,7 +326,7 @@ def onnx_ref_causal_broadcast_mask():
     )
 
 
-@finding("onnx-reference", "ATT-N1/C3: float64 with an explicit scale errs at float32 level")
+@finding("onnx-reference", "ATT-C3: float64 with an explicit scale errs at float32 level")
 def onnx_ref_float64_scale():
     q, k, v = _qkv(np.float64)
     (out,) = _onnx_attention("reference", 24, {"Q": q, "K": k, "V": v}, {"scale": 0.5})
@@ -330,7 +334,7 @@ def onnx_ref_float64_scale():
     return error > 1e-12, f"scale 0.5 (a float32 number), max error {error:.2g}"
 
 
-@finding("onnx-reference", "ATT-S2/W1: float16 is computed (and weights returned) in float16")
+@finding("onnx-reference", "float16 not claimed: computed (and weights returned) in float16")
 def onnx_ref_float16():
     r = rng()
     q = r.standard_normal((1, 1, 9, 1)).astype(np.float16)
