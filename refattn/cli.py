@@ -33,6 +33,7 @@ def _conform(args) -> int:
             seed=args.seed,
             json_path=args.json,
             markdown_path=args.markdown,
+            jobs=args.jobs,
         )
     except (ImplementationNotFound, PeerNotInstalled, UsageError) as error:
         print(f"refattn conform: {error}", file=sys.stderr)
@@ -229,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
         "impl",
         nargs="?",
         default=DEFAULT_IMPL,
-        help=f"the implementation to check (default: {DEFAULT_IMPL})",
+        help=f"the implementation to check (default: {DEFAULT_IMPL}): native, native:ISA, "
+        "reference, torch, torch-math, torch-flash, jax, onnxruntime, onnx-reference, or a "
+        "module.path:function following the SDPA protocol",
     )
     conform.add_argument("--only", nargs="+", metavar="ID", help="run only these invariants")
     conform.add_argument("--skip", nargs="+", metavar="ID", help="leave these invariants out")
@@ -249,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_SEED,
         metavar="N",
         help=f"hypothesis seed, for reproducible runs (default {DEFAULT_SEED})",
+    )
+    conform.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run invariants in N worker processes (default 1); results do not depend on it",
     )
     conform.add_argument("--json", metavar="PATH", help="also write a JSON report")
     conform.add_argument("--markdown", metavar="PATH", help="also write a Markdown report")

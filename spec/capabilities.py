@@ -20,6 +20,8 @@ CAPABILITIES = {
     "dv": "a value head dim Dv different from the query/key head dim Dk",
     "scale": "an explicit scale",
     "softcap": "softcap·tanh(scores/softcap) before bias and masks",
+    "float64_options": "scale and softcap taken in float64 by float64 calls (without it, they "
+    "are drawn as float32 numbers: an option that is a 32-bit float cannot carry more)",
     "lse": "returning the log-sum-exp of each row's scores",
     "weights": "returning the attention weights",
     "empty": "zero-length query or key sequences (Lq = 0 or Lk = 0)",
@@ -27,3 +29,54 @@ CAPABILITIES = {
 
 ALL = frozenset(CAPABILITIES)
 MASKING = ("mask", "bias", "causal_top_left", "causal_bottom_right", "window", "kv_lengths")
+FEATURES = ("mask", "bias", "causal", "window", "kv_lengths")  # the masking options of a call
+
+
+class Capabilities(frozenset):
+    """The capability names of an implementation, and the masking features it cannot combine.
+
+    A plain frozenset of names works wherever capabilities are expected; this one adds
+    `exclusive`: pairs of masking features (names from FEATURES; "causal" stands for either
+    alignment) that the implementation has separately but cannot give the spec's meaning
+    together in one call. The strategies never draw such a pair, and an invariant that would
+    need one draws without it. Example: ONNX's nonpad_kv_seqlen moves the causal diagonal, so
+    kv_lengths and causal do not combine there.
+    """
+
+    exclusive: frozenset
+
+    def __new__(cls, names=(), *, exclusive=()):
+        self = super().__new__(cls, names)
+        unknown = set(self) - set(CAPABILITIES)
+        if unknown:
+            raise ValueError(f"capabilities should be names of CAPABILITIES, got {sorted(unknown)}")
+        pairs = frozenset(frozenset(pair) for pair in exclusive)
+        for pair in pairs:
+            if len(pair) != 2 or not pair <= set(FEATURES):
+                raise ValueError(
+                    f"exclusive should hold pairs of masking features {list(FEATURES)}, "
+                    f"but got {sorted(pair)}"
+                )
+        self.exclusive = pairs
+        return self
+
+    def __repr__(self) -> str:
+        names = ", ".join(sorted(self))
+        pairs = ", ".join("+".join(sorted(p)) for p in sorted(self.exclusive, key=sorted))
+        return f"Capabilities({{{names}}}" + (f", exclusive={{{pairs}}})" if pairs else ")")
+
+
+def exclusive_pairs(capabilities) -> frozenset:
+    """The exclusive pairs of a capability set (none for a plain set)."""
+    return getattr(capabilities, "exclusive", frozenset())
+
+
+def combinable(capabilities, first: str, second: str) -> bool:
+    """Whether one call may carry both masking features `first` and `second`."""
+    if "combined_masks" not in capabilities:
+        return False
+    return frozenset((_feature(first), _feature(second))) not in exclusive_pairs(capabilities)
+
+
+def _feature(name: str) -> str:
+    return "causal" if name.startswith("causal") else name

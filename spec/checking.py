@@ -63,3 +63,49 @@ def expect_identical(what, got, want, *, impl, case, how="") -> None:
 def expect(condition: bool, what: str, problem: str, *, impl, case, how="") -> None:
     if not condition:
         fail(what, problem, impl=impl, case=case, how=how)
+
+
+class Raised(Exception):
+    """The implementation raised instead of returning: the exception and the call that raised."""
+
+    def __init__(self, error: BaseException, call: str):
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.error = error
+        self.call = call
+
+    def failure(self, impl_name: str, recipe) -> Failure:
+        """A Failure naming the call, with a reproduction of the case it was made from."""
+        lines = [f"{impl_name} raised {self}", f"  call: {self.call}"]
+        if recipe is not None:
+            lines.append("  reproduce (the case the call was made from):")
+            lines += ["    " + line for line in recipe.repro(impl_name).splitlines()]
+        return Failure("\n".join(lines))
+
+
+class Watched:
+    """`impl` with every exception it raises wrapped in Raised, naming the call."""
+
+    def __init__(self, impl):
+        self._impl = impl
+
+    def __getattr__(self, name):
+        return getattr(self._impl, name)
+
+    def __call__(self, query, key, value, **options):
+        try:
+            return self._impl(query, key, value, **options)
+        except Exception as error:
+            raise Raised(error, describe_call(query, key, value, options)) from error
+
+
+def describe_call(query, key, value, options) -> str:
+    """impl(query float32 (2, 4, 8), ..., causal='top_left'): arrays by dtype and shape."""
+
+    def show(x):
+        if isinstance(x, np.ndarray):
+            return f"{x.dtype} {x.shape}"
+        return repr(x)
+
+    given = {"query": query, "key": key, "value": value}
+    given.update({n: x for n, x in options.items() if x is not None and x is not False})
+    return "impl(" + ", ".join(f"{n}={show(x)}" for n, x in given.items()) + ")"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 from spec.adapters import load
@@ -78,13 +79,19 @@ def conform(
     seed=DEFAULT_SEED,
     json_path=None,
     markdown_path=None,
+    jobs=1,
     stdout=None,
     stderr=None,
 ) -> int:
-    """Run the spec against one implementation; return the exit status (0 conforms, 1 not)."""
-    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
+    """Run the spec against one implementation; return the exit status (0 conforms, 1 not).
+
+    The table goes to stdout, progress lines and warnings to stderr (default: sys's)."""
+    stdout = sys.stdout if stdout is None else stdout
+    stderr = sys.stderr if stderr is None else stderr
     if max_examples < 1:
         raise UsageError(f"--max-examples should be at least 1, but got {max_examples}")
+    if jobs < 1:
+        raise UsageError(f"--jobs should be at least 1, but got {jobs}")
     impl = load(impl_name)
     invariants = select(only, skip)
     deviations = dict(impl.deviations)
@@ -94,6 +101,7 @@ def conform(
         for inv_id in sorted(set(from_file) - known):
             print(f"warning: {deviations_file}: {inv_id} matches no invariant", file=stderr)
         deviations.update(from_file)
+    start = time.perf_counter()
     outcomes = run_all(
         impl,
         invariants,
@@ -101,17 +109,22 @@ def conform(
         seed=seed,
         deviations=deviations,
         progress=_progress(len(invariants), stderr),
+        jobs=jobs,
     )
+    wall = time.perf_counter() - start
     print(table(outcomes, impl.name), file=stdout)
+    print(f"wall time {wall:.0f}s with {jobs} job{'s' if jobs > 1 else ''}", file=stderr)
     settings = {
         "max_examples": max_examples,
         "seed": seed,
+        "jobs": jobs,
         "only": only or [],
         "skip": skip or [],
         "deviations_file": deviations_file,
     }
     if json_path:
-        Path(json_path).write_text(json.dumps(as_json(outcomes, impl, settings), indent=2) + "\n")
+        report = as_json(outcomes, impl, settings, deviations, wall)
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
     if markdown_path:
-        Path(markdown_path).write_text(markdown(outcomes, impl, settings))
+        Path(markdown_path).write_text(markdown(outcomes, impl, settings, deviations, wall))
     return 1 if any(o.blocking for o in outcomes) else 0

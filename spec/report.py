@@ -6,6 +6,7 @@ import os
 import platform
 from datetime import datetime, timezone
 
+from spec.capabilities import CAPABILITIES, exclusive_pairs
 from spec.runner import DEVIATION, FAIL, PASS, SKIP, Outcome
 
 _COLUMNS = ("ID", "title", "level", "status", "examples", "time")
@@ -46,29 +47,59 @@ def table(outcomes: list[Outcome], impl_name: str) -> str:
         lines.append("")
     for o in details:
         lines.append(f"{o.id} {o.status}: " + o.detail.replace("\n", "\n    "))
-    lines += ["", f"{impl_name} {summary(outcomes)}"]
+    total = sum(o.seconds for o in outcomes)
+    lines += ["", f"{impl_name} {summary(outcomes)} ({total:.0f}s)"]
     return "\n".join(lines)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def machine() -> dict:
     return {
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
     }
 
 
-def as_json(outcomes: list[Outcome], impl, settings: dict) -> dict:
+def _duration(total: float, wall: float | None, settings: dict) -> str:
+    jobs = settings.get("jobs", 1)
+    if wall is None:
+        return f"{total:.0f} s in the invariants"
+    return f"{wall:.0f} s wall time ({total:.0f} s in the invariants, {jobs} job(s))"
+
+
+def capability_text(capabilities) -> str:
+    """The capabilities, with the masking pairs that do not combine."""
+    text = ", ".join(sorted(capabilities))
+    pairs = sorted("+".join(sorted(p)) for p in exclusive_pairs(capabilities))
+    return text + (f" (never combined: {', '.join(pairs)})" if pairs else "")
+
+
+def as_json(outcomes: list[Outcome], impl, settings: dict, deviations=None, wall=None) -> dict:
     """Machine-readable: implementation, versions, machine, settings, per-invariant results."""
     return {
         "implementation": impl.name,
         "versions": impl.versions(),
         "capabilities": sorted(impl.capabilities),
-        "declared_deviations": dict(impl.deviations),
+        "exclusive_pairs": sorted(sorted(p) for p in exclusive_pairs(impl.capabilities)),
+        "declared_deviations": dict(impl.deviations if deviations is None else deviations),
+        "notes": list(getattr(impl, "notes", ())),
         "machine": machine(),
         "settings": settings,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(sum(o.seconds for o in outcomes), 1),  # in the invariants
+        "wall_seconds": None if wall is None else round(wall, 1),
         "summary": summary(outcomes),
         "conforms": not any(o.blocking for o in outcomes),
         "results": [
@@ -86,26 +117,44 @@ def as_json(outcomes: list[Outcome], impl, settings: dict) -> dict:
     }
 
 
-def markdown(outcomes: list[Outcome], impl, settings: dict) -> str:
+def markdown(outcomes: list[Outcome], impl, settings: dict, deviations=None, wall=None) -> str:
     """A report for docs/conformance/<impl>.md."""
+    deviations = dict(impl.deviations if deviations is None else deviations)
     versions = ", ".join(f"{k} {v}" for k, v in impl.versions().items())
+    box = machine()
+    total = sum(o.seconds for o in outcomes)
+    lacking = sorted(set(CAPABILITIES) - set(impl.capabilities))
     lines = [
         f"# Conformance of `{impl.name}`",
         "",
-        f"{summary(outcomes)}.",
+        f"**{summary(outcomes)}.**",
         "",
         f"- versions: {versions}",
+        f"- machine: {box['processor']}, {box['cpu_count']} CPUs, {box['platform']}",
         "- settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()),
-        f"- capabilities: {', '.join(sorted(impl.capabilities))}",
+        f"- run: {datetime.now(timezone.utc):%Y-%m-%d}, {_duration(total, wall, settings)}",
+        f"- capabilities: {capability_text(impl.capabilities)}",
+        f"- not claimed: {', '.join(lacking) or 'none'}",
+    ]
+    notes = list(getattr(impl, "notes", ()))
+    if notes:
+        lines += ["", "## How the implementation is called", ""]
+        lines += [f"- {note}" for note in notes]
+    if deviations:
+        lines += ["", "## Declared deviations", ""]
+        lines += [f"- {inv_id}: {reason}" for inv_id, reason in sorted(deviations.items())]
+    lines += [
         "",
-        "| ID | title | level | status | examples |",
-        "|---|---|---|---|---|",
+        "## Results",
+        "",
+        "| ID | title | level | status | examples | time |",
+        "|---|---|---|---|---|---|",
     ]
     for o in outcomes:
         examples = str(o.examples) if o.status != SKIP else "-"
         lines.append(
             f"| [{o.id}](../../SPEC.md#{o.id.lower()}) | {o.title} | {o.level} | "
-            f"{o.status} | {examples} |"
+            f"{o.status} | {examples} | {o.seconds:.1f}s |"
         )
     details = [o for o in outcomes if o.status in (FAIL, DEVIATION, SKIP)]
     if details:

@@ -11,6 +11,8 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from hypothesis.reporting import with_reporter
 
+from spec.cases import Case, MHACase
+from spec.checking import Raised, Watched
 from spec.registry import MUST, Invariant
 
 PASS, FAIL, SKIP, DEVIATION = "PASS", "FAIL", "SKIP", "DEVIATION"
@@ -56,10 +58,28 @@ def property_test(inv: Invariant, impl, *, max_examples=None, seed=None, on_exam
     def test(data):
         if on_example is not None:
             on_example()
-        inv.check(impl, data)
+        draws = _Draws(data)
+        try:
+            inv.check(Watched(impl), draws)
+        except Raised as raised:
+            raise raised.failure(impl.name, draws.recipe) from raised.error
 
     test.__name__ = f"test_{inv.id.replace('-', '_')}"
     return test if seed is None else hypothesis_seed(seed)(test)
+
+
+class _Draws:
+    """hypothesis' `data`, remembering the last Case or MHACase drawn (for reproductions)."""
+
+    def __init__(self, data):
+        self._data = data
+        self.recipe = None
+
+    def draw(self, strategy, label=None):
+        value = self._data.draw(strategy, label=label)
+        if isinstance(value, Case | MHACase):
+            self.recipe = value
+        return value
 
 
 def missing_capabilities(inv: Invariant, impl) -> list[str]:
@@ -104,13 +124,18 @@ def run_invariant(
 
 
 def _failure_text(error: BaseException, report: list[str]) -> str:
+    """The failure's message, then hypothesis' shrunk draws other than the case (which the
+    message already reproduces), one line each."""
     message = (
         str(error)
         if isinstance(error, AssertionError)
         else (f"raised {type(error).__name__}: {error}")
     )
-    draws = [str(line) for line in report if "Draw" in str(line) or "Falsifying" in str(line)]
-    return message + ("\n  shrunk draws:\n    " + "\n    ".join(draws) if draws else "")
+    notes = [*map(str, report), *getattr(error, "__notes__", ())]
+    draws = [
+        " ".join(note.split()) for note in notes if note.startswith("Draw ") and "Case(" not in note
+    ]
+    return message + ("\n  other draws:\n    " + "\n    ".join(draws) if draws else "")
 
 
 def run_all(
@@ -121,9 +146,21 @@ def run_all(
     seed=DEFAULT_SEED,
     deviations: Mapping[str, str] | None = None,
     progress: Callable[[Invariant, Outcome | None], None] | None = None,
+    jobs: int = 1,
 ) -> list[Outcome]:
     """Run each invariant in turn, calling `progress(inv, None)` before and
-    `progress(inv, outcome)` after each."""
+    `progress(inv, outcome)` after each.
+
+    jobs > 1 runs invariants in that many worker processes, each loading the implementation by
+    its name with spec.adapters.load (so `impl.name` must be loadable); each invariant runs
+    exactly as it would here, with the same seed, and `progress(inv, outcome)` is called as
+    they finish. Results come back in the order of `invariants`.
+    """
+    invariants = list(invariants)
+    if jobs > 1 and len(invariants) > 1:
+        return _run_in_workers(
+            impl.name, invariants, max_examples, seed, deviations, progress, jobs
+        )
     outcomes = []
     for inv in invariants:
         if progress:
@@ -135,3 +172,45 @@ def run_all(
         if progress:
             progress(inv, outcome)
     return outcomes
+
+
+# Submitted to the workers before the others: the invariants that call the implementation many
+# times an example (ATT-C2 decodes token by token, a new shape a step), the longest to run by far
+# where compiling a shape is what costs (jax: a third of a run). Started last, one would keep a
+# worker busy alone at the end.
+SUBMIT_FIRST = ("ATT-C2",)
+
+
+def _run_in_workers(name, invariants, max_examples, seed, deviations, progress, jobs):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # spawn, not fork: torch, JAX and onnxruntime keep threads that a fork would copy mid-work.
+    context = multiprocessing.get_context("spawn")
+    outcomes = {}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        ordered = sorted(invariants, key=lambda inv: inv.id not in SUBMIT_FIRST)  # stable
+        futures = {
+            pool.submit(_run_by_name, name, inv.id, max_examples, seed, dict(deviations or {})): inv
+            for inv in ordered
+        }
+        for future in as_completed(futures):
+            inv = futures[future]
+            outcomes[inv.id] = future.result()
+            if progress:
+                progress(inv, outcomes[inv.id])
+    return [outcomes[inv.id] for inv in invariants]
+
+
+_LOADED: dict = {}  # a worker's adapters, by name: loaded once per worker
+
+
+def _run_by_name(name, inv_id, max_examples, seed, deviations) -> Outcome:
+    from spec.adapters import load
+    from spec.registry import INVARIANTS, all_invariants
+
+    all_invariants()
+    if name not in _LOADED:
+        _LOADED[name] = load(name)
+    inv, impl = INVARIANTS[inv_id], _LOADED[name]
+    return run_invariant(inv, impl, max_examples=max_examples, seed=seed, deviations=deviations)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from hypothesis import strategies as st
 
-from spec.capabilities import CAPABILITIES
+from spec.capabilities import CAPABILITIES, exclusive_pairs
 from spec.cases import Case, MHACase
 
 DTYPES = ("float64", "float32", "float16")  # shrinks toward float64: no rounding noise
@@ -74,6 +75,8 @@ def cases(
     and max_lk default to max_len; square=True (default False) draws Lk = Lq.
     min_batch_dims (default 0): at least this many batch dims.
     magnitudes: standard deviations to draw q, k and v entries with (default (1.0,)).
+    With "combined_masks", masking features are drawn together, except the pairs in
+    `capabilities.exclusive` (see spec.capabilities.Capabilities).
     """
     caps = frozenset(capabilities)
     unknown = caps - set(CAPABILITIES)
@@ -154,12 +157,18 @@ def cases(
         "kv_lengths": wanted("kv_lengths", kv_lengths),
     }
     forced = [name for name, option in features.items() if option == "always"]
+    exclusive = exclusive_pairs(capabilities)
+    for pair in exclusive:
+        if pair <= set(forced):
+            raise ValueError(f"{sorted(pair)} cannot be combined by this implementation")
     if "combined_masks" in caps:
-        chosen = [
-            name
-            for name, option in features.items()
-            if option == "always" or (option and draw(st.booleans(), label=f"use {name}"))
-        ]
+        chosen = []
+        for name, option in features.items():
+            clash = any(frozenset((name, other)) in exclusive for other in {*forced, *chosen})
+            if option == "always" or (
+                option and not clash and draw(st.booleans(), label=f"use {name}")
+            ):
+                chosen.append(name)
     elif len(forced) > 1:
         raise ValueError(f"{forced} together need capability 'combined_masks'")
     else:
@@ -170,12 +179,16 @@ def cases(
     for name in chosen:
         case = _draw_masking(draw, case, name, full, caps, alignment)
 
+    # scale and softcap: float32 numbers for a float64 call to an implementation whose options
+    # are 32-bit floats (no float64_options), so that their rounding is not what is tested.
+    width = 32 if dtype == "float64" and "float64_options" not in caps else 64
     if wanted("softcap", softcap) and (
         softcap == "always" or draw(st.booleans(), label="use softcap")
     ):
-        case = case.replace(softcap=draw(st.floats(0.5, 30.0), label="softcap"))
+        case = case.replace(softcap=draw(st.floats(0.5, 30.0, width=width), label="softcap"))
     if wanted("scale", scale) and (scale == "always" or draw(st.booleans(), label="use scale")):
-        case = case.replace(scale=draw(st.floats(0.01, 4.0), label="scale"))
+        low = 0.01 if width == 64 else float(np.float32(0.01))  # bounds of the width's floats
+        case = case.replace(scale=draw(st.floats(low, 4.0, width=width), label="scale"))
     if strided and (strided == "always" or draw(st.booleans(), label="strided")):
         case = case.replace(strided=True)
     magnitude = draw(st.sampled_from(magnitudes), label="magnitude")

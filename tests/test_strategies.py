@@ -45,11 +45,26 @@ def _masking_features(case: Case) -> list[str]:
         pytest.param(lambda c: len(_masking_features(c)) >= 3, id="masks combined"),
         pytest.param(lambda c: c.softcap is not None and c.scale is not None, id="softcap+scale"),
         pytest.param(lambda c: c.strided, id="strided views"),
+        pytest.param(
+            lambda c: c.dtype == "float64" and c.scale is not None and _not_float32(c.scale),
+            id="float64 scale",
+        ),
     ],
 )
 def test_cases_can_draw(claim):
     """With every capability, each feature the spec claims to exercise is reachable."""
     find(cases(ALL), claim, settings=settings(max_examples=5000, database=None))
+
+
+def _not_float32(x: float) -> bool:
+    return float(np.float32(x)) != x
+
+
+@given(cases(ALL - {"float64_options"}, dtypes=("float64",)))
+@settings(max_examples=200)
+def test_options_of_32_bits_get_float32_numbers(case):
+    """Without float64_options, a float64 call's scale and softcap are float32 numbers."""
+    assert not any(_not_float32(x) for x in (case.scale, case.softcap) if x is not None)
 
 
 @given(cases(FEW))

@@ -4,11 +4,26 @@ An adapter is called like `refattn.reference.attention` — NumPy arrays in refa
 (B..., H, L, D), the same keyword options, the same return values — and says what it can do
 (`capabilities`) and where it knowingly differs from the spec (`deviations`, ID -> reason).
 Adapters translate layouts and option names; they never emulate a missing feature, because then
-the spec would be checking the adapter instead of the implementation.
+the spec would be checking the adapter instead of the implementation. An option the peer does
+not have is refused with `Unsupported`, never dropped.
+
+Implementations by name (`load`):
+
+    reference       refattn.reference.attention
+    native          refattn.native.attention, the C core with the kernels it picks
+    native:ISA      the same with the kernels of one instruction set (avx512, avx2, scalar)
+    torch           torch.nn.functional.scaled_dot_product_attention, CPU, default backend
+    torch-math      the same, forced to the math backend (torch.nn.attention.sdpa_kernel)
+    torch-flash     the same, forced to the CPU flash backend
+    jax             jax.nn.dot_product_attention, XLA on the CPU
+    onnxruntime     a one-node ONNX model with the Attention op, run by onnxruntime
+    onnx-reference  the same model run by onnx.reference.ReferenceEvaluator
+    module.path:fn  a user's function following the SDPA protocol (spec.adapters.function)
 """
 
 from __future__ import annotations
 
+import importlib
 import platform
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +41,10 @@ class PeerNotInstalled(ImportError):
     """A peer implementation's package is missing; the message names the extra to install."""
 
 
+class Unsupported(TypeError):
+    """An option the implementation does not have (its adapter does not claim the capability)."""
+
+
 @dataclass(frozen=True)
 class Adapter:
     """An attention function with the reference's signature, and what it can do."""
@@ -35,6 +54,7 @@ class Adapter:
     capabilities: frozenset = ALL
     deviations: Mapping[str, str] = field(default_factory=dict)
     packages: tuple[str, ...] = ()  # distributions whose versions the reports show
+    notes: tuple[str, ...] = ()  # how the peer is called; why a capability is not claimed
 
     def __call__(self, query, key, value, **options):
         return self.function(query, key, value, **options)
@@ -49,6 +69,32 @@ class Adapter:
             except PackageNotFoundError:
                 found[package] = "not installed"
         return found
+
+
+def require(module: str, *, extra: str, implementation: str):
+    """Import a peer's module, or raise PeerNotInstalled naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        if error.name is not None and error.name.split(".")[0] != module.split(".")[0]:
+            raise  # the peer is there but broken: show the real error
+        raise PeerNotInstalled(
+            f"{implementation} needs {module}, which is not installed: "
+            f"pip install 'refattn[{extra}]'"
+        ) from None
+
+
+def refuse(implementation: str, **options) -> None:
+    """Raise Unsupported for the first option that is given (not None, not False)."""
+    for name, value in options.items():
+        if value is not None and value is not False:
+            raise Unsupported(f"{implementation} has no {name} (got {name}={_short(value)})")
+
+
+def _short(value) -> str:
+    if isinstance(value, np.ndarray):
+        return f"array of shape {value.shape}"
+    return repr(value)
 
 
 def _reference() -> Adapter:
@@ -77,22 +123,55 @@ def _native(isa: str | None = None) -> Callable[[], Adapter]:
     return factory
 
 
+def _torch(backend: str | None) -> Callable[[], Adapter]:
+    def factory() -> Adapter:
+        from spec.adapters import torch_sdpa
+
+        return torch_sdpa.adapter(backend)
+
+    return factory
+
+
+def _jax() -> Adapter:
+    from spec.adapters import jax_dpa
+
+    return jax_dpa.adapter()
+
+
+def _onnx(runtime: str) -> Callable[[], Adapter]:
+    def factory() -> Adapter:
+        from spec.adapters import onnx_attention
+
+        return onnx_attention.adapter(runtime)
+
+    return factory
+
+
+# Name -> factory. Add an implementation here (and to spec.publish.IMPLEMENTATIONS to publish it).
 BUILTIN: dict[str, Callable[[], Adapter]] = {
     "reference": _reference,
     "native": _native(),
     "native:avx512": _native("avx512"),
     "native:avx2": _native("avx2"),
     "native:scalar": _native("scalar"),
+    "torch": _torch(None),
+    "torch-math": _torch("math"),
+    "torch-flash": _torch("flash"),
+    "jax": _jax,
+    "onnxruntime": _onnx("onnxruntime"),
+    "onnx-reference": _onnx("reference"),
 }
 
 
 def load(name: str) -> Adapter:
-    """The adapter for an implementation name (see `BUILTIN`)."""
-    try:
-        factory = BUILTIN[name]
-    except KeyError:
-        known = ", ".join(BUILTIN)
-        raise ImplementationNotFound(
-            f"implementation should be one of {known}, but got {name!r}"
-        ) from None
-    return factory()
+    """The adapter for an implementation name (see `BUILTIN`) or `module.path:function`."""
+    if name in BUILTIN:
+        return BUILTIN[name]()
+    if ":" in name:
+        from spec.adapters import function
+
+        return function.adapter(name)
+    known = ", ".join(BUILTIN)
+    raise ImplementationNotFound(
+        f"implementation should be one of {known}, or module.path:function, but got {name!r}"
+    )

@@ -4,6 +4,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from spec import oracle
+from spec.capabilities import combinable
 from spec.checking import expect_close, expect_identical, run
 from spec.registry import MUST, SHOULD, invariant
 from spec.strategies import cases
@@ -82,12 +83,12 @@ def causal_bottom_right_no_leak(impl, data):
         that masks with a finite penalty or leaves hidden keys in its max or sum breaks it.""",
 )
 def masking_is_deleting(impl, data):
-    combine = "combined_masks" in impl.capabilities
+    # The masked call adds a mask to the case's own options: a bias only if both can be given.
     case = data.draw(
         cases(
             impl.capabilities,
             mask=False,
-            bias=combine,
+            bias=combinable(impl.capabilities, "mask", "bias"),
             causal=False,
             window=False,
             kv_lengths=False,
@@ -134,6 +135,8 @@ def mask_is_bias(impl, data):
 
 
 def _explicit_equals(impl, data, case, what):
+    """The call of `case` vs the same call with causal, window and kv_lengths replaced by one
+    explicit bool mask (the case's bias kept: draw one only if mask and bias combine)."""
     q, k, v, options = case.build()
     explicit = {n: x for n, x in options.items() if n not in ("causal", "window", "kv_lengths")}
     # The bias stays a bias; every other mask becomes one explicit bool mask.
@@ -159,13 +162,12 @@ def _explicit_equals(impl, data, case, what):
         explicit masks settles which is which.""",
 )
 def causal_is_explicit(impl, data):
-    combine = "combined_masks" in impl.capabilities
     case = data.draw(
         cases(
             impl.capabilities,
             causal="always",
             mask=False,
-            bias=combine,
+            bias=combinable(impl.capabilities, "mask", "bias"),
             window=False,
             kv_lengths=False,
         ),
@@ -192,7 +194,7 @@ def window_is_explicit(impl, data):
             impl.capabilities,
             window="always",
             mask=False,
-            bias=combine,
+            bias=combinable(impl.capabilities, "mask", "bias"),
             causal=combine,
             kv_lengths=False,
         ),
@@ -218,7 +220,7 @@ def kv_lengths_is_explicit(impl, data):
             impl.capabilities,
             kv_lengths="always",
             mask=False,
-            bias=combine,
+            bias=combinable(impl.capabilities, "mask", "bias"),
             causal=combine,
             window=combine,
         ),

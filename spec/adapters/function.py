@@ -1,0 +1,151 @@
+"""A user's attention function, named `module.path:function`, following the SDPA protocol:
+
+    fn(query, key, value, attn_mask=None, is_causal=False, scale=None) -> array
+
+    query (B, Hq, Lq, Dk), key (B, Hkv, Lk, Dk), value (B, Hkv, Lk, Dv): NumPy arrays
+    attn_mask  bool (True = may attend) or float (added to the scores), broadcastable to
+               (B, Hq, Lq, Lk); never given together with is_causal
+    is_causal  True: key j visible to query i iff j <= i (top-left)
+    scale      None: 1/sqrt(Dk)
+    returns    (B, Hq, Lq, Dv), converted with numpy.asarray
+
+That is the protocol of torch.nn.functional.scaled_dot_product_attention, on NumPy arrays. It
+gives the capabilities float32, float64, mask, bias, causal_top_left, scale, float64_options (a
+Python float scale), dv and empty.
+Keywords the function declares in its signature widen them:
+
+    enable_gqa   passed True when key and value have fewer heads than query (Hq a multiple of
+                 Hkv, query head h using kv head h // (Hq / Hkv)): capability gqa
+
+float16 is not part of the protocol: the spec computes float16 inputs in float32, which a plain
+NumPy function does not do unless it means to.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import numpy as np
+
+from spec.adapters import Adapter, ImplementationNotFound, Unsupported, refuse
+from spec.adapters._layout import batch_of, causal_alignment, from_4d, scores_to_4d, to_4d
+from spec.capabilities import Capabilities
+
+PROTOCOL = ("query", "key", "value", "attn_mask", "is_causal", "scale")
+PROTOCOL_CAPABILITIES = (
+    "float32",
+    "float64",
+    "mask",
+    "bias",
+    "causal_top_left",
+    "scale",
+    "float64_options",
+    "dv",
+    "empty",
+)
+OPTIONAL = {"enable_gqa": "gqa"}  # keyword in the signature -> the capability it adds
+
+
+def resolve(name: str):
+    """The function named `module.path:function` (the function part may be dotted)."""
+    module_name, _, attribute = name.partition(":")
+    if not module_name or not attribute:
+        raise ImplementationNotFound(f"expected module.path:function, but got {name!r}")
+    try:
+        target = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is not None and module_name.startswith(error.name):
+            raise ImplementationNotFound(
+                f"cannot import {module_name!r} for {name!r}: {error}"
+            ) from None
+        raise
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ImplementationNotFound(
+                f"module {module_name!r} has no {attribute!r} (for {name!r})"
+            ) from None
+    if not callable(target):
+        raise ImplementationNotFound(f"{name!r} is a {type(target).__name__}, not a function")
+    return target
+
+
+def keywords(fn) -> tuple[set[str], bool]:
+    """The parameter names of fn, and whether it takes **kwargs."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (some builtins)
+        return set(PROTOCOL), False
+    names = {p.name for p in parameters if p.kind is not p.VAR_KEYWORD}
+    return names, any(p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def adapter(name: str) -> Adapter:
+    """The adapter of the SDPA-protocol function named `name`."""
+    fn = resolve(name)
+    names, var_keyword = keywords(fn)
+    missing = [p for p in PROTOCOL if p not in names] if not var_keyword else []
+    if missing:
+        raise ImplementationNotFound(
+            f"{name} should take the SDPA protocol's parameters "
+            f"(query, key, value, attn_mask=None, is_causal=False, scale=None), "
+            f"but has no {', '.join(missing)}"
+        )
+    declared = {k for k in OPTIONAL if k in names}
+    capabilities = Capabilities({*PROTOCOL_CAPABILITIES, *(OPTIONAL[k] for k in declared)})
+    notes = [
+        "SDPA protocol: fn(query, key, value, attn_mask=None, is_causal=False, scale=None) on "
+        "NumPy (B, H, L, D) arrays; batch dims are flattened into B.",
+        "Declared optional keywords: " + (", ".join(sorted(declared)) or "none") + ".",
+    ]
+
+    def attention(
+        query,
+        key,
+        value,
+        *,
+        mask=None,
+        bias=None,
+        causal=None,
+        window=None,
+        kv_lengths=None,
+        scale=None,
+        softcap=None,
+        return_lse=False,
+        return_weights=False,
+    ):
+        refuse(
+            name,
+            window=window,
+            kv_lengths=kv_lengths,
+            softcap=softcap,
+            return_lse=return_lse,
+            return_weights=return_weights,
+        )
+        alignment = causal_alignment(causal)
+        if alignment == "bottom_right":
+            refuse(name, causal_bottom_right=True)
+        masking = {"mask": mask, "bias": bias, "causal": alignment}
+        given = [n for n, x in masking.items() if x is not None]
+        if len(given) > 1:
+            raise Unsupported(f"{name} takes one of attn_mask and is_causal, not {given}")
+        grouped = query.shape[-3] != key.shape[-3]
+        if grouped and "enable_gqa" not in declared:
+            refuse(name, gqa=f"Hq = {query.shape[-3]}, Hkv = {key.shape[-3]}")
+        batch = batch_of(query)
+        scores = mask if mask is not None else bias
+        extra = {"enable_gqa": grouped} if "enable_gqa" in declared else {}
+        out = fn(
+            to_4d(query, batch),
+            to_4d(key, batch),
+            to_4d(value, batch),
+            attn_mask=None if scores is None else scores_to_4d(scores, batch),
+            is_causal=alignment == "top_left",
+            scale=scale,
+            **extra,
+        )
+        return from_4d(np.asarray(out), batch)
+
+    return Adapter(name, attention, capabilities, deviations={}, packages=(), notes=tuple(notes))

@@ -1,0 +1,227 @@
+"""JAX: jax.nn.dot_product_attention, XLA on the CPU (implementation=None, which is "xla").
+
+Layout: refattn's (B..., H, L, D) is JAX's (B, T, N, H) — batch dims flattened into one B, then
+sequence before heads; outputs and the lse residual are moved back.
+
+Options, refattn -> JAX: mask -> mask (bool, True = attend); bias -> bias (added); causal
+"top_left" -> is_causal=True; window (left, right) -> local_window_size (left, right), an
+unbounded side (None) given as Lq + Lk, which reaches every key; kv_lengths ->
+key_value_seq_lengths (int32); scale -> scale; return_lse -> return_residual=True. GQA is
+automatic (head n uses kv head n // G). All of them combine (JAX ANDs its masks). JAX has no
+bottom-right causal, no softcap, no Dv != Dk (value must have the key's shape), and does not
+return the weights.
+
+Compilation. XLA compiles per input shape, and a conformance run calls about 2400 distinct
+shapes (measured: the entries of a persistent compilation cache after a run). Each new one costs
+about 40 ms of tracing and lowering (JAX's Python) and 150-230 ms of XLA compilation with XLA's
+default options: a run took 564 s with 2 jobs. The adapter keeps one jax.jit per static signature
+of options (traced and compiled once per shape) and compiles with XLA_FAST_OPTIONS: LLVM -O0,
+the legacy loop emitters, one codegen module. That is about 25 ms of compilation a shape and a
+run of about 2 minutes with 2 jobs. The code XLA generates is less optimised, not different in
+meaning: outputs differ from a default compilation in the last bits (37 of 80 outputs tried, by
+up to 3 float32 ulps of the largest value: -O0 forms no fused multiply-adds), far inside the
+spec's tolerance (tests/test_adapters.py checks it), and a full run gives the same status for
+every invariant either way. REFATTN_JAX_XLA_DEFAULTS=1 compiles with XLA's defaults instead.
+Measured alternatives that keep the default code generation, none of which brings a run under
+2 minutes on 2 cores:
+- tracing once with symbolic shapes (jax.export): lowering the exported module per shape costs
+  about as much as tracing it (62 against 74 ms a call);
+- the legacy loop emitters alone, at LLVM -O3 (bit-identical outputs on the 72 varied calls
+  tried): 1.5-2x faster; LLVM -O1 with them: no faster;
+- a persistent compilation cache shared by the worker processes: no faster (few shapes recur
+  across invariants).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+
+from spec.adapters import Adapter, refuse, require
+from spec.adapters._layout import (
+    batch_of,
+    causal_alignment,
+    from_4d,
+    lengths_to_1d,
+    scores_to_4d,
+    to_4d,
+)
+from spec.capabilities import Capabilities
+
+NAME = "jax"
+XLA_FAST_OPTIONS = {
+    "xla_backend_optimization_level": 0,
+    "xla_cpu_parallel_codegen_split_count": 1,
+    "xla_cpu_use_fusion_emitters": False,
+}
+
+CAPABILITIES = Capabilities(
+    {
+        "float32",
+        "mask",
+        "bias",
+        "causal_top_left",
+        "window",
+        "kv_lengths",
+        "combined_masks",
+        "gqa",
+        "scale",
+        "lse",
+        "empty",
+    }
+)
+
+# JAX masks with a large finite negative (-0.7 x float32 max), not -inf. A row that sees no key
+# therefore gets uniform weights over all its keys, the hidden ones included: the mean of V and a
+# finite lse, where the spec says 0 and -inf; a row hidden by -inf in the bias alone gets NaN.
+# Each ID below fails only through such rows: it passes when they are set to 0 / -inf (checked
+# with the spec's own visibility; see docs/conformance/findings.md).
+_BLIND = "follows from fully masked rows (ATT-W4)"
+DEVIATIONS = {
+    "ATT-W4": "a row that sees no key gets the mean of V over all its keys and a finite lse "
+    "(masked scores are -0.7 x float32 max, not -inf), or NaN when -inf bias hides every key",
+    "ATT-M1": f"{_BLIND}: a row hidden by kv_lengths or a mask averages every value, future "
+    "ones included",
+    "ATT-M3": f"{_BLIND}: masked keys take the weight when the kept keys all have -inf bias",
+    "ATT-M4": f"{_BLIND}: a fully masked row is the mean of V with a mask, NaN with -inf bias",
+    "ATT-S3": f"{_BLIND}: the mean of all values, not 0",
+    "ATT-N1": f"{_BLIND}: the mean of V, not 0",
+    "ATT-N2": f"{_BLIND}: the mean of V, not 0",
+    "ATT-N4": f"{_BLIND}: lse is about -2.4e38, not -inf",
+    "ATT-C1": f"{_BLIND}: a chunk in which a row sees nothing contributes its mean of V",
+}
+
+NOTES = (
+    "float16 is not claimed: under jax.jit on the CPU, dot_product_attention raises "
+    "\"ValueError: The precision 'F16_F16_F32' is not supported by dot_general on CPU\" for "
+    "float16 inputs (its try/except fallback to the default precision works only when called "
+    "eagerly, and eager calls compile every operation per shape: too slow to run the spec).",
+    "float64 is not claimed: with jax_enable_x64, float64 inputs are scored in float64 but the "
+    "softmax is 'always carried out in fp32' (jax._src.nn.functions); measured error 1e-7 on a "
+    "5x7 call with D = 16, against a float64 tolerance near 1e-14.",
+    "Not in jax.nn.dot_product_attention: bottom-right causal, softcap, Dv != Dk, the weights.",
+    "A window side that is None (unbounded) is passed as Lq + Lk, a distance that reaches every "
+    "key; JAX's local_window_size takes ints only.",
+)
+
+
+def compile_options() -> dict | None:
+    """The XLA options executables are compiled with: XLA_FAST_OPTIONS, or None (XLA's
+    defaults) when REFATTN_JAX_XLA_DEFAULTS=1 (see the module docstring)."""
+    return None if os.environ.get("REFATTN_JAX_XLA_DEFAULTS") == "1" else XLA_FAST_OPTIONS
+
+
+def adapter() -> Adapter:
+    jax = require("jax", extra="jax", implementation=NAME)
+    options = compile_options()
+    if options is None:
+        compiled = "XLA's default options (REFATTN_JAX_XLA_DEFAULTS=1)"
+    else:
+        compiled = (
+            f"{options}: LLVM -O0, so that a run of about 2400 shapes takes minutes, not ten; "
+            "outputs differ from XLA's default options only by rounding (no fused "
+            "multiply-adds), and a run gives the same statuses with either "
+            "(REFATTN_JAX_XLA_DEFAULTS=1 selects XLA's defaults)"
+        )
+    notes = (*NOTES, f"Compiled with jax.jit, one executable per shape, with {compiled}.")
+    return Adapter(
+        NAME,
+        functools.partial(attention, jax),
+        CAPABILITIES,
+        deviations=DEVIATIONS,
+        packages=("jax", "jaxlib"),
+        notes=notes,
+    )
+
+
+def _dot_product_attention(jax, signature: tuple):
+    """jax.nn.dot_product_attention with the options of `signature` fixed; arrays as arguments."""
+    has_mask, has_bias, is_causal, has_window, has_lengths, has_scale, want_lse = signature
+
+    def call(q, k, v, mask, bias, window, lengths, scale):
+        return jax.nn.dot_product_attention(
+            q,
+            k,
+            v,
+            bias=bias if has_bias else None,
+            mask=mask if has_mask else None,
+            scale=scale if has_scale else None,
+            is_causal=is_causal,
+            key_value_seq_lengths=lengths if has_lengths else None,
+            local_window_size=(window[0], window[1]) if has_window else None,
+            return_residual=want_lse,
+        )
+
+    return call
+
+
+@functools.cache
+def _jitted(jax, signature: tuple, options_key: tuple | None):
+    """The call jitted: traced and compiled once per input shape."""
+    options = None if options_key is None else dict(options_key)
+    return jax.jit(_dot_product_attention(jax, signature), compiler_options=options)
+
+
+def attention(
+    jax,
+    query,
+    key,
+    value,
+    *,
+    mask=None,
+    bias=None,
+    causal=None,
+    window=None,
+    kv_lengths=None,
+    scale=None,
+    softcap=None,
+    return_lse=False,
+    return_weights=False,
+):
+    """refattn's call as jax.nn.dot_product_attention (see the module docstring)."""
+    alignment = causal_alignment(causal)
+    refuse(
+        NAME,
+        softcap=softcap,
+        return_weights=return_weights,
+        causal_bottom_right=alignment == "bottom_right",
+    )
+    if value.shape[-1] != key.shape[-1]:
+        refuse(NAME, dv=f"Dv = {value.shape[-1]} != Dk = {key.shape[-1]}")
+    if query.dtype.name not in CAPABILITIES:  # see NOTES: float16 and float64
+        refuse(NAME, **{query.dtype.name: "inputs"})
+    batch = batch_of(query)
+    Lq, Lk = query.shape[-2], key.shape[-2]
+
+    def btnh(x):  # (B..., H, L, D) -> (B, L, H, D)
+        return np.swapaxes(to_4d(x, batch), 1, 2)
+
+    signature = (
+        mask is not None,
+        bias is not None,
+        alignment == "top_left",
+        window is not None,
+        kv_lengths is not None,
+        scale is not None,
+        bool(return_lse),
+    )
+    arguments = (
+        btnh(query),
+        btnh(key),
+        btnh(value),
+        None if mask is None else scores_to_4d(mask, batch),
+        None if bias is None else scores_to_4d(bias, batch),
+        None if window is None else np.array([Lq + Lk if w is None else w for w in window], "i4"),
+        None if kv_lengths is None else lengths_to_1d(kv_lengths, batch).astype(np.int32),
+        None if scale is None else np.float32(scale),
+    )
+    options = compile_options()
+    compiled = _jitted(jax, signature, None if options is None else tuple(options.items()))
+    returned = compiled(*arguments)
+    out, lse = returned if return_lse else (returned, None)
+    out = from_4d(np.swapaxes(np.asarray(out), 1, 2), batch)
+    if not return_lse:
+        return out
+    return out, from_4d(np.swapaxes(np.asarray(lse), 1, 2), batch)

@@ -1,0 +1,164 @@
+"""PyTorch: torch.nn.functional.scaled_dot_product_attention on the CPU.
+
+    torch        the default backend: what a user calling SDPA gets (on the CPU, the flash
+                 kernel for 4-D inputs it takes, the math backend for the rest)
+    torch-math   forced to SDPBackend.MATH with torch.nn.attention.sdpa_kernel
+    torch-flash  forced to SDPBackend.FLASH_ATTENTION; inputs flattened to (B, H, L, D), the only
+                 layout that kernel takes
+
+Options, refattn -> SDPA: mask -> attn_mask (bool, True = attend); bias -> attn_mask (float,
+added); causal "top_left" -> is_causal=True; causal "bottom_right" -> attn_mask =
+torch.nn.attention.bias.causal_lower_right(Lq, Lk), PyTorch's own bottom-right causal mask;
+Hkv < Hq -> enable_gqa=True; scale -> scale. SDPA has no window, kv_lengths, softcap, lse or
+weights, and takes one attn_mask and not both of attn_mask and is_causal (its documented
+contract; the math backend raises), so masks are not combined.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from spec.adapters import Adapter, Unsupported, refuse, require
+from spec.adapters._layout import batch_of, causal_alignment, from_4d, scores_to_4d, to_4d
+from spec.capabilities import Capabilities
+
+BACKENDS = {None: "torch", "math": "torch-math", "flash": "torch-flash"}
+
+_COMMON = (
+    "float16",
+    "float32",
+    "float64",
+    "mask",
+    "bias",
+    "causal_top_left",
+    "causal_bottom_right",
+    "gqa",
+    "scale",
+    "float64_options",
+    "empty",
+)
+
+_NOTES = (
+    "SDPA takes one attn_mask (bool or float) and refuses attn_mask with is_causal "
+    "(documented; the math backend raises), so combined_masks is not claimed; bottom-right "
+    "causal is torch.nn.attention.bias.causal_lower_right, itself an attn_mask.",
+    "Not in SDPA: window, kv_lengths, softcap, and returning lse or weights.",
+    "Inputs are passed with their strides (a last dim of size 1 gets stride 1, see _tensor).",
+    "causal_lower_right(Lq, Lk) with Lq > Lk warns that it 'will produce NaNs'; it gives 0 for "
+    "the rows that see no key (checked: ATT-M2, ATT-M5), so the adapter silences that warning.",
+)
+
+
+def adapter(backend: str | None) -> Adapter:
+    """The adapter of SDPA with `backend` None (default), "math" or "flash"."""
+    name = BACKENDS[backend]
+    torch = require("torch", extra="torch", implementation=name)
+    from torch.nn.attention import SDPBackend
+
+    forced = {None: None, "math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION}[backend]
+    capabilities = set(_COMMON)
+    notes = list(_NOTES)
+    if backend == "flash":
+        notes.append("The CPU flash kernel has no Dv != Dk ('No available kernel'): no dv.")
+        notes.append(
+            "The CPU flash kernel takes 4-D inputs and 2-D or 4-D masks only (its refusal says "
+            "so): batch dims are flattened into B and masks given 4 dims, the same values."
+        )
+    else:
+        capabilities.add("dv")
+    notes.append(f"torch threads: {torch.get_num_threads()}.")
+
+    def attention(
+        query,
+        key,
+        value,
+        *,
+        mask=None,
+        bias=None,
+        causal=None,
+        window=None,
+        kv_lengths=None,
+        scale=None,
+        softcap=None,
+        return_lse=False,
+        return_weights=False,
+    ):
+        refuse(
+            name,
+            window=window,
+            kv_lengths=kv_lengths,
+            softcap=softcap,
+            return_lse=return_lse,
+            return_weights=return_weights,
+        )
+        alignment = causal_alignment(causal)
+        masking = {"mask": mask, "bias": bias, "causal": alignment}
+        given = [n for n, x in masking.items() if x is not None]
+        if len(given) > 1:
+            raise Unsupported(
+                f"{name} cannot combine {' and '.join(given)}: SDPA takes one attn_mask, "
+                "and not together with is_causal"
+            )
+        batch = batch_of(query)
+        if backend == "flash":  # the flash kernel takes (B, H, L, D) and 2-D or 4-D masks
+            query, key, value = (to_4d(x, batch) for x in (query, key, value))
+            mask, bias = (None if x is None else _mask_4d(x, batch) for x in (mask, bias))
+        q, k, v = (_tensor(torch, x) for x in (query, key, value))
+        options = {"scale": scale, "enable_gqa": q.shape[-3] != k.shape[-3]}
+        if mask is not None or bias is not None:
+            options["attn_mask"] = _tensor(torch, mask if mask is not None else bias)
+        if alignment == "top_left":
+            options["is_causal"] = True
+        elif alignment == "bottom_right":
+            from torch.nn.attention.bias import causal_lower_right
+
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Lower right causal bias will produce NaNs")
+                options["attn_mask"] = causal_lower_right(q.shape[-2], k.shape[-2])
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        with torch.no_grad():
+            if forced is None:
+                out = sdpa(q, k, v, **options)
+            else:
+                from torch.nn.attention import sdpa_kernel
+
+                with sdpa_kernel(forced), warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    try:
+                        out = sdpa(q, k, v, **options)
+                    except RuntimeError as error:  # the backend refused: say why, as torch did
+                        reasons = " ".join(str(w.message).split(" (Triggered")[0] for w in caught)
+                        raise RuntimeError(f"{error} {reasons}".strip()) from None
+        out = out.numpy()
+        return from_4d(out, batch) if backend == "flash" else out
+
+    return Adapter(
+        name,
+        attention,
+        Capabilities(capabilities),
+        deviations={},
+        packages=("torch",),
+        notes=tuple(notes),
+    )
+
+
+def _mask_4d(x: np.ndarray, batch: tuple[int, ...]) -> np.ndarray:
+    """A mask or bias as a 4-D array broadcastable to (B, H, Lq, Lk), the same mask."""
+    x = scores_to_4d(x, batch)
+    return x.reshape((1,) * (4 - x.ndim) + x.shape)
+
+
+def _tensor(torch, x: np.ndarray):
+    """A CPU tensor sharing x's memory and strides (a copy if x is read-only).
+
+    A last dim of size 1 gets stride 1: NumPy gives size-1 dims arbitrary strides (a reshape of
+    a view does), which address nothing, but PyTorch's fused kernels test stride(-1) == 1
+    literally and refuse the input ("No available kernel" when forced).
+    """
+    if not x.flags.writeable:
+        x = np.array(x)
+    if x.ndim and x.shape[-1] == 1 and x.strides[-1] != x.itemsize:
+        x = np.lib.stride_tricks.as_strided(x, strides=(*x.strides[:-1], x.itemsize))
+    return torch.from_numpy(x)

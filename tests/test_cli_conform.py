@@ -1,0 +1,141 @@
+"""`refattn conform`: exit codes, invariant selection, deviations, reports, missing peers."""
+
+import json
+import sys
+
+import pytest
+
+from refattn.cli import main
+
+FAST = ["--max-examples", "10"]
+CORRECT = "sdpa_functions:correct"
+FINITE_MASK = "sdpa_functions:finite_mask"  # fails ATT-W4 (tests/sdpa_functions.py)
+
+
+def conform(capsys, *args):
+    status = main(["conform", *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_a_conforming_implementation_exits_0(capsys):
+    status, out, err = conform(capsys, CORRECT, "--only", "ATT-W4", "ATT-N1", *FAST)
+    assert status == 0
+    assert "sdpa_functions:correct conforms: 2 PASS" in out
+    # a progress line before and after each invariant
+    assert "[ 1/2] ATT-W4  Fully masked rows" in err
+    assert "[ 1/2] ATT-W4  PASS" in err
+
+
+def test_a_failed_must_exits_1_with_the_counterexample(capsys):
+    status, out, _ = conform(capsys, FINITE_MASK, "--only", "ATT-W4", *FAST)
+    assert status == 1
+    assert "ATT-W4 FAIL: out of fully masked rows" in out
+    assert "impl = load('sdpa_functions:finite_mask')" in out
+    assert "does NOT conform (1 MUST failed)" in out
+
+
+def test_skip_leaves_invariants_out(capsys):
+    status, out, _ = conform(capsys, FINITE_MASK, "--only", "ATT-W4", "ATT-D1", "--skip", "ATT-W4")
+    assert status == 0
+    assert "ATT-W4" not in out
+    assert "ATT-D1" in out
+
+
+def test_skipped_for_a_missing_capability_is_not_a_failure(capsys):
+    status, out, _ = conform(capsys, CORRECT, "--only", "ATT-N4", *FAST)
+    assert status == 0
+    assert "ATT-N4 SKIP: needs lse, which sdpa_functions:correct does not provide" in out
+
+
+def test_deviations_file_turns_a_failure_into_a_deviation(capsys, tmp_path):
+    deviations = tmp_path / "known.txt"
+    deviations.write_text("# known\nATT-W4  # our masked rows average V\nATT-Z9  # typo\n")
+    status, out, err = conform(
+        capsys, FINITE_MASK, "--only", "ATT-W4", "--deviations", str(deviations), *FAST
+    )
+    assert status == 0
+    assert "ATT-W4 DEVIATION: declared: our masked rows average V" in out
+    assert "observed: out of fully masked rows" in out
+    assert f"warning: {deviations}: ATT-Z9 matches no invariant" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["no-such-impl"], "implementation should be one of"),
+        (["reference", "--only", "ATT-X1"], "--only: unknown invariant IDs ['ATT-X1']"),
+        (["reference", "--skip", "W4"], "--skip: unknown invariant IDs ['W4']"),
+        (["reference", "--max-examples", "0"], "--max-examples should be at least 1"),
+        (["reference", "--jobs", "0"], "--jobs should be at least 1"),
+        (["reference", "--deviations", "/no/such/file"], "--deviations: cannot read"),
+        (["no_such_module_xyz:sdpa"], "cannot import 'no_such_module_xyz'"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(capsys, args, message):
+    status, out, err = conform(capsys, *args)
+    assert status == 2
+    assert out == ""
+    assert message in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("impl", "module", "extra"),
+    [("torch", "torch", "torch"), ("jax", "jax", "jax"), ("onnxruntime", "onnxruntime", "onnx")],
+)
+def test_missing_peer_exits_2_naming_the_extra(capsys, monkeypatch, impl, module, extra):
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    status, out, err = conform(capsys, impl)
+    assert (status, out) == (2, "")
+    assert err == (
+        f"refattn conform: {impl} needs {module}, which is not installed: "
+        f"pip install 'refattn[{extra}]'\n"
+    )
+
+
+def test_json_report(capsys, tmp_path):
+    path = tmp_path / "report.json"
+    status, _, _ = conform(
+        capsys, FINITE_MASK, "--only", "ATT-W4", "ATT-N4", "--json", str(path), "--seed", "3", *FAST
+    )
+    assert status == 1
+    report = json.loads(path.read_text())
+    assert report["implementation"] == FINITE_MASK
+    assert report["conforms"] is False
+    assert report["settings"]["seed"] == 3
+    assert report["settings"]["max_examples"] == 10
+    assert {"python", "numpy", "refattn"} <= set(report["versions"])
+    assert {"platform", "processor", "cpu_count"} <= set(report["machine"])
+    assert "mask" in report["capabilities"]
+    assert report["notes"]
+    results = {r["id"]: r for r in report["results"]}
+    assert results["ATT-W4"]["status"] == "FAIL"
+    assert "reproduce" in results["ATT-W4"]["detail"]
+    assert results["ATT-N4"]["status"] == "SKIP"
+
+
+def test_markdown_report(capsys, tmp_path):
+    path = tmp_path / "report.md"
+    conform(capsys, FINITE_MASK, "--only", "ATT-W4", "ATT-D1", "--markdown", str(path), *FAST)
+    text = path.read_text()
+    assert text.startswith("# Conformance of `sdpa_functions:finite_mask`")
+    assert "- versions: python" in text
+    assert "- machine: " in text
+    assert "| [ATT-W4](../../SPEC.md#att-w4) | Fully masked rows" in text
+    assert "### ATT-W4 — FAIL" in text
+    assert "## How the implementation is called" in text
+
+
+def test_jobs_give_the_same_results(capsys):
+    """Invariants run in worker processes give the same statuses and example counts."""
+    args = ("sdpa_functions:no_scaling", "--only", "ATT-N1", "ATT-D1", "ATT-W4", *FAST)
+    one = conform(capsys, *args)
+    two = conform(capsys, *args, "--jobs", "2")
+    assert one[0] == two[0] == 1
+
+    def rows(out):  # the table without its time column
+        return [line.rsplit(maxsplit=1)[0] for line in out.splitlines() if line[:4] == "ATT-"]
+
+    assert rows(one[1]) == rows(two[1])
+    assert "[ 3/3]" in two[2]
