@@ -75,6 +75,19 @@ static void FN(scalar_scores)(REAL *s, int64_t lds, const REAL *q, int64_t ldq, 
     }
 }
 
+/* s (m, n) = scale · q (m, Dk) · kᵀ, keys read as rows of Dk (row stride ldk) */
+static void FN(scalar_scores_rows)(REAL *s, int64_t lds, const REAL *q, int64_t ldq,
+                                   const REAL *k, int64_t ldk, int64_t m, int64_t n, int64_t Dk,
+                                   REAL scale) {
+    for (int64_t r = 0; r < m; r++) {
+        for (int64_t j = 0; j < n; j++) {
+            REAL dot = 0;
+            for (int64_t d = 0; d < Dk; d++) dot += q[r * ldq + d] * k[j * ldk + d];
+            s[r * lds + j] = dot * scale;
+        }
+    }
+}
+
 static void FN(scalar_softmax)(REAL *s, int64_t n, REAL *mx, REAL *sum, REAL *alpha) {
     /* pass 1: the tile's max, and the row's new running max */
     REAL top = -INFINITY;
@@ -126,6 +139,8 @@ static const OPS FN(scalar_ops) = {
     .bk = 64,
     .pack_keys = FN(scalar_pack_keys),
     .scores = FN(scalar_scores),
+    .few_rows = 2, /* the same arithmetic either way here: both paths stay exercised */
+    .scores_rows = FN(scalar_scores_rows),
     .softmax = FN(scalar_softmax),
     .weigh = FN(scalar_weigh),
 };
@@ -189,8 +204,12 @@ static int FN(score_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, 
                     h * c->query.stride[1] + i0 * c->query.stride[2];
     const REAL *k = (const REAL *)c->key.data + batch_offset(&c->key, b) +
                     (h / p->G) * c->key.stride[1] + j0 * c->key.stride[2];
-    ops->pack_keys(w->kp, k, c->key.stride[2], n, Dk);
-    ops->scores(w->s, bk, q, c->query.stride[2], w->kp, m, n, Dk, p->scale);
+    if (m <= ops->few_rows) {
+        ops->scores_rows(w->s, bk, q, c->query.stride[2], k, c->key.stride[2], m, n, Dk, p->scale);
+    } else {
+        ops->pack_keys(w->kp, k, c->key.stride[2], n, Dk);
+        ops->scores(w->s, bk, q, c->query.stride[2], w->kp, m, n, Dk, p->scale);
+    }
 
     /* pass 2: softcap, bias and masks; a tile inside every row's structural range with none
        of them needs nothing more */
