@@ -220,6 +220,7 @@ static int FN(score_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, 
     int has_mask = c->mask.data != NULL, has_bias = c->bias.data != NULL;
     if (inside && !has_mask && !has_bias && p->softcap == 0) return 0;
 
+    const int structural = !has_mask && !has_bias && p->softcap == 0;
     int hidden_any = 0;
     for (int64_t r = 0; r < m; r++) {
         const int64_t i = i0 + r;
@@ -232,6 +233,17 @@ static int FN(score_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, 
         int64_t lo, hi;
         FN(visible_range)(p, b, i, &lo, &hi);
         const int64_t jl = min64(max64(lo - j0, 0), n), jh = max64(jl, min64(hi - j0, n));
+        if (structural) {
+            /* Only causal, window and kv_lengths: the row sees the run [jl, jh), hidden on
+               either side; no per-key tests (the diagonal tiles of every causal call). */
+            memset(vis, 0, (size_t)jl);
+            memset(vis + jl, 1, (size_t)(jh - jl));
+            memset(vis + jh, 0, (size_t)(n - jh));
+            for (int64_t j = 0; j < jl; j++) s[j] = -INFINITY;
+            for (int64_t j = jh; j < n; j++) s[j] = -INFINITY;
+            hidden_any |= jl > 0 || jh < n;
+            continue;
+        }
         for (int64_t j = 0; j < n; j++) vis[j] = j >= jl && j < jh;
         if (has_mask) {
             const refattn_tensor *t = &c->mask;
