@@ -193,9 +193,10 @@ static inline void FN(visible_range)(const FN(plan) *p, int64_t b, int64_t i, in
 
 /* Scores of rows [i0, i0 + m) of head h against keys [j0, j0 + n) into w->s, with hidden keys
    at -inf. Returns 1 when some key of the tile is hidden from some row (w->vis then says
-   which), 0 when every row sees every key of the tile. */
+   which), 0 when every row sees every key of the tile. With packed, w->kp already holds keys
+   j0 onwards, packed (panels of keys are independent: a prefix of them serves a shorter n). */
 static int FN(score_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, int64_t i0,
-                          int64_t m, int64_t j0, int64_t n) {
+                          int64_t m, int64_t j0, int64_t n, int packed) {
     const refattn_call *c = p->c;
     const OPS *ops = p->ops;
     const int64_t bk = p->bk, Dk = c->Dk;
@@ -207,7 +208,7 @@ static int FN(score_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, 
     if (m <= ops->few_rows) {
         ops->scores_rows(w->s, bk, q, c->query.stride[2], k, c->key.stride[2], m, n, Dk, p->scale);
     } else {
-        ops->pack_keys(w->kp, k, c->key.stride[2], n, Dk);
+        if (!packed) ops->pack_keys(w->kp, k, c->key.stride[2], n, Dk);
         ops->scores(w->s, bk, q, c->query.stride[2], w->kp, m, n, Dk, p->scale);
     }
 
@@ -272,6 +273,7 @@ static int FN(score_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, 
 }
 
 #define PREFETCH_ROWS 8 /* query tiles this small prefetch the next key tile */
+#define DIAG_ROWS 24    /* rows per block in a tile that crosses the diagonal */
 
 /* Hint the cache to fetch rows [j0, j1) of k (Dk wide) and v (Dv wide). */
 static void FN(prefetch_rows)(const REAL *k, int64_t ldk, int64_t Dk, const REAL *v, int64_t ldv,
@@ -319,11 +321,31 @@ static void FN(attend_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h
            and values now, so that the loads overlap this tile's arithmetic. */
         if (m <= PREFETCH_ROWS)
             FN(prefetch_rows)(k, ldk, c->Dk, v, ldv, Dv, jt + bk, min64(jt + 2 * bk, jhi));
-        const int hidden = FN(score_tile)(p, w, b, h, i0, m, j0, n);
-        for (int64_t r = 0; r < m; r++)
-            ops->softmax(w->s + r * bk, n, &w->mx[r], &w->sum[r], &w->alpha[r]);
-        ops->weigh(w->o, Dv, w->s, bk, hidden ? w->vis : NULL, bk, w->alpha, v + j0 * ldv, ldv,
-                   m, n, Dv);
+        /* A tile that crosses the diagonal (its first row does not see its last key) goes in
+           blocks of DIAG_ROWS rows, each over the keys up to its own last row's end: the
+           triangle above the diagonal is mostly skipped rather than computed and hidden. */
+        int64_t lo_row, hi_row;
+        FN(visible_range)(p, b, i0, &lo_row, &hi_row);
+        const int64_t block = hi_row < j0 + n && m > DIAG_ROWS ? DIAG_ROWS : m;
+        int packed = 0;
+        if (block < m && m > ops->few_rows) {
+            ops->pack_keys(w->kp, k + j0 * ldk, ldk, n, c->Dk);
+            packed = 1;
+        }
+        for (int64_t r0 = 0; r0 < m; r0 += block) {
+            const int64_t mb = min64(block, m - r0);
+            int64_t nb = n;
+            if (block < m) {
+                FN(visible_range)(p, b, i0 + r0 + mb - 1, &lo_row, &hi_row);
+                nb = min64(n, hi_row - j0);
+                if (nb <= 0) continue; /* these rows see none of the tile: their state holds */
+            }
+            const int hidden = FN(score_tile)(p, w, b, h, i0 + r0, mb, j0, nb, packed);
+            for (int64_t r = r0; r < r0 + mb; r++)
+                ops->softmax(w->s + (r - r0) * bk, nb, &w->mx[r], &w->sum[r], &w->alpha[r]);
+            ops->weigh(w->o + r0 * Dv, Dv, w->s, bk, hidden ? w->vis : NULL, bk, w->alpha + r0,
+                       v + j0 * ldv, ldv, mb, nb, Dv);
+        }
     }
 
     /* Finish: out = o / sum and lse = max + log(sum), or keep the partial state for merging */
@@ -400,7 +422,7 @@ static void FN(weights_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t 
     FN(visible_range)(p, b, i0 + m - 1, &lo_last, &hi_last);
     for (int64_t jt = lo < hi_last ? lo / bk * bk : hi_last; jt < hi_last; jt += bk) {
         const int64_t j0 = max64(jt, lo), n = min64(jt + bk, hi_last) - j0;
-        FN(score_tile)(p, w, b, h, i0, m, j0, n);
+        FN(score_tile)(p, w, b, h, i0, m, j0, n, 0);
         for (int64_t r = 0; r < m; r++) {
             if (lse[r] == -INFINITY) continue; /* fully masked row: weights stay 0, not NaN */
             const REAL *s = w->s + r * bk;
