@@ -161,6 +161,8 @@ typedef struct FN(plan) {
     REAL scale, softcap;
     REAL *lse;  /* (B, Hq, Lq): the caller's, or ours when weights or split-K need it */
     REAL *part; /* (B, Hq, Lq, nsplit, Dv + 2): split-K partials [max, sum, o...] */
+    REAL *kpack; /* (B, Hkv, nkt, Dk·bk): every key tile packed once, or NULL */
+    int64_t nkt; /* key tiles per kv head */
 } FN(plan);
 
 /* One thread's tiles. */
@@ -193,10 +195,11 @@ static inline void FN(visible_range)(const FN(plan) *p, int64_t b, int64_t i, in
 
 /* Scores of rows [i0, i0 + m) of head h against keys [j0, j0 + n) into w->s, with hidden keys
    at -inf. Returns 1 when some key of the tile is hidden from some row (w->vis then says
-   which), 0 when every row sees every key of the tile. With packed, w->kp already holds keys
-   j0 onwards, packed (panels of keys are independent: a prefix of them serves a shorter n). */
+   which), 0 when every row sees every key of the tile. kp: keys j0 onwards already packed
+   (panels of keys are independent: a prefix of them serves a shorter n), or NULL to pack
+   them into w->kp here. */
 static int FN(score_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, int64_t i0,
-                          int64_t m, int64_t j0, int64_t n, int packed) {
+                          int64_t m, int64_t j0, int64_t n, const REAL *kp) {
     const refattn_call *c = p->c;
     const OPS *ops = p->ops;
     const int64_t bk = p->bk, Dk = c->Dk;
@@ -208,8 +211,11 @@ static int FN(score_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, 
     if (m <= ops->few_rows) {
         ops->scores_rows(w->s, bk, q, c->query.stride[2], k, c->key.stride[2], m, n, Dk, p->scale);
     } else {
-        if (!packed) ops->pack_keys(w->kp, k, c->key.stride[2], n, Dk);
-        ops->scores(w->s, bk, q, c->query.stride[2], w->kp, m, n, Dk, p->scale);
+        if (!kp) {
+            ops->pack_keys(w->kp, k, c->key.stride[2], n, Dk);
+            kp = w->kp;
+        }
+        ops->scores(w->s, bk, q, c->query.stride[2], kp, m, n, Dk, p->scale);
     }
 
     /* pass 2: softcap, bias and masks; a tile inside every row's structural range with none
@@ -274,6 +280,7 @@ static int FN(score_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, 
 
 #define PREFETCH_ROWS 8 /* query tiles this small prefetch the next key tile */
 #define DIAG_ROWS 24    /* rows per block in a tile that crosses the diagonal */
+#define PREPACK_MAX_BYTES ((size_t)32 << 20) /* the most memory pass 0's packed keys may take */
 
 /* Hint the cache to fetch rows [j0, j1) of k (Dk wide) and v (Dv wide). */
 static void FN(prefetch_rows)(const REAL *k, int64_t ldk, int64_t Dk, const REAL *v, int64_t ldv,
@@ -327,10 +334,14 @@ static void FN(attend_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h
         int64_t lo_row, hi_row;
         FN(visible_range)(p, b, i0, &lo_row, &hi_row);
         const int64_t block = hi_row < j0 + n && m > DIAG_ROWS ? DIAG_ROWS : m;
-        int packed = 0;
-        if (block < m && m > ops->few_rows) {
+        const REAL *kp = NULL;
+        if (p->kpack && j0 == jt) {
+            /* the tile's keys were packed once for every query tile (pass 0) */
+            const int64_t bkv = b * c->Hkv + h / p->G;
+            kp = p->kpack + (bkv * p->nkt + jt / bk) * c->Dk * bk;
+        } else if (block < m && m > ops->few_rows) {
             ops->pack_keys(w->kp, k + j0 * ldk, ldk, n, c->Dk);
-            packed = 1;
+            kp = w->kp;
         }
         for (int64_t r0 = 0; r0 < m; r0 += block) {
             const int64_t mb = min64(block, m - r0);
@@ -340,7 +351,7 @@ static void FN(attend_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h
                 nb = min64(n, hi_row - j0);
                 if (nb <= 0) continue; /* these rows see none of the tile: their state holds */
             }
-            const int hidden = FN(score_tile)(p, w, b, h, i0 + r0, mb, j0, nb, packed);
+            const int hidden = FN(score_tile)(p, w, b, h, i0 + r0, mb, j0, nb, kp);
             for (int64_t r = r0; r < r0 + mb; r++)
                 ops->softmax(w->s + (r - r0) * bk, nb, &w->mx[r], &w->sum[r], &w->alpha[r]);
             ops->weigh(w->o + r0 * Dv, Dv, w->s, bk, hidden ? w->vis : NULL, bk, w->alpha + r0,
@@ -422,7 +433,7 @@ static void FN(weights_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t 
     FN(visible_range)(p, b, i0 + m - 1, &lo_last, &hi_last);
     for (int64_t jt = lo < hi_last ? lo / bk * bk : hi_last; jt < hi_last; jt += bk) {
         const int64_t j0 = max64(jt, lo), n = min64(jt + bk, hi_last) - j0;
-        FN(score_tile)(p, w, b, h, i0, m, j0, n, 0);
+        FN(score_tile)(p, w, b, h, i0, m, j0, n, NULL);
         for (int64_t r = 0; r < m; r++) {
             if (lse[r] == -INFINITY) continue; /* fully masked row: weights stay 0, not NaN */
             const REAL *s = w->s + r * bk;
@@ -482,10 +493,20 @@ static int FN(flash)(const refattn_call *c, const OPS *ops, int num_threads) {
     if (p.nsplit > 1) {
         part_bytes = size_mul_add((size_t)rows, (size_t)p.nsplit, 0);
         part_bytes = size_mul_add(part_bytes, sizeof(REAL) * (size_t)(Dv + 2), 0);
+        if (part_bytes == SIZE_MAX) return REFATTN_ENOMEM;
+        part_bytes = round_up(part_bytes);
     }
+    /* Pack every key tile once when several query tiles would each pack it again (and the
+       copy is not too big); tiles of few rows read the key rows unpacked. */
+    p.nkt = cdiv(c->Lk, bk);
+    size_t kpack_bytes = size_mul_add((size_t)(c->B * c->Hkv * p.nkt), (size_t)(c->Dk * bk), 0);
+    kpack_bytes = size_mul_add(kpack_bytes, sizeof(REAL), 0);
+    if (!(p.nqt >= 2 && bq > ops->few_rows && c->Lk > 0 && kpack_bytes <= PREPACK_MAX_BYTES))
+        kpack_bytes = 0;
     size_t total = size_mul_add((size_t)threads, per_thread, ALIGN);
     total = size_mul_add(1, total, lse_bytes);
     total = size_mul_add(1, total, part_bytes);
+    total = size_mul_add(1, total, round_up(kpack_bytes));
     if (total == SIZE_MAX) return REFATTN_ENOMEM;
     char *block = malloc(total);
     if (!block) return REFATTN_ENOMEM;
@@ -493,6 +514,7 @@ static int FN(flash)(const refattn_call *c, const OPS *ops, int num_threads) {
     char *shared = base + (size_t)threads * per_thread;
     p.lse = c->lse ? (REAL *)c->lse : (need_lse ? (REAL *)shared : NULL);
     p.part = p.nsplit > 1 ? (REAL *)(shared + lse_bytes) : NULL;
+    p.kpack = kpack_bytes ? (REAL *)(shared + lse_bytes + part_bytes) : NULL;
 
     /* Work items (b, h, query tile, key chunk). Causal and windowed tiles cost more the later
        they sit, so those go first, heaviest first; otherwise head by head, for the caches.
@@ -518,6 +540,18 @@ static int FN(flash)(const refattn_call *c, const OPS *ops, int num_threads) {
         w.sum = (REAL *)mine;
         mine += round_up(sizeof(REAL) * (size_t)bq);
         w.alpha = (REAL *)mine;
+
+        /* pass 0: pack every key tile, when the plan says so */
+        if (p.kpack) {
+            const int64_t Hkv = c->Hkv, nkt = p.nkt, Dk = c->Dk, ldk = c->key.stride[2];
+#pragma omp for schedule(static)
+            for (int64_t t = 0; t < c->B * Hkv * nkt; t++) {
+                const int64_t b = t / (Hkv * nkt), hk = (t / nkt) % Hkv, kt = t % nkt;
+                const REAL *k = (const REAL *)c->key.data + batch_offset(&c->key, b) +
+                                hk * c->key.stride[1] + kt * bk * ldk;
+                ops->pack_keys(p.kpack + t * Dk * bk, k, ldk, min64(bk, c->Lk - kt * bk), Dk);
+            }
+        }
 
         /* pass 1: every (b, h, query tile, key chunk) */
 #pragma omp for schedule(dynamic, 1)
