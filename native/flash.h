@@ -4,7 +4,8 @@
    the structural masks (causal, window, kv_lengths) leave visible to some query of the tile,
    scores them, keeps a running max and sum per query row (online softmax), rescales the row's
    float accumulator only when the max grows, and divides once at the end. Memory: per-thread
-   tiles only, plus small split-K partials; no Lq×Lk buffer unless weights are asked for.
+   tiles, small split-K partials, and a packed copy of the keys when several query tiles
+   share them (at most PREPACK_MAX_BYTES); no Lq×Lk buffer unless weights are asked for.
    What it does not do: SIMD arithmetic (the ops table does the tile arithmetic), validation
    (refattn_attention checks the call first), or anything across calls.
 
