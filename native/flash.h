@@ -4,7 +4,8 @@
    the structural masks (causal, window, kv_lengths) leave visible to some query of the tile,
    scores them, keeps a running max and sum per query row (online softmax), rescales the row's
    float accumulator only when the max grows, and divides once at the end. Memory: per-thread
-   tiles only, plus small split-K partials; no Lq×Lk buffer unless weights are asked for.
+   tiles, small split-K partials, and a packed copy of the keys when several query tiles
+   share them (at most PREPACK_MAX_BYTES); no Lq×Lk buffer unless weights are asked for.
    What it does not do: SIMD arithmetic (the ops table does the tile arithmetic), validation
    (refattn_attention checks the call first), or anything across calls.
 
@@ -75,6 +76,19 @@ static void FN(scalar_scores)(REAL *s, int64_t lds, const REAL *q, int64_t ldq, 
     }
 }
 
+/* s (m, n) = scale · q (m, Dk) · kᵀ, keys read as rows of Dk (row stride ldk) */
+static void FN(scalar_scores_rows)(REAL *s, int64_t lds, const REAL *q, int64_t ldq,
+                                   const REAL *k, int64_t ldk, int64_t m, int64_t n, int64_t Dk,
+                                   REAL scale) {
+    for (int64_t r = 0; r < m; r++) {
+        for (int64_t j = 0; j < n; j++) {
+            REAL dot = 0;
+            for (int64_t d = 0; d < Dk; d++) dot += q[r * ldq + d] * k[j * ldk + d];
+            s[r * lds + j] = dot * scale;
+        }
+    }
+}
+
 static void FN(scalar_softmax)(REAL *s, int64_t n, REAL *mx, REAL *sum, REAL *alpha) {
     /* pass 1: the tile's max, and the row's new running max */
     REAL top = -INFINITY;
@@ -126,6 +140,8 @@ static const OPS FN(scalar_ops) = {
     .bk = 64,
     .pack_keys = FN(scalar_pack_keys),
     .scores = FN(scalar_scores),
+    .few_rows = 2, /* the same arithmetic either way here: both paths stay exercised */
+    .scores_rows = FN(scalar_scores_rows),
     .softmax = FN(scalar_softmax),
     .weigh = FN(scalar_weigh),
 };
@@ -146,6 +162,8 @@ typedef struct FN(plan) {
     REAL scale, softcap;
     REAL *lse;  /* (B, Hq, Lq): the caller's, or ours when weights or split-K need it */
     REAL *part; /* (B, Hq, Lq, nsplit, Dv + 2): split-K partials [max, sum, o...] */
+    REAL *kpack; /* (B, Hkv, nkt, Dk·bk): every key tile packed once, or NULL */
+    int64_t nkt; /* key tiles per kv head */
 } FN(plan);
 
 /* One thread's tiles. */
@@ -178,9 +196,11 @@ static inline void FN(visible_range)(const FN(plan) *p, int64_t b, int64_t i, in
 
 /* Scores of rows [i0, i0 + m) of head h against keys [j0, j0 + n) into w->s, with hidden keys
    at -inf. Returns 1 when some key of the tile is hidden from some row (w->vis then says
-   which), 0 when every row sees every key of the tile. */
+   which), 0 when every row sees every key of the tile. kp: keys j0 onwards already packed
+   (panels of keys are independent: a prefix of them serves a shorter n), or NULL to pack
+   them into w->kp here. */
 static int FN(score_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, int64_t i0,
-                          int64_t m, int64_t j0, int64_t n) {
+                          int64_t m, int64_t j0, int64_t n, const REAL *kp) {
     const refattn_call *c = p->c;
     const OPS *ops = p->ops;
     const int64_t bk = p->bk, Dk = c->Dk;
@@ -189,8 +209,15 @@ static int FN(score_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, 
                     h * c->query.stride[1] + i0 * c->query.stride[2];
     const REAL *k = (const REAL *)c->key.data + batch_offset(&c->key, b) +
                     (h / p->G) * c->key.stride[1] + j0 * c->key.stride[2];
-    ops->pack_keys(w->kp, k, c->key.stride[2], n, Dk);
-    ops->scores(w->s, bk, q, c->query.stride[2], w->kp, m, n, Dk, p->scale);
+    if (m <= ops->few_rows) {
+        ops->scores_rows(w->s, bk, q, c->query.stride[2], k, c->key.stride[2], m, n, Dk, p->scale);
+    } else {
+        if (!kp) {
+            ops->pack_keys(w->kp, k, c->key.stride[2], n, Dk);
+            kp = w->kp;
+        }
+        ops->scores(w->s, bk, q, c->query.stride[2], kp, m, n, Dk, p->scale);
+    }
 
     /* pass 2: softcap, bias and masks; a tile inside every row's structural range with none
        of them needs nothing more */
@@ -201,6 +228,7 @@ static int FN(score_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, 
     int has_mask = c->mask.data != NULL, has_bias = c->bias.data != NULL;
     if (inside && !has_mask && !has_bias && p->softcap == 0) return 0;
 
+    const int structural = !has_mask && !has_bias && p->softcap == 0;
     int hidden_any = 0;
     for (int64_t r = 0; r < m; r++) {
         const int64_t i = i0 + r;
@@ -213,6 +241,17 @@ static int FN(score_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, 
         int64_t lo, hi;
         FN(visible_range)(p, b, i, &lo, &hi);
         const int64_t jl = min64(max64(lo - j0, 0), n), jh = max64(jl, min64(hi - j0, n));
+        if (structural) {
+            /* Only causal, window and kv_lengths: the row sees the run [jl, jh), hidden on
+               either side; no per-key tests (the diagonal tiles of every causal call). */
+            memset(vis, 0, (size_t)jl);
+            memset(vis + jl, 1, (size_t)(jh - jl));
+            memset(vis + jh, 0, (size_t)(n - jh));
+            for (int64_t j = 0; j < jl; j++) s[j] = -INFINITY;
+            for (int64_t j = jh; j < n; j++) s[j] = -INFINITY;
+            hidden_any |= jl > 0 || jh < n;
+            continue;
+        }
         for (int64_t j = 0; j < n; j++) vis[j] = j >= jl && j < jh;
         if (has_mask) {
             const refattn_tensor *t = &c->mask;
@@ -241,6 +280,8 @@ static int FN(score_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, 
 }
 
 #define PREFETCH_ROWS 8 /* query tiles this small prefetch the next key tile */
+#define DIAG_ROWS 24    /* rows per block in a tile that crosses the diagonal */
+#define PREPACK_MAX_BYTES ((size_t)32 << 20) /* the most memory pass 0's packed keys may take */
 
 /* Hint the cache to fetch rows [j0, j1) of k (Dk wide) and v (Dv wide). */
 static void FN(prefetch_rows)(const REAL *k, int64_t ldk, int64_t Dk, const REAL *v, int64_t ldv,
@@ -288,11 +329,35 @@ static void FN(attend_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h
            and values now, so that the loads overlap this tile's arithmetic. */
         if (m <= PREFETCH_ROWS)
             FN(prefetch_rows)(k, ldk, c->Dk, v, ldv, Dv, jt + bk, min64(jt + 2 * bk, jhi));
-        const int hidden = FN(score_tile)(p, w, b, h, i0, m, j0, n);
-        for (int64_t r = 0; r < m; r++)
-            ops->softmax(w->s + r * bk, n, &w->mx[r], &w->sum[r], &w->alpha[r]);
-        ops->weigh(w->o, Dv, w->s, bk, hidden ? w->vis : NULL, bk, w->alpha, v + j0 * ldv, ldv,
-                   m, n, Dv);
+        /* A tile that crosses the diagonal (its first row does not see its last key) goes in
+           blocks of DIAG_ROWS rows, each over the keys up to its own last row's end: the
+           triangle above the diagonal is mostly skipped rather than computed and hidden. */
+        int64_t lo_row, hi_row;
+        FN(visible_range)(p, b, i0, &lo_row, &hi_row);
+        const int64_t block = hi_row < j0 + n && m > DIAG_ROWS ? DIAG_ROWS : m;
+        const REAL *kp = NULL;
+        if (p->kpack && j0 == jt) {
+            /* the tile's keys were packed once for every query tile (pass 0) */
+            const int64_t bkv = b * c->Hkv + h / p->G;
+            kp = p->kpack + (bkv * p->nkt + jt / bk) * c->Dk * bk;
+        } else if (block < m && m > ops->few_rows) {
+            ops->pack_keys(w->kp, k + j0 * ldk, ldk, n, c->Dk);
+            kp = w->kp;
+        }
+        for (int64_t r0 = 0; r0 < m; r0 += block) {
+            const int64_t mb = min64(block, m - r0);
+            int64_t nb = n;
+            if (block < m) {
+                FN(visible_range)(p, b, i0 + r0 + mb - 1, &lo_row, &hi_row);
+                nb = min64(n, hi_row - j0);
+                if (nb <= 0) continue; /* these rows see none of the tile: their state holds */
+            }
+            const int hidden = FN(score_tile)(p, w, b, h, i0 + r0, mb, j0, nb, kp);
+            for (int64_t r = r0; r < r0 + mb; r++)
+                ops->softmax(w->s + (r - r0) * bk, nb, &w->mx[r], &w->sum[r], &w->alpha[r]);
+            ops->weigh(w->o + r0 * Dv, Dv, w->s, bk, hidden ? w->vis : NULL, bk, w->alpha + r0,
+                       v + j0 * ldv, ldv, mb, nb, Dv);
+        }
     }
 
     /* Finish: out = o / sum and lse = max + log(sum), or keep the partial state for merging */
@@ -369,7 +434,7 @@ static void FN(weights_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t 
     FN(visible_range)(p, b, i0 + m - 1, &lo_last, &hi_last);
     for (int64_t jt = lo < hi_last ? lo / bk * bk : hi_last; jt < hi_last; jt += bk) {
         const int64_t j0 = max64(jt, lo), n = min64(jt + bk, hi_last) - j0;
-        FN(score_tile)(p, w, b, h, i0, m, j0, n);
+        FN(score_tile)(p, w, b, h, i0, m, j0, n, NULL);
         for (int64_t r = 0; r < m; r++) {
             if (lse[r] == -INFINITY) continue; /* fully masked row: weights stay 0, not NaN */
             const REAL *s = w->s + r * bk;
@@ -429,10 +494,20 @@ static int FN(flash)(const refattn_call *c, const OPS *ops, int num_threads) {
     if (p.nsplit > 1) {
         part_bytes = size_mul_add((size_t)rows, (size_t)p.nsplit, 0);
         part_bytes = size_mul_add(part_bytes, sizeof(REAL) * (size_t)(Dv + 2), 0);
+        if (part_bytes == SIZE_MAX) return REFATTN_ENOMEM;
+        part_bytes = round_up(part_bytes);
     }
+    /* Pack every key tile once when several query tiles would each pack it again (and the
+       copy is not too big); tiles of few rows read the key rows unpacked. */
+    p.nkt = cdiv(c->Lk, bk);
+    size_t kpack_bytes = size_mul_add((size_t)(c->B * c->Hkv * p.nkt), (size_t)(c->Dk * bk), 0);
+    kpack_bytes = size_mul_add(kpack_bytes, sizeof(REAL), 0);
+    if (!(p.nqt >= 2 && bq > ops->few_rows && c->Lk > 0 && kpack_bytes <= PREPACK_MAX_BYTES))
+        kpack_bytes = 0;
     size_t total = size_mul_add((size_t)threads, per_thread, ALIGN);
     total = size_mul_add(1, total, lse_bytes);
     total = size_mul_add(1, total, part_bytes);
+    total = size_mul_add(1, total, round_up(kpack_bytes));
     if (total == SIZE_MAX) return REFATTN_ENOMEM;
     char *block = malloc(total);
     if (!block) return REFATTN_ENOMEM;
@@ -440,6 +515,7 @@ static int FN(flash)(const refattn_call *c, const OPS *ops, int num_threads) {
     char *shared = base + (size_t)threads * per_thread;
     p.lse = c->lse ? (REAL *)c->lse : (need_lse ? (REAL *)shared : NULL);
     p.part = p.nsplit > 1 ? (REAL *)(shared + lse_bytes) : NULL;
+    p.kpack = kpack_bytes ? (REAL *)(shared + lse_bytes + part_bytes) : NULL;
 
     /* Work items (b, h, query tile, key chunk). Causal and windowed tiles cost more the later
        they sit, so those go first, heaviest first; otherwise head by head, for the caches.
@@ -465,6 +541,18 @@ static int FN(flash)(const refattn_call *c, const OPS *ops, int num_threads) {
         w.sum = (REAL *)mine;
         mine += round_up(sizeof(REAL) * (size_t)bq);
         w.alpha = (REAL *)mine;
+
+        /* pass 0: pack every key tile, when the plan says so */
+        if (p.kpack) {
+            const int64_t Hkv = c->Hkv, nkt = p.nkt, Dk = c->Dk, ldk = c->key.stride[2];
+#pragma omp for schedule(static)
+            for (int64_t t = 0; t < c->B * Hkv * nkt; t++) {
+                const int64_t b = t / (Hkv * nkt), hk = (t / nkt) % Hkv, kt = t % nkt;
+                const REAL *k = (const REAL *)c->key.data + batch_offset(&c->key, b) +
+                                hk * c->key.stride[1] + kt * bk * ldk;
+                ops->pack_keys(p.kpack + t * Dk * bk, k, ldk, min64(bk, c->Lk - kt * bk), Dk);
+            }
+        }
 
         /* pass 1: every (b, h, query tile, key chunk) */
 #pragma omp for schedule(dynamic, 1)

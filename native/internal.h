@@ -27,6 +27,12 @@
            of 16 may be written too (lds >= bk). */                                            \
         void (*scores)(T *s, int64_t lds, const T *q, int64_t ldq, const T *kp, int64_t m,     \
                        int64_t n, int64_t Dk, T scale);                                        \
+        /* The same scores straight from the key rows k (row stride ldk), with no packing:     \
+           for tiles of at most few_rows query rows (decode), where packing would cost more   \
+           than the arithmetic it feeds. Columns up to the next multiple of 16 may be written. */\
+        int64_t few_rows;                                                                      \
+        void (*scores_rows)(T *s, int64_t lds, const T *q, int64_t ldq, const T *k,            \
+                            int64_t ldk, int64_t m, int64_t n, int64_t Dk, T scale);           \
         /* One row of the online softmax: s[0, n) holds scores (-inf where hidden). Updates    \
            the running max *mx and sum *sum, overwrites s with p = exp(s - max), and sets     \
            *alpha to the factor that rescales the row's accumulator (1 when the max holds). */ \

@@ -162,6 +162,35 @@ INLINE float reduce_add(__m256 x) {
     return _mm_cvtss_f32(s);
 }
 
+/* s (m, n) = scale · q (m, Dk) · kᵀ straight from the key rows, for decode-sized tiles: per
+   row and 8 keys, one accumulator per key along d, then a tree of horizontal adds turns the
+   8 partial vectors into 8 dot products. Packs nothing. */
+static void scores_rows(float *s, int64_t lds, const float *q, int64_t ldq, const float *k,
+                        int64_t ldk, int64_t m, int64_t n, int64_t Dk, float scale) {
+    const __m256 sc = _mm256_set1_ps(scale);
+    for (int64_t r = 0; r < m; r++) {
+        const float *qr = q + r * ldq;
+        for (int64_t j0 = 0; j0 < n; j0 += 8) {
+            const int64_t count = imin(8, n - j0);
+            __m256 acc[8];
+            UNROLL for (int t = 0; t < 8; t++) acc[t] = _mm256_setzero_ps();
+            for (int64_t d0 = 0; d0 < Dk; d0 += 8) {
+                const __m256i dmask = first_lanes(imin(8, Dk - d0));
+                const __m256 qd = _mm256_maskload_ps(qr + d0, dmask);
+                for (int t = 0; t < count; t++) acc[t] = _mm256_fmadd_ps(
+                    qd, _mm256_maskload_ps(k + (j0 + t) * ldk + d0, dmask), acc[t]);
+            }
+            /* h[i]: lane L holds pair sums of keys 2i, 2i+1 within 128-bit lane L */
+            const __m256 h0 = _mm256_hadd_ps(acc[0], acc[1]), h1 = _mm256_hadd_ps(acc[2], acc[3]);
+            const __m256 h2 = _mm256_hadd_ps(acc[4], acc[5]), h3 = _mm256_hadd_ps(acc[6], acc[7]);
+            const __m256 g0 = _mm256_hadd_ps(h0, h1), g1 = _mm256_hadd_ps(h2, h3);
+            const __m256 dot = _mm256_add_ps(_mm256_permute2f128_ps(g0, g1, 0x20),
+                                             _mm256_permute2f128_ps(g0, g1, 0x31));
+            _mm256_storeu_ps(s + r * lds + j0, _mm256_mul_ps(dot, sc));
+        }
+    }
+}
+
 static void softmax(float *s, int64_t n, float *mx, float *sum, float *alpha) {
     /* pass 1: the tile's max, and the row's new running max */
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
@@ -270,6 +299,8 @@ static const refattn_ops_f32 ops = {
     .bk = 128,
     .pack_keys = pack_keys,
     .scores = scores,
+    .few_rows = 2,
+    .scores_rows = scores_rows,
     .softmax = softmax,
     .weigh = weigh,
 };

@@ -5,7 +5,8 @@
      scores     computes a block of 6 query rows × 64 keys held in 24 accumulators,
                 one broadcast query element times 4 key vectors per step of d;
      softmax    does one row: vector max, vectorised exp, vector sum;
-     weigh      accumulates p·V into a block of 6 rows × 64 value columns.
+     weigh      accumulates p·V into a block of 6 rows × 64 value columns (1–2 rows × 128).
+     scores_rows  scores for 1–2 query rows straight from unpacked key rows (decode).
    What they do not do: decide anything about masks or tiles (the driver does), or run on a
    CPU without AVX-512 (refattn_cpu_has is asked first). This file is compiled with a target
    pragma rather than -mavx512f, so the rest of the build stays portable.
@@ -32,6 +33,7 @@
 
 #define MR 6 /* query rows per register block */
 #define NP 4 /* panels of 16 keys per block in scores; vectors of 16 columns in weigh */
+#define WIDE 8 /* vectors of 16 columns in weigh for blocks of one or two rows */
 
 static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -149,6 +151,38 @@ static void scores(float *s, int64_t lds, const float *q, int64_t ldq, const flo
     }
 }
 
+/* s (m, n) = scale · q (m, Dk) · kᵀ straight from the key rows, for decode-sized tiles: per
+   row and 16 keys, one accumulator per key along d, then one transpose turns the 16 partial
+   vectors into 16 dot products. Reads each key row once per query row and packs nothing. */
+static void scores_rows(float *s, int64_t lds, const float *q, int64_t ldq, const float *k,
+                        int64_t ldk, int64_t m, int64_t n, int64_t Dk, float scale) {
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (int64_t r = 0; r < m; r++) {
+        const float *qr = q + r * ldq;
+        for (int64_t j0 = 0; j0 < n; j0 += 16) {
+            const int64_t count = imin(16, n - j0);
+            __m512 acc[16];
+            UNROLL for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();
+            for (int64_t d0 = 0; d0 < Dk; d0 += 16) {
+                const int64_t dims = imin(16, Dk - d0);
+                const __mmask16 dmask = (__mmask16)((1u << dims) - 1);
+                const __m512 qd = _mm512_maskz_loadu_ps(dmask, qr + d0);
+                if (count == 16) {
+                    UNROLL for (int t = 0; t < 16; t++) acc[t] = _mm512_fmadd_ps(
+                        qd, _mm512_maskz_loadu_ps(dmask, k + (j0 + t) * ldk + d0), acc[t]);
+                } else {
+                    for (int t = 0; t < count; t++) acc[t] = _mm512_fmadd_ps(
+                        qd, _mm512_maskz_loadu_ps(dmask, k + (j0 + t) * ldk + d0), acc[t]);
+                }
+            }
+            transpose16(acc); /* acc[c] holds lane c of each key's partial sums */
+            __m512 dot = acc[0];
+            UNROLL for (int c = 1; c < 16; c++) dot = _mm512_add_ps(dot, acc[c]);
+            _mm512_storeu_ps(s + r * lds + j0, _mm512_mul_ps(dot, sc));
+        }
+    }
+}
+
 static void softmax(float *s, int64_t n, float *mx, float *sum, float *alpha) {
     /* pass 1: the tile's max, and the row's new running max */
     const __m512 ninf = _mm512_set1_ps(-INFINITY);
@@ -190,8 +224,8 @@ static void softmax(float *s, int64_t n, float *mx, float *sum, float *alpha) {
 INLINE void weigh_block(float *o, int64_t ldo, const float *p, int64_t ldp, const uint8_t *vis,
                         int64_t ldvis, const float *alpha, const float *v, int64_t ldv, int64_t n,
                         __mmask16 tail, const int ROWS, const int VECS, const int CAREFUL) {
-    __m512 acc[MR][NP];
-    __mmask16 cols[NP];
+    __m512 acc[MR][WIDE];
+    __mmask16 cols[WIDE];
     UNROLL for (int c = 0; c < VECS; c++) cols[c] = c == VECS - 1 ? tail : (__mmask16)0xFFFF;
     UNROLL for (int r = 0; r < ROWS; r++) {
         UNROLL for (int c = 0; c < VECS; c++) {
@@ -200,7 +234,7 @@ INLINE void weigh_block(float *o, int64_t ldo, const float *p, int64_t ldp, cons
         }
     }
     for (int64_t j = 0; j < n; j++) {
-        __m512 val[NP];
+        __m512 val[WIDE];
         UNROLL for (int c = 0; c < VECS; c++) val[c] = _mm512_maskz_loadu_ps(cols[c], v + j * ldv + c * 16);
         UNROLL for (int r = 0; r < ROWS; r++) {
             const __m512 pj = _mm512_set1_ps(p[r * ldp + j]);
@@ -228,13 +262,20 @@ typedef void (*weigh_fn)(float *, int64_t, const float *, int64_t, const uint8_t
 #define WEIGH_ROW(R)                                                                            \
     WEIGH(R, 1, 0) WEIGH(R, 2, 0) WEIGH(R, 3, 0) WEIGH(R, 4, 0)                                 \
     WEIGH(R, 1, 1) WEIGH(R, 2, 1) WEIGH(R, 3, 1) WEIGH(R, 4, 1)
+#define WEIGH_WIDE(R)                                                                           \
+    WEIGH(R, 5, 0) WEIGH(R, 6, 0) WEIGH(R, 7, 0) WEIGH(R, 8, 0)                                 \
+    WEIGH(R, 5, 1) WEIGH(R, 6, 1) WEIGH(R, 7, 1) WEIGH(R, 8, 1)
 WEIGH_ROW(1) WEIGH_ROW(2) WEIGH_ROW(3) WEIGH_ROW(4) WEIGH_ROW(5) WEIGH_ROW(6)
+WEIGH_WIDE(1) WEIGH_WIDE(2)
 #define WEIGH_ENTRY(R, C) {weigh_##R##x1_##C, weigh_##R##x2_##C, weigh_##R##x3_##C, weigh_##R##x4_##C}
-static const weigh_fn weigh_table[2][MR][NP] = {
-    {WEIGH_ENTRY(1, 0), WEIGH_ENTRY(2, 0), WEIGH_ENTRY(3, 0), WEIGH_ENTRY(4, 0), WEIGH_ENTRY(5, 0),
-     WEIGH_ENTRY(6, 0)},
-    {WEIGH_ENTRY(1, 1), WEIGH_ENTRY(2, 1), WEIGH_ENTRY(3, 1), WEIGH_ENTRY(4, 1), WEIGH_ENTRY(5, 1),
-     WEIGH_ENTRY(6, 1)},
+#define WEIGH_ENTRY_WIDE(R, C)                                                                  \
+    {weigh_##R##x1_##C, weigh_##R##x2_##C, weigh_##R##x3_##C, weigh_##R##x4_##C,                \
+     weigh_##R##x5_##C, weigh_##R##x6_##C, weigh_##R##x7_##C, weigh_##R##x8_##C}
+static const weigh_fn weigh_table[2][MR][WIDE] = {
+    {WEIGH_ENTRY_WIDE(1, 0), WEIGH_ENTRY_WIDE(2, 0), WEIGH_ENTRY(3, 0), WEIGH_ENTRY(4, 0),
+     WEIGH_ENTRY(5, 0), WEIGH_ENTRY(6, 0)},
+    {WEIGH_ENTRY_WIDE(1, 1), WEIGH_ENTRY_WIDE(2, 1), WEIGH_ENTRY(3, 1), WEIGH_ENTRY(4, 1),
+     WEIGH_ENTRY(5, 1), WEIGH_ENTRY(6, 1)},
 };
 
 static void weigh(float *o, int64_t ldo, const float *p, int64_t ldp, const uint8_t *vis,
@@ -243,8 +284,10 @@ static void weigh(float *o, int64_t ldo, const float *p, int64_t ldp, const uint
     const int careful = vis != NULL;
     for (int64_t r0 = 0; r0 < m; r0 += MR) {
         const int64_t mr = imin(MR, m - r0);
-        for (int64_t c0 = 0; c0 < Dv; c0 += NP * 16) {
-            const int64_t width = imin(NP * 16, Dv - c0), vecs = (width + 15) / 16;
+        /* one or two rows (decode) take up to WIDE vectors: one pass over the value rows */
+        const int64_t block = (mr <= 2 ? WIDE : NP) * 16;
+        for (int64_t c0 = 0; c0 < Dv; c0 += block) {
+            const int64_t width = imin(block, Dv - c0), vecs = (width + 15) / 16;
             const int64_t last = width - (vecs - 1) * 16; /* columns in the last vector, 1..16 */
             const __mmask16 tail = (__mmask16)((1u << last) - 1);
             weigh_table[careful][mr - 1][vecs - 1](
@@ -259,6 +302,8 @@ static const refattn_ops_f32 ops = {
     .bk = 128,
     .pack_keys = pack_keys,
     .scores = scores,
+    .few_rows = 2,
+    .scores_rows = scores_rows,
     .softmax = softmax,
     .weigh = weigh,
 };
