@@ -99,7 +99,9 @@ static void pack_keys(float *kp, const float *k, int64_t ldk, int64_t n, int64_t
                 rows[t] = t < count ? _mm256_maskload_ps(k + (j0 + t) * ldk + d0, dmask)
                                     : _mm256_setzero_ps();
             transpose8(rows);
-            for (int64_t t = 0; t < dims; t++) _mm256_storeu_ps(panel + (d0 + t) * 8, rows[t]);
+            /* t runs over constants: a variable index would keep rows[] in memory */
+            UNROLL for (int t = 0; t < 8; t++)
+                if (t < dims) _mm256_storeu_ps(panel + (d0 + t) * 8, rows[t]);
         }
     }
 }

@@ -102,7 +102,9 @@ static void pack_keys(float *kp, const float *k, int64_t ldk, int64_t n, int64_t
                 rows[t] = t < count ? _mm512_maskz_loadu_ps(dmask, k + (j0 + t) * ldk + d0)
                                     : _mm512_setzero_ps();
             transpose16(rows);
-            for (int64_t t = 0; t < dims; t++) _mm512_storeu_ps(panel + (d0 + t) * 16, rows[t]);
+            /* t runs over constants: a variable index would keep rows[] in memory */
+            UNROLL for (int t = 0; t < 16; t++)
+                if (t < dims) _mm512_storeu_ps(panel + (d0 + t) * 16, rows[t]);
         }
     }
 }

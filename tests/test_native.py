@@ -50,7 +50,8 @@ def _check(q, k, v, *, isa=None, num_threads=None, **options):
 
 
 # Sizes on both sides of the tiles (SIMD 96 rows x 128 keys, scalar 32 x 64), of the register
-# blocks (6 rows; panels of 16 or 8 keys) and of the vectors (16 or 8 floats).
+# blocks (6 rows; panels of 16 or 8 keys) and of the vectors (16 or 8 floats); from four query
+# tiles a head on (Lq > 288 for SIMD), the keys are packed once per call rather than per tile.
 BOUNDARY = [
     (1, 1, 1, 1),
     (6, 16, 16, 16),
@@ -60,6 +61,7 @@ BOUNDARY = [
     (96, 128, 80, 48),
     (97, 129, 128, 128),
     (193, 257, 33, 65),
+    (385, 300, 40, 24),
 ]
 
 
@@ -76,11 +78,12 @@ def test_simd_agrees_with_scalar_at_tile_boundaries(isa, Lq, Lk, Dk, Dv, causal)
 
 
 @pytest.mark.parametrize("isa", ISAS)
-def test_all_features_at_tile_boundaries(isa):
+@pytest.mark.parametrize("Lq", [97, 401], ids=["keys-packed-per-tile", "keys-packed-once"])
+def test_all_features_at_tile_boundaries(isa, Lq):
     """Masks, bias, softcap, window, kv_lengths and GQA together, over several tiles."""
     rng = np.random.default_rng(1)
-    q, k, v = _arrays((2, 4, 97, 24), (2, 2, 129, 24), 20, seed=2)
-    mask = rng.random((4, 97, 129)) < 0.8
+    q, k, v = _arrays((2, 4, Lq, 24), (2, 2, 129, 24), 20, seed=2)
+    mask = rng.random((4, Lq, 129)) < 0.8
     bias = rng.standard_normal((2, 1, 1, 129)).astype(np.float32)
     bias[..., 5] = -np.inf
     _check(
