@@ -104,6 +104,7 @@ def _window(text: str):
 def _add_bench(commands) -> None:
     from refattn.bench.cases import CAUSAL_CHOICES, DTYPES
     from refattn.bench.impls import IMPLS
+    from refattn.bench.measure import LONG_ROUNDS
     from refattn.bench.run import DEFAULT_REPEAT
 
     bench = commands.add_parser(
@@ -140,7 +141,8 @@ def _add_bench(commands) -> None:
         type=int,
         default=DEFAULT_REPEAT,
         metavar="N",
-        help=f"timed rounds per case (default {DEFAULT_REPEAT})",
+        help=f"timed rounds per case (default {DEFAULT_REPEAT}); calls of a second or more "
+        f"are timed in at most {LONG_ROUNDS}",
     )
     bench.add_argument(
         "--memory-shapes",

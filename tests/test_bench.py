@@ -4,7 +4,9 @@ Nothing here judges a time: the tiny run checks the shape of the report, never i
 """
 
 import importlib.util
+import io
 import json
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 
 from refattn import masks, reference
 from refattn.bench import cases as grid
-from refattn.bench import impls, run
+from refattn.bench import impls, measure, run
 from refattn.bench.cases import Case, parse_shape, visible_pairs
 from refattn.cli import main
 
@@ -101,6 +103,32 @@ def test_skips_what_does_not_fit_and_what_the_default_grid_cannot_afford():
     skips = run.plan_skips([big], ["numpy"], default_grid=True, available=2**40)
     assert "the default grid times numpy up to" in skips[big.id]["numpy"]
     assert run.plan_skips([big], ["numpy"], default_grid=False, available=2**40) == {}
+
+
+def test_long_calls_are_timed_in_fewer_rounds(monkeypatch):
+    """A call of PRIME_BELOW_S or more is one call a sample, in LONG_ROUNDS rounds; a short one
+    is timed in every round, interleaved with it."""
+    monkeypatch.setattr(measure, "PRIME_BELOW_S", 0.02)
+    monkeypatch.setattr(measure, "SETTLE_S", 0.0)
+    case = Case(1, 1, 4, 4, 8)
+
+    def prepare(seconds):
+        def ready(case, q, k, v):
+            def run():
+                time.sleep(seconds)
+                return reference.attention(q, k, v)
+
+            return impls.Prepared(run)
+
+        return ready
+
+    progress = {"done": 0, "total": 0}
+    found = measure.time_case(
+        case, {"slow": prepare(0.03), "quick": prepare(0.0)}, 5, io.StringIO(), progress
+    )
+    assert found["slow"]["calls_per_sample"] == 1
+    assert len(found["slow"]["samples_ms"]) == measure.LONG_ROUNDS < 5
+    assert len(found["quick"]["samples_ms"]) == 5
 
 
 # ---------------------------------------------------------------------------- command line

@@ -9,7 +9,8 @@ Timing ("time" plan): per case, every implementation is prepared, its output che
 refattn.reference on a few query rows, warmed up, and then timed in rounds: each round times one
 sample of every implementation, in an order that rotates, so that drift in the machine (a
 neighbour's job, the clock) hits them alike. A sample is `number` back-to-back calls, enough to
-last MIN_SAMPLE_S; the result is per call. The machine's limits (matmul peak, streaming read
+last MIN_SAMPLE_S; the result is per call (calls of a second or more: one call a sample, in
+LONG_ROUNDS rounds). The machine's limits (matmul peak, streaming read
 bandwidth) are measured at the start and at the end of the same run.
 
 Memory ("memory" plan): one implementation and one case per fresh process. After a warm-up call
@@ -42,6 +43,10 @@ SETTLE_S = 0.005  # pause between implementations, outside timing: other runtime
 # interleaved with them; a 50 ms pause did not help). Samples then measure each implementation
 # called back to back, as in a model's forward pass, while interleaving still spreads drift.
 PRIME_BELOW_S = 1.0
+# Calls of PRIME_BELOW_S or more are timed in the first LONG_ROUNDS rounds only: one call per
+# sample, their spread is a few percent, and at N = 8192 they are most of the default grid's
+# time ((1,16,8192,128): 4 s a call for each of three implementations).
+LONG_ROUNDS = 3
 CHECK_ROWS = 4
 TOLERANCE = {"float32": 1e-3, "float64": 1e-9}
 
@@ -180,6 +185,8 @@ def time_case(case: Case, prepares: dict, repeat: int, events, progress: dict) -
     for round_ in range(repeat):
         shift = round_ % len(names) if names else 0
         for name in names[shift:] + names[:shift]:  # the order rotates every round
+            if not fast[name] and round_ >= LONG_ROUNDS:
+                continue
             time.sleep(SETTLE_S)
             if fast[name]:
                 runs[name]()  # the primer: see PRIME_BELOW_S

@@ -93,10 +93,12 @@ def build(*, timing, memory, settings, impls, cpus, created, command, elapsed, b
             "warmup_s": measure.WARMUP_S,
             "settle_s": measure.SETTLE_S,
             "primer_below_s": measure.PRIME_BELOW_S,
+            "long_call_rounds": measure.LONG_ROUNDS,
             "statistic": "median of the rounds, with min and max; per call",
             "sample": "one untimed call (for calls under primer_below_s), then enough timed "
             "calls back to back to last min_sample_s; implementations interleaved, the order "
-            "rotating every round",
+            "rotating every round; calls of primer_below_s or more: one call a sample, in the "
+            "first long_call_rounds rounds only",
             "causal_alignment": "bottom-right (the same as top-left when Lq = Lk)",
             "flops_counted": FLOPS_COUNTED,
         },
@@ -133,6 +135,13 @@ def _ms(ms: dict) -> str:
     return f"{fmt(ms['median']):>7} ({fmt(ms['min'])}–{fmt(ms['max'])})"
 
 
+def _rounds(settings: dict) -> str:
+    rounds, long = settings["repeat"], settings.get("long_call_rounds")
+    if long is None or long >= rounds:
+        return f"{rounds} rounds"
+    return f"{rounds} rounds ({long} for calls of {settings['primer_below_s']:g} s or more)"
+
+
 def table(document: dict) -> str:
     settings, machine = document["settings"], document["machine"]
     peak, stream = machine["matmul_peak_gflops"], machine["stream_read_gbps"]
@@ -140,7 +149,7 @@ def table(document: dict) -> str:
     has_native = "native" in impls
     lines = [
         f"refattn bench: {settings['dtype']}, {settings['threads']} threads, "
-        f"{settings['repeat']} rounds (median, min–max per call), {document['created']}",
+        f"{_rounds(settings)} (median, min–max per call), {document['created']}",
         f"machine: {machine['cpu']}, CPUs {machine['cpus_pinned']} of {machine['cpus_allowed']}",
         f"matmul peak {peak['median']:.0f} GFLOP/s (min–max {peak['min']:.0f}–{peak['max']:.0f}): "
         f"{peak['how']}",
