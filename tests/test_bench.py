@@ -107,15 +107,21 @@ def test_skips_what_does_not_fit_and_what_the_default_grid_cannot_afford():
 
 def test_long_calls_are_timed_in_fewer_rounds(monkeypatch):
     """A call of PRIME_BELOW_S or more is one call a sample, in LONG_ROUNDS rounds; a short one
-    is timed in every round, interleaved with it."""
+    is timed in every round, interleaved with it. A sample after one of an implementation named
+    in SETTLE_AFTER (its threads spin on) waits that long; the others wait SETTLE_S."""
     monkeypatch.setattr(measure, "PRIME_BELOW_S", 0.02)
     monkeypatch.setattr(measure, "SETTLE_S", 0.0)
+    monkeypatch.setattr(measure, "SETTLE_AFTER", {"slow": 0.001})
+    pauses = []
+    monkeypatch.setattr(measure.time, "sleep", pauses.append)
     case = Case(1, 1, 4, 4, 8)
 
     def prepare(seconds):
         def ready(case, q, k, v):
             def run():
-                time.sleep(seconds)
+                end = time.perf_counter() + seconds
+                while time.perf_counter() < end:  # busy: time.sleep records pauses here
+                    pass
                 return reference.attention(q, k, v)
 
             return impls.Prepared(run)
@@ -129,6 +135,10 @@ def test_long_calls_are_timed_in_fewer_rounds(monkeypatch):
     assert found["slow"]["calls_per_sample"] == 1
     assert len(found["slow"]["samples_ms"]) == measure.LONG_ROUNDS < 5
     assert len(found["quick"]["samples_ms"]) == 5
+    # rounds 1-3 each time slow once; its sample is followed by quick's in rounds 1 and 3, and
+    # in round 2 by round 3's first sample (the order rotates); then quick alone
+    assert pauses.count(0.001) == measure.LONG_ROUNDS
+    assert len(pauses) == measure.LONG_ROUNDS + 5
 
 
 # ---------------------------------------------------------------------------- command line

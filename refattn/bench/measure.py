@@ -36,7 +36,12 @@ from refattn.bench.impls import IMPLS, Unsupported
 MIN_SAMPLE_S = 0.025  # a sample of short calls repeats them until it lasts this long
 WARMUP_S = 0.05  # warm-up calls after the first one (which compiles, loads, checks)
 SETTLE_S = 0.005  # pause between implementations, outside timing: other runtimes' spinning
-#                  worker threads (OpenMP, OpenBLAS, onnxruntime) go back to sleep
+#                  worker threads (OpenMP, OpenBLAS) go back to sleep
+# onnxruntime's intra-op threads spin for longer after a run: 20 ms later they still took the
+# cores from the next implementation (native on (1,8,128,64): 0.415 ms after a 20 ms pause,
+# 0.251 after 50 ms or 300 ms, and 0.257 with onnxruntime's spinning turned off). Pausing this
+# long after its samples leaves onnxruntime its default, spinning, between its own calls.
+SETTLE_AFTER = {"onnxruntime": 0.1}
 # Each sample of a call shorter than this starts with one untimed call, the primer: the first
 # call after another library ran is far slower than the next (measured here: torch on
 # (1,8,128,64) took 7.7 ms per call when interleaved without primers, 0.48 ms alone, 0.53 ms
@@ -182,15 +187,17 @@ def time_case(case: Case, prepares: dict, repeat: int, events, progress: dict) -
 
     samples = {name: [] for name in runs}
     names = list(runs)
+    previous = names[-1] if names else None  # the last one warmed up
     for round_ in range(repeat):
         shift = round_ % len(names) if names else 0
         for name in names[shift:] + names[:shift]:  # the order rotates every round
             if not fast[name] and round_ >= LONG_ROUNDS:
                 continue
-            time.sleep(SETTLE_S)
+            time.sleep(SETTLE_AFTER.get(previous, SETTLE_S))
             if fast[name]:
                 runs[name]()  # the primer: see PRIME_BELOW_S
             samples[name].append(_timed(runs[name], numbers[name]))
+            previous = name
             progress["done"] += 1
         _emit(events, "progress", **progress, case=case.label, label=f"round {round_ + 1}/{repeat}")
     for name in runs:

@@ -92,13 +92,15 @@ def build(*, timing, memory, settings, impls, cpus, created, command, elapsed, b
             "min_sample_s": measure.MIN_SAMPLE_S,
             "warmup_s": measure.WARMUP_S,
             "settle_s": measure.SETTLE_S,
+            "settle_after_s": measure.SETTLE_AFTER,
             "primer_below_s": measure.PRIME_BELOW_S,
             "long_call_rounds": measure.LONG_ROUNDS,
             "statistic": "median of the rounds, with min and max; per call",
             "sample": "one untimed call (for calls under primer_below_s), then enough timed "
             "calls back to back to last min_sample_s; implementations interleaved, the order "
-            "rotating every round; calls of primer_below_s or more: one call a sample, in the "
-            "first long_call_rounds rounds only",
+            "rotating every round, each sample after a pause of settle_s (settle_after_s after the "
+            "named ones, whose idle threads spin longer); calls of primer_below_s or more: one "
+            "call a sample, in the first long_call_rounds rounds only",
             "causal_alignment": "bottom-right (the same as top-left when Lq = Lk)",
             "flops_counted": FLOPS_COUNTED,
         },
