@@ -135,8 +135,8 @@ def test_long_calls_are_timed_in_fewer_rounds(monkeypatch):
     assert found["slow"]["calls_per_sample"] == 1
     assert len(found["slow"]["samples_ms"]) == measure.LONG_ROUNDS < 5
     assert len(found["quick"]["samples_ms"]) == 5
-    # rounds 1-3 each time slow once; its sample is followed by quick's in rounds 1 and 3, and
-    # in round 2 by round 3's first sample (the order rotates); then quick alone
+    # rounds 1-3 time slow, then quick (two names: rotating and turning round agree), so
+    # quick's samples there wait the longer pause; rounds 4-5 time quick alone
     assert pauses.count(0.001) == measure.LONG_ROUNDS
     assert len(pauses) == measure.LONG_ROUNDS + 5
 

@@ -7,10 +7,10 @@ leaves stdout and stderr to the libraries.
 
 Timing ("time" plan): per case, every implementation is prepared, its output checked against
 refattn.reference on a few query rows, warmed up, and then timed in rounds: each round times one
-sample of every implementation, in an order that rotates, so that drift in the machine (a
-neighbour's job, the clock) hits them alike. A sample is `number` back-to-back calls, enough to
-last MIN_SAMPLE_S; the result is per call (calls of a second or more: one call a sample, in
-LONG_ROUNDS rounds). The machine's limits (matmul peak, streaming read
+sample of every implementation, in an order that rotates (and turns round), so that drift in
+the machine (a neighbour's job, the clock) hits them alike. A sample is `number` back-to-back
+calls, enough to last MIN_SAMPLE_S; the result is per call (calls of a second or more: one call
+a sample, in LONG_ROUNDS rounds). The machine's limits (matmul peak, streaming read
 bandwidth) are measured at the start and at the end of the same run.
 
 Memory ("memory" plan): one implementation and one case per fresh process. After a warm-up call
@@ -39,9 +39,11 @@ SETTLE_S = 0.005  # pause between implementations, outside timing: other runtime
 #                  worker threads (OpenMP, OpenBLAS) go back to sleep
 # onnxruntime's intra-op threads spin for longer after a run: 20 ms later they still took the
 # cores from the next implementation (native on (1,8,128,64): 0.415 ms after a 20 ms pause,
-# 0.251 after 50 ms or 300 ms, and 0.257 with onnxruntime's spinning turned off). Pausing this
-# long after its samples leaves onnxruntime its default, spinning, between its own calls.
-SETTLE_AFTER = {"onnxruntime": 0.1}
+# 0.251 after 50 ms or 300 ms, and 0.257 with onnxruntime's spinning turned off). XLA's pool
+# does it too, less often (native after jax: 0.372 ms median on (1,8,128,64) in one run of two,
+# samples up to 83 ms on (4,8,1024,64) against 48; none of that after a 0.1 s pause). Pausing
+# after their samples leaves them their defaults, spinning, between their own calls.
+SETTLE_AFTER = {"onnxruntime": 0.1, "jax": 0.1}
 # Each sample of a call shorter than this starts with one untimed call, the primer: the first
 # call after another library ran is far slower than the next (measured here: torch on
 # (1,8,128,64) took 7.7 ms per call when interleaved without primers, 0.48 ms alone, 0.53 ms
@@ -190,7 +192,10 @@ def time_case(case: Case, prepares: dict, repeat: int, events, progress: dict) -
     previous = names[-1] if names else None  # the last one warmed up
     for round_ in range(repeat):
         shift = round_ % len(names) if names else 0
-        for name in names[shift:] + names[:shift]:  # the order rotates every round
+        order = names[shift:] + names[:shift]  # the order rotates every round,
+        if round_ % 2:
+            order.reverse()  # and turns round every other one: each follows both neighbours
+        for name in order:
             if not fast[name] and round_ >= LONG_ROUNDS:
                 continue
             time.sleep(SETTLE_AFTER.get(previous, SETTLE_S))

@@ -98,9 +98,10 @@ def build(*, timing, memory, settings, impls, cpus, created, command, elapsed, b
             "statistic": "median of the rounds, with min and max; per call",
             "sample": "one untimed call (for calls under primer_below_s), then enough timed "
             "calls back to back to last min_sample_s; implementations interleaved, the order "
-            "rotating every round, each sample after a pause of settle_s (settle_after_s after the "
-            "named ones, whose idle threads spin longer); calls of primer_below_s or more: one "
-            "call a sample, in the first long_call_rounds rounds only",
+            "rotating every round and reversed every other round, each sample after a pause "
+            "of settle_s (settle_after_s after the named ones, whose idle threads spin "
+            "longer); calls of primer_below_s or more: one call a sample, in the first "
+            "long_call_rounds rounds only",
             "causal_alignment": "bottom-right (the same as top-left when Lq = Lk)",
             "flops_counted": FLOPS_COUNTED,
         },

@@ -17,6 +17,7 @@ machine's limits; pytest-benchmark runs them one after another.
 """
 
 import os
+import time
 
 import pytest
 
@@ -75,3 +76,5 @@ def test_attention(benchmark, case, name, loaded, skips):
     benchmark.pedantic(prepared.run, rounds=ROUNDS, iterations=calls, warmup_rounds=1)
     seconds = benchmark.stats.stats.median
     benchmark.extra_info["gflops"] = case.flops / seconds / 1e9
+    # onnxruntime's threads spin on after its calls: let them stop before the next benchmark
+    time.sleep(measure.SETTLE_AFTER.get(name, 0))
