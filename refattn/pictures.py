@@ -330,7 +330,7 @@ def bench_plot(document: dict, path) -> None:
                 )
     handles, labels = axes[0][0].get_legend_handles_labels()
     figure.legend(
-        handles, labels, loc="outside lower center", ncols=min(len(labels), 7), fontsize=9
+        handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=9
     )
     settings = document["settings"]
     figure.suptitle(
