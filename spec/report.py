@@ -52,7 +52,8 @@ def table(outcomes: list[Outcome], impl_name: str) -> str:
     return "\n".join(lines)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """This machine's processor, as /proc/cpuinfo names it (else what platform knows)."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
@@ -66,7 +67,7 @@ def _cpu_model() -> str:
 def machine() -> dict:
     return {
         "platform": platform.platform(),
-        "processor": _cpu_model(),
+        "processor": cpu_model(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
     }

@@ -36,18 +36,9 @@ def _spread(values: list[float], how: str) -> dict:
     }
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def build(*, timing, memory, settings, impls, cpus, created, command, elapsed, busy) -> dict:
+    from spec.report import cpu_model  # here, not at the top: spec imports hypothesis
+
     threads, dtype = settings["threads"], settings["dtype"]
     n = settings["peak_n"]
     peak = _spread(
@@ -106,7 +97,7 @@ def build(*, timing, memory, settings, impls, cpus, created, command, elapsed, b
             "flops_counted": FLOPS_COUNTED,
         },
         "machine": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_model(),
             "cpus_allowed": len(os.sched_getaffinity(0)),
             "cpus_pinned": cpus,
             "python": platform.python_version(),
