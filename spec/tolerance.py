@@ -81,6 +81,20 @@ class Expected:
     weights: np.ndarray
     tol: Tolerance
 
+    def problems(self, out, lse=None, weights=None) -> list[str]:
+        """What an implementation's outputs get wrong, one "name: why" each (lse and weights
+        only when given); [] when every one is within its tolerance."""
+        found = []
+        for name, got, want, atol in (
+            ("out", out, self.out, self.tol.out),
+            ("lse", lse, self.lse, self.tol.lse),
+            ("weights", weights, self.weights, self.tol.weights),
+        ):
+            problem = None if got is None else mismatch(got, want, atol)
+            if problem:
+                found.append(f"{name}: {problem}")
+        return found
+
 
 def expect(query, key, value, **options) -> Expected:
     """The float64 reference's out, lse and weights for this call, with the call's tolerance."""
