@@ -4,8 +4,9 @@
    the structural masks (causal, window, kv_lengths) leave visible to some query of the tile,
    scores them, keeps a running max and sum per query row (online softmax), rescales the row's
    float accumulator only when the max grows, and divides once at the end. Memory: per-thread
-   tiles, small split-K partials, and a packed copy of the keys when several query tiles
-   share them (at most PREPACK_MAX_BYTES); no Lq×Lk buffer unless weights are asked for.
+   tiles, small split-K partials, and a packed copy of the keys when a head has
+   PREPACK_MIN_TILES query tiles or more to share it (at most PREPACK_MAX_BYTES); no Lq×Lk
+   buffer unless weights are asked for.
    What it does not do: SIMD arithmetic (the ops table does the tile arithmetic), validation
    (refattn_attention checks the call first), or anything across calls.
 
@@ -64,18 +65,6 @@ static void FN(scalar_pack_keys)(REAL *kp, const REAL *k, int64_t ldk, int64_t n
     for (int64_t j = 0; j < n; j++) memcpy(kp + j * Dk, k + j * ldk, (size_t)Dk * sizeof(REAL));
 }
 
-/* s (m, n) = scale · q (m, Dk) · kpᵀ (Dk, n) */
-static void FN(scalar_scores)(REAL *s, int64_t lds, const REAL *q, int64_t ldq, const REAL *kp,
-                              int64_t m, int64_t n, int64_t Dk, REAL scale) {
-    for (int64_t r = 0; r < m; r++) {
-        for (int64_t j = 0; j < n; j++) {
-            REAL dot = 0;
-            for (int64_t d = 0; d < Dk; d++) dot += q[r * ldq + d] * kp[j * Dk + d];
-            s[r * lds + j] = dot * scale;
-        }
-    }
-}
-
 /* s (m, n) = scale · q (m, Dk) · kᵀ, keys read as rows of Dk (row stride ldk) */
 static void FN(scalar_scores_rows)(REAL *s, int64_t lds, const REAL *q, int64_t ldq,
                                    const REAL *k, int64_t ldk, int64_t m, int64_t n, int64_t Dk,
@@ -87,6 +76,12 @@ static void FN(scalar_scores_rows)(REAL *s, int64_t lds, const REAL *q, int64_t 
             s[r * lds + j] = dot * scale;
         }
     }
+}
+
+/* s (m, n) = scale · q (m, Dk) · kpᵀ (Dk, n): the packed keys are rows of Dk */
+static void FN(scalar_scores)(REAL *s, int64_t lds, const REAL *q, int64_t ldq, const REAL *kp,
+                              int64_t m, int64_t n, int64_t Dk, REAL scale) {
+    FN(scalar_scores_rows)(s, lds, q, ldq, kp, Dk, m, n, Dk, scale);
 }
 
 static void FN(scalar_softmax)(REAL *s, int64_t n, REAL *mx, REAL *sum, REAL *alpha) {
