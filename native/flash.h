@@ -274,27 +274,12 @@ static int FN(score_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, 
     return hidden_any;
 }
 
-#define PREFETCH_ROWS 8 /* query tiles this small prefetch the next key tile */
 #define DIAG_ROWS 24    /* rows per block in a tile that crosses the diagonal */
 #define PREPACK_MAX_BYTES ((size_t)32 << 20) /* the most memory pass 0's packed keys may take */
 /* Pass 0 packs keys only for heads of at least this many query tiles: with fewer, each tile
    packing its own keys costs less than the pass and its barrier ((1,8,128,64), two tiles a head:
    0.211 ms against 0.223 packed once; from four tiles up, packing once gains 1-5 %). */
 #define PREPACK_MIN_TILES 4
-
-/* Hint the cache to fetch rows [j0, j1) of k (Dk wide) and v (Dv wide). */
-static void FN(prefetch_rows)(const REAL *k, int64_t ldk, int64_t Dk, const REAL *v, int64_t ldv,
-                              int64_t Dv, int64_t j0, int64_t j1) {
-#if defined(__GNUC__) || defined(__clang__)
-    const int64_t line = 64 / sizeof(REAL);
-    for (int64_t j = j0; j < j1; j++) {
-        for (int64_t d = 0; d < Dk; d += line) __builtin_prefetch(k + j * ldk + d, 0, 3);
-        for (int64_t d = 0; d < Dv; d += line) __builtin_prefetch(v + j * ldv + d, 0, 3);
-    }
-#else
-    (void)k, (void)ldk, (void)Dk, (void)v, (void)ldv, (void)Dv, (void)j0, (void)j1;
-#endif
-}
 
 /* Query rows [i0, i0 + m) of head h of batch b, over the keys of chunk `split`. */
 static void FN(attend_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, int64_t qt,
@@ -324,10 +309,6 @@ static void FN(attend_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h
     const int64_t ldk = c->key.stride[2];
     for (int64_t jt = jlo < jhi ? c0 + (jlo - c0) / bk * bk : jhi; jt < jhi; jt += bk) {
         const int64_t j0 = max64(jt, jlo), n = min64(jt + bk, jhi) - j0;
-        /* With few query rows the tile is quick and memory-bound: ask for the next tile's keys
-           and values now, so that the loads overlap this tile's arithmetic. */
-        if (m <= PREFETCH_ROWS)
-            FN(prefetch_rows)(k, ldk, c->Dk, v, ldv, Dv, jt + bk, min64(jt + 2 * bk, jhi));
         /* A tile that crosses the diagonal (its first row does not see its last key) goes in
            blocks of DIAG_ROWS rows, each over the keys up to its own last row's end: the
            triangle above the diagonal is mostly skipped rather than computed and hidden. */

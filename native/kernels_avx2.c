@@ -176,11 +176,17 @@ static void scores_rows(float *s, int64_t lds, const float *q, int64_t ldq, cons
             const int64_t count = imin(8, n - j0);
             __m256 acc[8];
             UNROLL for (int t = 0; t < 8; t++) acc[t] = _mm256_setzero_ps();
-            for (int64_t d0 = 0; d0 < Dk; d0 += 8) {
-                const __m256i dmask = first_lanes(imin(8, Dk - d0));
-                const __m256 qd = _mm256_maskload_ps(qr + d0, dmask);
-                for (int t = 0; t < count; t++) acc[t] = _mm256_fmadd_ps(
-                    qd, _mm256_maskload_ps(k + (j0 + t) * ldk + d0, dmask), acc[t]);
+            /* key by key, each row read front to back: the order memory streams best in */
+            for (int t = 0; t < count; t++) {
+                const float *kr = k + (j0 + t) * ldk;
+                int64_t d0 = 0;
+                for (; d0 + 8 <= Dk; d0 += 8)
+                    acc[t] = _mm256_fmadd_ps(_mm256_loadu_ps(qr + d0), _mm256_loadu_ps(kr + d0), acc[t]);
+                if (d0 < Dk) {
+                    const __m256i dmask = first_lanes(Dk - d0);
+                    acc[t] = _mm256_fmadd_ps(_mm256_maskload_ps(qr + d0, dmask),
+                                             _mm256_maskload_ps(kr + d0, dmask), acc[t]);
+                }
             }
             /* h[i]: lane L holds pair sums of keys 2i, 2i+1 within 128-bit lane L */
             const __m256 h0 = _mm256_hadd_ps(acc[0], acc[1]), h1 = _mm256_hadd_ps(acc[2], acc[3]);

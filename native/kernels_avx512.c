@@ -165,16 +165,14 @@ static void scores_rows(float *s, int64_t lds, const float *q, int64_t ldq, cons
             const int64_t count = imin(16, n - j0);
             __m512 acc[16];
             UNROLL for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();
-            for (int64_t d0 = 0; d0 < Dk; d0 += 16) {
-                const int64_t dims = imin(16, Dk - d0);
-                const __mmask16 dmask = (__mmask16)((1u << dims) - 1);
-                const __m512 qd = _mm512_maskz_loadu_ps(dmask, qr + d0);
-                if (count == 16) {
-                    UNROLL for (int t = 0; t < 16; t++) acc[t] = _mm512_fmadd_ps(
-                        qd, _mm512_maskz_loadu_ps(dmask, k + (j0 + t) * ldk + d0), acc[t]);
-                } else {
-                    for (int t = 0; t < count; t++) acc[t] = _mm512_fmadd_ps(
-                        qd, _mm512_maskz_loadu_ps(dmask, k + (j0 + t) * ldk + d0), acc[t]);
+            /* key by key, each row read front to back: the order memory streams best in */
+            UNROLL for (int t = 0; t < 16; t++) {
+                if (t >= count) break;
+                const float *kr = k + (j0 + t) * ldk;
+                for (int64_t d0 = 0; d0 < Dk; d0 += 16) {
+                    const __mmask16 dmask = (__mmask16)((1u << imin(16, Dk - d0)) - 1);
+                    acc[t] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(dmask, qr + d0),
+                                             _mm512_maskz_loadu_ps(dmask, kr + d0), acc[t]);
                 }
             }
             transpose16(acc); /* acc[c] holds lane c of each key's partial sums */
