@@ -38,13 +38,12 @@
 static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 
 /* exp(x) = 2^n · e^r with n = round(x·log2 e) and r = x - n·ln 2 (ln 2 in two parts, so r is
-   exact to a few ulps), e^r by Cephes' degree-6 polynomial for expf, 2^n by scalef (which
-   also gives gradual underflow and overflow to inf). x below -104 gives exactly 0 (exp(-inf)
-   must be 0: it is the weight of a hidden key); NaN stays NaN. */
+   exact to a few ulps), e^r by Cephes' degree-6 polynomial for expf, 2^n by scalef, which
+   rounds correctly through gradual underflow: every x below -104 gives exactly 0. Clamping x
+   at -150 is all that exp(-inf) = 0 needs (it is the weight of a hidden key; unclamped, r
+   would be -inf + inf). For x <= 0 (scores minus their max), or NaN, which stays NaN. */
 INLINE __m512 exp512(__m512 x) {
-    const __m512 lo = _mm512_set1_ps(-104.0f), hi = _mm512_set1_ps(88.8f);
-    const __mmask16 below = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
-    x = _mm512_min_ps(hi, _mm512_max_ps(lo, x)); /* operands in this order keep NaN */
+    x = _mm512_max_ps(_mm512_set1_ps(-150.0f), x); /* operands in this order keep NaN */
     const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
@@ -57,7 +56,7 @@ INLINE __m512 exp512(__m512 x) {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
     p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
     p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
-    return _mm512_mask_mov_ps(_mm512_scalef_ps(p, n), below, _mm512_setzero_ps());
+    return _mm512_scalef_ps(p, n);
 }
 
 /* Rows r[0..15] become columns: afterwards r[c] holds element c of each of the 16 rows. */
@@ -207,8 +206,14 @@ static void softmax(float *s, int64_t n, float *mx, float *sum, float *alpha) {
     /* pass 2: p = exp(s - max) and their sum */
     const __m512 shift = _mm512_set1_ps(now);
     __m512 total = _mm512_setzero_ps();
-    for (int64_t j = 0; j < n; j += 16) {
-        const __mmask16 k = (__mmask16)(n - j >= 16 ? 0xFFFF : (1u << (n - j)) - 1);
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) { /* whole vectors unmasked: masked stores are slow on Zen 4 */
+        const __m512 p = exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), shift));
+        _mm512_storeu_ps(s + j, p);
+        total = _mm512_add_ps(total, p);
+    }
+    if (j < n) {
+        const __mmask16 k = (__mmask16)((1u << (n - j)) - 1);
         const __m512 p = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + j), shift));
         _mm512_mask_storeu_ps(s + j, k, p);
         total = _mm512_mask_add_ps(total, k, total, p);
@@ -299,7 +304,7 @@ static void weigh(float *o, int64_t ldo, const float *p, int64_t ldp, const uint
 
 static const refattn_ops_f32 ops = {
     .bq = 96,
-    .bk = 128,
+    .bk = 256,
     .pack_keys = pack_keys,
     .scores = scores,
     .few_rows = 2,

@@ -38,7 +38,7 @@ def cases(
     capabilities,
     *,
     dtypes=None,
-    max_len=160,
+    max_len=320,
     max_dim=128,
     max_heads=4,
     max_batch_dims=2,
@@ -69,7 +69,7 @@ def cases(
     alignment, "top_left" or "bottom_right", to always draw that one.
 
     dtypes: the dtypes to draw from (default: every float dtype the implementation has).
-    max_len, max_dim, max_heads, max_batch_dims: upper bounds of the sizes (defaults 160, 128,
+    max_len, max_dim, max_heads, max_batch_dims: upper bounds of the sizes (defaults 320, 128,
     4, 2); budget (default 2**19) bounds B·Hq·Lq·Lk·max(Dk, Dv) so the float64 reference stays
     quick. min_lq and min_lk (default 1) may be 0 when the implementation has "empty"; max_lq
     and max_lk default to max_len; square=True (default False) draws Lk = Lq.

@@ -41,9 +41,10 @@ def _check(q, k, v, *, isa=None, num_threads=None, **options):
     return got
 
 
-# Sizes on both sides of the tiles (SIMD 96 rows x 128 keys, scalar 32 x 64), of the register
-# blocks (6 rows; panels of 16 or 8 keys) and of the vectors (16 or 8 floats); from four query
-# tiles a head on (Lq > 288 for SIMD), the keys are packed once per call rather than per tile.
+# Sizes on both sides of the tiles (96 query rows, and 256 keys for AVX-512, 128 for AVX2;
+# scalar 32 x 64), of the register blocks (6 rows; panels of 16 or 8 keys) and of the vectors
+# (16 or 8 floats); from four query tiles a head on (Lq > 288 for SIMD), the keys are packed
+# once per call rather than per tile.
 BOUNDARY = [
     (1, 1, 1, 1),
     (6, 16, 16, 16),
@@ -54,6 +55,7 @@ BOUNDARY = [
     (97, 129, 128, 128),
     (193, 257, 33, 65),
     (385, 300, 40, 24),
+    (100, 513, 24, 40),
 ]
 
 

@@ -1,8 +1,8 @@
 """The spec against the native core: every invariant, for each instruction set this machine
 runs and for 1 and 2 threads. The test id carries the invariant ID, the ISA and the threads.
 
-The strategies draw Lq and Lk up to 160 and Dk, Dv up to 128, past the kernels' tiles (96 query
-rows and 128 keys for the SIMD kernels, 32 and 64 for the scalar ones) and their register
+The strategies draw Lq and Lk up to 320 and Dk, Dv up to 128, past the kernels' tiles (96 query
+rows and 256 keys for AVX-512, 96 and 128 for AVX2, 32 and 64 for scalar) and their register
 blocks (6 rows; 16 or 8 keys per panel), so tile and vector tails are part of every run.
 """
 
