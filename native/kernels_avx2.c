@@ -49,13 +49,14 @@ INLINE __m256 exp256(__m256 x) {
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
     r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
+#define C(x) _mm256_set1_ps(x)
+    const __m256 r2 = _mm256_mul_ps(r, r), r4 = _mm256_mul_ps(r2, r2); /* Estrin's scheme */
+    const __m256 c12 = _mm256_fmadd_ps(C(1.6666665459e-1f), r, C(5.0000001201e-1f));
+    const __m256 c34 = _mm256_fmadd_ps(C(8.3334519073e-3f), r, C(4.1665795894e-2f));
+    const __m256 c56 = _mm256_fmadd_ps(C(1.9875691500e-4f), r, C(1.3981999507e-3f));
+#undef C
+    __m256 p = _mm256_fmadd_ps(r4, c56, _mm256_fmadd_ps(r2, c34, c12));
+    p = _mm256_fmadd_ps(p, r2, r);
     p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
     const __m256i whole = _mm256_cvtps_epi32(n);
     const __m256i half = _mm256_srai_epi32(whole, 1), rest = _mm256_sub_epi32(whole, half);
@@ -180,8 +181,10 @@ static void scores_rows(float *s, int64_t lds, const float *q, int64_t ldq, cons
             for (int t = 0; t < count; t++) {
                 const float *kr = k + (j0 + t) * ldk;
                 int64_t d0 = 0;
-                for (; d0 + 8 <= Dk; d0 += 8)
-                    acc[t] = _mm256_fmadd_ps(_mm256_loadu_ps(qr + d0), _mm256_loadu_ps(kr + d0), acc[t]);
+                for (; d0 + 8 <= Dk; d0 += 8) {
+                    const __m256 qd = _mm256_loadu_ps(qr + d0);
+                    acc[t] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kr + d0), acc[t]);
+                }
                 if (d0 < Dk) {
                     const __m256i dmask = first_lanes(Dk - d0);
                     acc[t] = _mm256_fmadd_ps(_mm256_maskload_ps(qr + d0, dmask),
