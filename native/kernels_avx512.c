@@ -48,13 +48,16 @@ INLINE __m512 exp512(__m512 x) {
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+    /* Cephes' polynomial by Estrin's scheme rather than Horner's: the same terms in a shorter
+       chain of dependent steps, so more vectors are in flight at once */
+#define C(x) _mm512_set1_ps(x)
+    const __m512 r2 = _mm512_mul_ps(r, r), r4 = _mm512_mul_ps(r2, r2);
+    const __m512 c12 = _mm512_fmadd_ps(C(1.6666665459e-1f), r, C(5.0000001201e-1f));
+    const __m512 c34 = _mm512_fmadd_ps(C(8.3334519073e-3f), r, C(4.1665795894e-2f));
+    const __m512 c56 = _mm512_fmadd_ps(C(1.9875691500e-4f), r, C(1.3981999507e-3f));
+#undef C
+    __m512 p = _mm512_fmadd_ps(r4, c56, _mm512_fmadd_ps(r2, c34, c12));
+    p = _mm512_fmadd_ps(p, r2, r);
     p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
 }
@@ -185,12 +188,18 @@ static void scores_rows(float *s, int64_t lds, const float *q, int64_t ldq, cons
 static void softmax(float *s, int64_t n, float *mx, float *sum, float *alpha) {
     /* pass 1: the tile's max, and the row's new running max */
     const __m512 ninf = _mm512_set1_ps(-INFINITY);
-    __m512 top = ninf;
-    for (int64_t j = 0; j < n; j += 16) {
+    __m512 top = ninf, top2 = ninf; /* two chains of max, so they overlap */
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+        top = _mm512_max_ps(top, _mm512_loadu_ps(s + j));
+        top2 = _mm512_max_ps(top2, _mm512_loadu_ps(s + j + 16));
+    }
+    for (; j < n; j += 16) {
         const __mmask16 k = (__mmask16)(n - j >= 16 ? 0xFFFF : (1u << (n - j)) - 1);
         top = _mm512_max_ps(top, _mm512_mask_loadu_ps(ninf, k, s + j));
     }
-    const float tile = _mm512_reduce_max_ps(top), old = *mx, now = tile > old ? tile : old;
+    const float tile = _mm512_reduce_max_ps(_mm512_max_ps(top, top2)), old = *mx;
+    const float now = tile > old ? tile : old;
     if (now == -INFINITY) {
         /* Nothing visible so far: shift by 0, so hidden keys weigh exp(-inf) = 0, not NaN;
            a NaN score still makes the row NaN. */
@@ -206,7 +215,7 @@ static void softmax(float *s, int64_t n, float *mx, float *sum, float *alpha) {
     /* pass 2: p = exp(s - max) and their sum */
     const __m512 shift = _mm512_set1_ps(now);
     __m512 total = _mm512_setzero_ps();
-    int64_t j = 0;
+    j = 0;
     for (; j + 16 <= n; j += 16) { /* whole vectors unmasked: masked stores are slow on Zen 4 */
         const __m512 p = exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), shift));
         _mm512_storeu_ps(s + j, p);
@@ -218,7 +227,8 @@ static void softmax(float *s, int64_t n, float *mx, float *sum, float *alpha) {
         _mm512_mask_storeu_ps(s + j, k, p);
         total = _mm512_mask_add_ps(total, k, total, p);
     }
-    const float a = now == old ? 1.0f : expf(old - now); /* old = -inf: 0, nothing to keep */
+    /* old = -inf: 0, nothing to keep */
+    const float a = now == old ? 1.0f : _mm512_cvtss_f32(exp512(_mm512_set1_ps(old - now)));
     *sum = *sum * a + _mm512_reduce_add_ps(total);
     *mx = now;
     *alpha = a;
