@@ -5,8 +5,8 @@
    scores them, keeps a running max and sum per query row (online softmax), rescales the row's
    float accumulator only when the max grows, and divides once at the end. Memory: per-thread
    tiles, small split-K partials, and a packed copy of the keys when a head has
-   PREPACK_MIN_TILES query tiles or more to share it (at most PREPACK_MAX_BYTES); no Lq×Lk
-   buffer unless weights are asked for.
+   PREPACK_MIN_TILES query tiles or more to share it (at most PREPACK_MAX_BYTES at a time: kv
+   heads go in groups that fit); no Lq×Lk buffer unless weights are asked for.
    What it does not do: SIMD arithmetic (the ops table does the tile arithmetic), validation
    (refattn_attention checks the call first), or anything across calls.
 
@@ -157,8 +157,9 @@ typedef struct FN(plan) {
     REAL scale, softcap;
     REAL *lse;  /* (B, Hq, Lq): the caller's, or ours when weights or split-K need it */
     REAL *part; /* (B, Hq, Lq, nsplit, Dv + 2): split-K partials [max, sum, o...] */
-    REAL *kpack; /* (B, Hkv, nkt, Dk·bk): every key tile packed once, or NULL */
-    int64_t nkt; /* key tiles per kv head */
+    REAL *kpack;        /* (group, nkt, Dk·bk): the key tiles of a group of kv heads, or NULL */
+    int64_t nkt;        /* key tiles per kv head */
+    int64_t kv_group;   /* kv heads (b, hk) packed at a time: all of them without packing */
 } FN(plan);
 
 /* One thread's tiles. */
@@ -281,9 +282,10 @@ static int FN(score_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, 
    0.211 ms against 0.223 packed once; from four tiles up, packing once gains 1-5 %). */
 #define PREPACK_MIN_TILES 4
 
-/* Query rows [i0, i0 + m) of head h of batch b, over the keys of chunk `split`. */
+/* Query rows [i0, i0 + m) of head h of batch b, over the keys of chunk `split`. kpack: this
+   head's key tiles packed by pass 0, or NULL. */
 static void FN(attend_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, int64_t qt,
-                            int64_t split) {
+                            int64_t split, const REAL *kpack) {
     const refattn_call *c = p->c;
     const OPS *ops = p->ops;
     const int64_t Hq = c->Hq, Lq = c->Lq, Dv = c->Dv, bk = p->bk;
@@ -316,10 +318,8 @@ static void FN(attend_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h
         FN(visible_range)(p, b, i0, &lo_row, &hi_row);
         const int64_t block = hi_row < j0 + n && m > DIAG_ROWS ? DIAG_ROWS : m;
         const REAL *kp = NULL;
-        if (p->kpack && j0 == jt) {
-            /* the tile's keys were packed once for every query tile (pass 0) */
-            const int64_t bkv = b * c->Hkv + h / p->G;
-            kp = p->kpack + (bkv * p->nkt + jt / bk) * c->Dk * bk;
+        if (kpack && j0 == jt) {
+            kp = kpack + (jt / bk) * c->Dk * bk; /* packed once for every query tile (pass 0) */
         } else if (block < m && m > ops->few_rows) {
             ops->pack_keys(w->kp, k + j0 * ldk, ldk, n, c->Dk);
             kp = w->kp;
@@ -477,14 +477,17 @@ static int FN(flash)(const refattn_call *c, const OPS *ops, int num_threads) {
         if (part_bytes == SIZE_MAX) return REFATTN_ENOMEM;
         part_bytes = round_up(part_bytes);
     }
-    /* Pack every key tile once when enough query tiles would each pack it again (and the
-       copy is not too big); tiles of few rows read the key rows unpacked. */
+    /* Pack every key tile once when enough query tiles would each pack it again, for as many
+       kv heads at a time as fit in PREPACK_MAX_BYTES; tiles of few rows read the key rows
+       unpacked. */
+    const int64_t BHkv = c->B * c->Hkv;
     p.nkt = cdiv(c->Lk, bk);
-    size_t kpack_bytes = size_mul_add((size_t)(c->B * c->Hkv * p.nkt), (size_t)(c->Dk * bk), 0);
-    kpack_bytes = size_mul_add(kpack_bytes, sizeof(REAL), 0);
+    size_t head_bytes = size_mul_add((size_t)p.nkt, (size_t)(c->Dk * bk), 0);
+    head_bytes = size_mul_add(head_bytes, sizeof(REAL), 0);
     const int prepack = p.nqt >= PREPACK_MIN_TILES && bq > ops->few_rows && c->Lk > 0 &&
-                        kpack_bytes <= PREPACK_MAX_BYTES;
-    if (!prepack) kpack_bytes = 0;
+                        head_bytes <= PREPACK_MAX_BYTES;
+    p.kv_group = prepack ? min64(BHkv, (int64_t)(PREPACK_MAX_BYTES / head_bytes)) : max64(BHkv, 1);
+    const size_t kpack_bytes = prepack ? (size_t)p.kv_group * head_bytes : 0;
     size_t total = size_mul_add((size_t)threads, per_thread, ALIGN);
     total = size_mul_add(1, total, lse_bytes);
     total = size_mul_add(1, total, part_bytes);
@@ -498,10 +501,10 @@ static int FN(flash)(const refattn_call *c, const OPS *ops, int num_threads) {
     p.part = p.nsplit > 1 ? (REAL *)(shared + lse_bytes) : NULL;
     p.kpack = kpack_bytes ? (REAL *)(shared + lse_bytes + part_bytes) : NULL;
 
-    /* Work items (b, h, query tile, key chunk). Causal and windowed tiles cost more the later
-       they sit, so those go first, heaviest first; otherwise head by head, for the caches.
-       Dynamic scheduling balances what remains; which thread runs an item never changes
-       its result. */
+    /* Work items (b, h, query tile, key chunk), a group of kv heads at a time. Causal and
+       windowed tiles cost more the later they sit, so those go first, heaviest first;
+       otherwise head by head, for the caches. Dynamic scheduling balances what remains; which
+       thread runs an item never changes its result. */
     const int heaviest_first = c->causal != REFATTN_CAUSAL_NONE || p.wl >= 0 || p.wr >= 0;
     const int64_t nsplit = p.nsplit, nqt = p.nqt;
 
@@ -523,31 +526,39 @@ static int FN(flash)(const refattn_call *c, const OPS *ops, int num_threads) {
         mine += round_up(sizeof(REAL) * (size_t)bq);
         w.alpha = (REAL *)mine;
 
-        /* pass 0: pack every key tile, when the plan says so */
-        if (p.kpack) {
-            const int64_t Hkv = c->Hkv, nkt = p.nkt, Dk = c->Dk, ldk = c->key.stride[2];
+        for (int64_t g0 = 0; g0 < BHkv; g0 += p.kv_group) {
+            const int64_t g1 = min64(BHkv, g0 + p.kv_group), Dk = c->Dk;
+            /* pass 0: pack the key tiles of kv heads [g0, g1), when the plan says so */
+            if (p.kpack) {
+                const int64_t nkt = p.nkt, ldk = c->key.stride[2];
 #pragma omp for schedule(static)
-            for (int64_t t = 0; t < c->B * Hkv * nkt; t++) {
-                const int64_t b = t / (Hkv * nkt), hk = (t / nkt) % Hkv, kt = t % nkt;
-                const REAL *k = (const REAL *)c->key.data + batch_offset(&c->key, b) +
-                                hk * c->key.stride[1] + kt * bk * ldk;
-                ops->pack_keys(p.kpack + t * Dk * bk, k, ldk, min64(bk, c->Lk - kt * bk), Dk);
+                for (int64_t t = 0; t < (g1 - g0) * nkt; t++) {
+                    const int64_t bkv = g0 + t / nkt, kt = t % nkt;
+                    const REAL *k = (const REAL *)c->key.data +
+                                    batch_offset(&c->key, bkv / c->Hkv) +
+                                    (bkv % c->Hkv) * c->key.stride[1] + kt * bk * ldk;
+                    ops->pack_keys(p.kpack + t * Dk * bk, k, ldk, min64(bk, c->Lk - kt * bk), Dk);
+                }
             }
-        }
 
-        /* pass 1: every (b, h, query tile, key chunk) */
+            /* pass 1: every (b, h, query tile, key chunk) of query heads whose kv head is in
+               [g0, g1): the heads bh = b·Hq + h with bh / G in it, one run of them */
+            const int64_t BHg = (g1 - g0) * p.G, items_g = BHg * nqt * nsplit;
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t item = 0; item < items; item++) {
-            const int64_t split = item % nsplit, rest = item / nsplit;
-            int64_t bh, qt;
-            if (heaviest_first) {
-                qt = nqt - 1 - rest / BH;
-                bh = rest % BH;
-            } else {
-                qt = rest % nqt;
-                bh = rest / nqt;
+            for (int64_t item = 0; item < items_g; item++) {
+                const int64_t split = item % nsplit, rest = item / nsplit;
+                int64_t bh, qt;
+                if (heaviest_first) {
+                    qt = nqt - 1 - rest / BHg;
+                    bh = g0 * p.G + rest % BHg;
+                } else {
+                    qt = rest % nqt;
+                    bh = g0 * p.G + rest / nqt;
+                }
+                const REAL *kpack =
+                    p.kpack ? p.kpack + (bh / p.G - g0) * p.nkt * Dk * bk : NULL;
+                FN(attend_tile)(&p, &w, bh / c->Hq, bh % c->Hq, qt, split, kpack);
             }
-            FN(attend_tile)(&p, &w, bh / c->Hq, bh % c->Hq, qt, split);
         }
 
         /* pass 2: merge the key chunks of each row */

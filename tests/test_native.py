@@ -95,6 +95,17 @@ def test_all_features_at_tile_boundaries(isa, Lq):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("causal", [None, "bottom_right"])
+def test_keys_packed_in_groups_of_kv_heads(isa, causal):
+    """Packed keys of 9 kv heads (4.5 MB each) exceed the 32 MiB packing budget: they are packed
+    and used in two groups (7 + 2 kv heads), and each query head reads its own kv head's."""
+    q, k, v = _arrays((3, 6, 290, 256), (3, 3, 4100, 256), 8, seed=9)
+    out, lse = native.attention(q, k, v, isa=isa, causal=causal, return_lse=True)
+    problems = expect(q, k, v, causal=causal).problems(out, lse)
+    assert problems == [], f"({isa}, causal={causal}): {problems}"
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize(
     "options",
     [
