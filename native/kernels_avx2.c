@@ -205,13 +205,19 @@ static void scores_rows(float *s, int64_t lds, const float *q, int64_t ldq, cons
 static void softmax(float *s, int64_t n, float *mx, float *sum, float *alpha) {
     /* pass 1: the tile's max, and the row's new running max */
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
-    __m256 top = ninf;
-    for (int64_t j = 0; j < n; j += 8) {
+    __m256 top = ninf, top2 = ninf; /* two chains of max, so they overlap */
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) { /* whole vectors unmasked: vmaskmov is slow on AMD */
+        top = _mm256_max_ps(top, _mm256_loadu_ps(s + j));
+        top2 = _mm256_max_ps(top2, _mm256_loadu_ps(s + j + 8));
+    }
+    for (; j < n; j += 8) {
         const __m256i k = first_lanes(n - j);
         const __m256 x = _mm256_blendv_ps(ninf, _mm256_maskload_ps(s + j, k), _mm256_castsi256_ps(k));
         top = _mm256_max_ps(top, x);
     }
-    const float tile = reduce_max(top), old = *mx, now = tile > old ? tile : old;
+    const float tile = reduce_max(_mm256_max_ps(top, top2)), old = *mx;
+    const float now = tile > old ? tile : old;
     if (now == -INFINITY) {
         /* Nothing visible so far: shift by 0, so hidden keys weigh exp(-inf) = 0, not NaN;
            a NaN score still makes the row NaN. */
@@ -227,13 +233,20 @@ static void softmax(float *s, int64_t n, float *mx, float *sum, float *alpha) {
     /* pass 2: p = exp(s - max) and their sum */
     const __m256 shift = _mm256_set1_ps(now);
     __m256 total = _mm256_setzero_ps();
-    for (int64_t j = 0; j < n; j += 8) {
+    j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const __m256 p = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), shift));
+        _mm256_storeu_ps(s + j, p);
+        total = _mm256_add_ps(total, p);
+    }
+    if (j < n) {
         const __m256i k = first_lanes(n - j);
         const __m256 p = exp256(_mm256_sub_ps(_mm256_maskload_ps(s + j, k), shift));
         _mm256_maskstore_ps(s + j, k, p);
         total = _mm256_add_ps(total, _mm256_and_ps(p, _mm256_castsi256_ps(k)));
     }
-    const float a = now == old ? 1.0f : expf(old - now); /* old = -inf: 0, nothing to keep */
+    /* old = -inf: 0, nothing to keep */
+    const float a = now == old ? 1.0f : _mm256_cvtss_f32(exp256(_mm256_set1_ps(old - now)));
     *sum = *sum * a + reduce_add(total);
     *mx = now;
     *alpha = a;
