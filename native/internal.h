@@ -48,6 +48,20 @@
 REFATTN_DECLARE_OPS(float, refattn_ops_f32)
 REFATTN_DECLARE_OPS(double, refattn_ops_f64)
 
+/* The vector exp of the SIMD kernels, one set of constants for every ISA: exp(x) = 2^n · e^r
+   with n = round(x · EXP_LOG2E), r = x - n·EXP_LN2_HI - n·EXP_LN2_LO (ln 2 in two parts, so r
+   is exact to a few ulps), and e^r = 1 + r + r²·(C1 + C2·r + C3·r² + C4·r³ + C5·r⁴ + C6·r⁵),
+   Cephes' polynomial for expf. */
+#define EXP_LOG2E 1.44269504088896341f
+#define EXP_LN2_HI 0.693359375f
+#define EXP_LN2_LO -2.12194440e-4f
+#define EXP_C1 5.0000001201e-1f
+#define EXP_C2 1.6666665459e-1f
+#define EXP_C3 4.1665795894e-2f
+#define EXP_C4 8.3334519073e-3f
+#define EXP_C5 1.3981999507e-3f
+#define EXP_C6 1.9875691500e-4f
+
 /* The SIMD tables; NULL when this build has no such kernels (not x86-64, or a compiler
    that cannot target them). */
 extern const refattn_ops_f32 *const refattn_avx512_ops;

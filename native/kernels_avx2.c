@@ -45,15 +45,15 @@ INLINE __m256 exp256(__m256 x) {
     const __m256 lo = _mm256_set1_ps(-104.0f), hi = _mm256_set1_ps(88.8f);
     const __m256 below = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
     x = _mm256_min_ps(hi, _mm256_max_ps(lo, x)); /* operands in this order keep NaN */
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(EXP_LOG2E)),
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_HI), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO), r);
 #define C(x) _mm256_set1_ps(x)
     const __m256 r2 = _mm256_mul_ps(r, r), r4 = _mm256_mul_ps(r2, r2); /* Estrin's scheme */
-    const __m256 c12 = _mm256_fmadd_ps(C(1.6666665459e-1f), r, C(5.0000001201e-1f));
-    const __m256 c34 = _mm256_fmadd_ps(C(8.3334519073e-3f), r, C(4.1665795894e-2f));
-    const __m256 c56 = _mm256_fmadd_ps(C(1.9875691500e-4f), r, C(1.3981999507e-3f));
+    const __m256 c12 = _mm256_fmadd_ps(C(EXP_C2), r, C(EXP_C1));
+    const __m256 c34 = _mm256_fmadd_ps(C(EXP_C4), r, C(EXP_C3));
+    const __m256 c56 = _mm256_fmadd_ps(C(EXP_C6), r, C(EXP_C5));
 #undef C
     __m256 p = _mm256_fmadd_ps(r4, c56, _mm256_fmadd_ps(r2, c34, c12));
     p = _mm256_fmadd_ps(p, r2, r);

@@ -44,17 +44,17 @@ static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
    would be -inf + inf). For x <= 0 (scores minus their max), or NaN, which stays NaN. */
 INLINE __m512 exp512(__m512 x) {
     x = _mm512_max_ps(_mm512_set1_ps(-150.0f), x); /* operands in this order keep NaN */
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(EXP_LOG2E)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_HI), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_LO), r);
     /* Cephes' polynomial by Estrin's scheme rather than Horner's: the same terms in a shorter
        chain of dependent steps, so more vectors are in flight at once */
 #define C(x) _mm512_set1_ps(x)
     const __m512 r2 = _mm512_mul_ps(r, r), r4 = _mm512_mul_ps(r2, r2);
-    const __m512 c12 = _mm512_fmadd_ps(C(1.6666665459e-1f), r, C(5.0000001201e-1f));
-    const __m512 c34 = _mm512_fmadd_ps(C(8.3334519073e-3f), r, C(4.1665795894e-2f));
-    const __m512 c56 = _mm512_fmadd_ps(C(1.9875691500e-4f), r, C(1.3981999507e-3f));
+    const __m512 c12 = _mm512_fmadd_ps(C(EXP_C2), r, C(EXP_C1));
+    const __m512 c34 = _mm512_fmadd_ps(C(EXP_C4), r, C(EXP_C3));
+    const __m512 c56 = _mm512_fmadd_ps(C(EXP_C6), r, C(EXP_C5));
 #undef C
     __m512 p = _mm512_fmadd_ps(r4, c56, _mm512_fmadd_ps(r2, c34, c12));
     p = _mm512_fmadd_ps(p, r2, r);
