@@ -7,7 +7,8 @@
 - `refattn.masks` — the structural masks spelled out as bool arrays.
 - `refattn.multi_head_attention`, `MHAParams`, `KVCache` — layers built on any attention function.
 - `refattn.merge_partials` — combine attention over disjoint key chunks.
-- `spec` (a sibling package) — the invariants, checked against any implementation.
+- `refattn.spec` — the invariants, checked against any implementation (imported on its own,
+  not by `import refattn`: it pulls in hypothesis).
 """
 
 from refattn import masks, native, reference
@@ -16,7 +17,7 @@ from refattn.native import attention
 from refattn.reference import merge_partials
 from refattn.similarity import additive_attention, general_attention
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "KVCache",

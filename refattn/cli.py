@@ -11,8 +11,8 @@ DEFAULT_IMPL = "native"
 
 
 def _spec(args) -> int:
-    from spec.registry import all_invariants
-    from spec.render import markdown, text
+    from refattn.spec.registry import all_invariants
+    from refattn.spec.render import markdown, text
 
     invariants = all_invariants()
     sys.stdout.write(markdown(invariants) if args.markdown else text(invariants))
@@ -20,8 +20,8 @@ def _spec(args) -> int:
 
 
 def _conform(args) -> int:
-    from spec.adapters import ImplementationNotFound, PeerNotInstalled
-    from spec.conform import UsageError, conform
+    from refattn.spec.adapters import ImplementationNotFound, PeerNotInstalled
+    from refattn.spec.conform import UsageError, conform
 
     try:
         return conform(
@@ -214,7 +214,7 @@ def _add_plot(commands) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from spec.runner import DEFAULT_MAX_EXAMPLES, DEFAULT_SEED
+    from refattn.spec.runner import DEFAULT_MAX_EXAMPLES, DEFAULT_SEED
 
     parser = argparse.ArgumentParser(
         prog="refattn", description="The executable specification of attention."

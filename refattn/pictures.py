@@ -167,7 +167,7 @@ def spec_mask_pictures(directory) -> list[str]:
     """Write every picture SPEC.md embeds for the mask invariants; returns the paths written."""
     from pathlib import Path
 
-    from spec.pictures import MASK_PICTURES
+    from refattn.spec.pictures import MASK_PICTURES
 
     written = []
     for invariant_id, picture in MASK_PICTURES.items():
@@ -401,7 +401,7 @@ def weights_command(args) -> list[str]:
 
 def mask_command(args) -> list[str]:
     """`refattn plot mask`: one panel per causal alignment asked for."""
-    from spec.pictures import MaskPanel
+    from refattn.spec.pictures import MaskPanel
 
     Lk = args.lk if args.lk is not None else args.lq
     if args.lq < 1 or Lk < 1:

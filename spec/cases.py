@@ -3,7 +3,7 @@
 A Case holds only sizes, options and seeds; `build()` turns it into arrays, deterministically.
 A counterexample is therefore a one-line, copy-paste reproduction:
 
-    from spec.cases import Case
+    from refattn.spec.cases import Case
     query, key, value, options = Case(Hq=2, Lq=3, Lk=4, Dk=8, seed=7).build()
     refattn.attention(query, key, value, **options)
 """
@@ -85,8 +85,8 @@ class Case:
     def repro(self, impl_name: str, call: str = "impl(query, key, value, **options)") -> str:
         """A copy-paste reproduction of a call on this case."""
         return (
-            "from spec.adapters import load\n"
-            "from spec.cases import Case\n"
+            "from refattn.spec.adapters import load\n"
+            "from refattn.spec.cases import Case\n"
             f"impl = load({impl_name!r})\n"
             f"query, key, value, options = {self.code()}.build()\n"
             f"{call}"
@@ -131,8 +131,8 @@ class MHACase:
     def repro(self, impl_name: str) -> str:
         return (
             "import refattn\n"
-            "from spec.adapters import load\n"
-            "from spec.cases import MHACase\n"
+            "from refattn.spec.adapters import load\n"
+            "from refattn.spec.cases import MHACase\n"
             f"impl = load({impl_name!r})\n"
             f"x, params = {self.code()}.build()\n"
             f"refattn.multi_head_attention(x, params=params, num_heads={self.num_heads}, "

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-
-from spec.cases import Case
-from spec.tolerance import mismatch
+from refattn.spec.cases import Case
+from refattn.spec.tolerance import mismatch
 
 
 class Result(NamedTuple):

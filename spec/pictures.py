@@ -3,7 +3,7 @@
 Each picture is a list of panels, one mask configuration each, drawn by
 `refattn.pictures.mask_figure` from `refattn.masks` (so a picture cannot disagree with the
 masks the reference applies). `refattn plot spec-masks` writes them all to docs/img/;
-`spec.render` embeds them under their invariants. This module needs no matplotlib.
+`refattn.spec.render` embeds them under their invariants. This module needs no matplotlib.
 """
 
 from __future__ import annotations

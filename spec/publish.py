@@ -1,13 +1,13 @@
-"""Publish conformance reports: `python -m spec.publish docs/conformance`.
+"""Publish conformance reports: `python -m refattn.spec.publish docs/conformance`.
 
 Runs `refattn conform` against each implementation of IMPLEMENTATIONS that is installed here,
 writing DIR/<impl>.md and DIR/<impl>.json, then DIR/README.md: one table, invariants ×
 implementations, built from the JSON reports in DIR (an implementation not installed here keeps
 the report of its last run, with that run's date and versions).
 
-    python -m spec.publish docs/conformance                     every implementation
-    python -m spec.publish docs/conformance --only jax torch    some of them (others kept)
-    python -m spec.publish docs/conformance --summary-only      just rebuild README.md
+    python -m refattn.spec.publish docs/conformance                     every implementation
+    python -m refattn.spec.publish docs/conformance --only jax torch    some of them (others kept)
+    python -m refattn.spec.publish docs/conformance --summary-only      just rebuild README.md
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import json
 import sys
 from pathlib import Path
 
-from spec.adapters import PeerNotInstalled, load
-from spec.conform import conform
-from spec.registry import all_invariants
-from spec.runner import DEFAULT_MAX_EXAMPLES, DEFAULT_SEED, DEVIATION, FAIL, PASS, SKIP
+from refattn.spec.adapters import PeerNotInstalled, load
+from refattn.spec.conform import conform
+from refattn.spec.registry import all_invariants
+from refattn.spec.runner import DEFAULT_MAX_EXAMPLES, DEFAULT_SEED, DEVIATION, FAIL, PASS, SKIP
 
 # The implementations published, in the order of the summary's columns. Add a name here (one
-# that spec.adapters.load knows) to publish it.
+# that refattn.spec.adapters.load knows) to publish it.
 IMPLEMENTATIONS = (
     "reference",
     "native",
@@ -81,7 +81,7 @@ def summary(directory: Path, names=IMPLEMENTATIONS) -> str:
         "",
         "Each implementation below was checked against every invariant of [SPEC.md](../../SPEC.md)",
         "by `refattn conform <impl>`; the reports hold each failure's shrunk counterexample and a",
-        "reproduction. Regenerate them all with `python -m spec.publish docs/conformance`.",
+        "reproduction. Regenerate them all with `python -m refattn.spec.publish docs/conformance`.",
     ]
     if (directory / FINDINGS).exists():
         lines += [
@@ -132,7 +132,7 @@ def summary(directory: Path, names=IMPLEMENTATIONS) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m spec.publish", description="Run and publish conformance reports."
+        prog="python -m refattn.spec.publish", description="Run and publish conformance reports."
     )
     parser.add_argument("directory", type=Path, help="where to write the reports")
     parser.add_argument("--only", nargs="+", metavar="IMPL", help="publish only these")

@@ -1,6 +1,6 @@
 """pytest plugin: run the spec against an implementation inside any test suite.
 
-    pytest --pyargs spec --refattn-impl mypkg.attention:my_sdpa
+    pytest --pyargs refattn.spec --refattn-impl mypkg.attention:my_sdpa
 
 collects spec/test_conformance.py: one test per invariant, its ID in the test id. A missing
 capability is a skip; a declared deviation (the adapter's own, or one in --refattn-deviations)
@@ -39,7 +39,7 @@ def pytest_addoption(parser):
 @pytest.fixture(scope="session")
 def refattn_impl(request):
     """The adapter of the implementation named by --refattn-impl."""
-    from spec.adapters import PeerNotInstalled, load
+    from refattn.spec.adapters import PeerNotInstalled, load
 
     name = request.config.getoption("--refattn-impl")
     try:
@@ -51,7 +51,7 @@ def refattn_impl(request):
 @pytest.fixture(scope="session")
 def refattn_deviations(request, refattn_impl):
     """Invariant ID -> reason: the adapter's declared deviations and those of the file."""
-    from spec.conform import read_deviations
+    from refattn.spec.conform import read_deviations
 
     deviations = dict(refattn_impl.deviations)
     path = request.config.getoption("--refattn-deviations")

@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from spec.capabilities import CAPABILITIES
+from refattn.spec.capabilities import CAPABILITIES
 
 MUST = "MUST"
 SHOULD = "SHOULD"
@@ -91,6 +91,6 @@ def sort_key(inv: Invariant) -> tuple[int, int]:
 
 def all_invariants() -> list[Invariant]:
     """Every registered invariant, in SPEC.md order."""
-    import spec.invariants  # noqa: F401  (registers them on import)
+    import refattn.spec.invariants  # noqa: F401  (registers them on import)
 
     return sorted(INVARIANTS.values(), key=sort_key)

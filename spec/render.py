@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import textwrap
 
-from spec import tolerance
-from spec.capabilities import CAPABILITIES
-from spec.pictures import MASK_PICTURES
-from spec.registry import SECTIONS, Invariant
+from refattn.spec import tolerance
+from refattn.spec.capabilities import CAPABILITIES
+from refattn.spec.pictures import MASK_PICTURES
+from refattn.spec.registry import SECTIONS, Invariant
 
 PREAMBLE = """\
 # The refattn specification of attention

@@ -6,8 +6,8 @@ import os
 import platform
 from datetime import datetime, timezone
 
-from spec.capabilities import CAPABILITIES, exclusive_pairs
-from spec.runner import DEVIATION, FAIL, PASS, SKIP, Outcome
+from refattn.spec.capabilities import CAPABILITIES, exclusive_pairs
+from refattn.spec.runner import DEVIATION, FAIL, PASS, SKIP, Outcome
 
 _COLUMNS = ("ID", "title", "level", "status", "examples", "time")
 

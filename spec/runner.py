@@ -10,10 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from hypothesis.reporting import with_reporter
-
-from spec.cases import Case, MHACase
-from spec.checking import Raised, Watched
-from spec.registry import MUST, Invariant
+from refattn.spec.cases import Case, MHACase
+from refattn.spec.checking import Raised, Watched
+from refattn.spec.registry import MUST, Invariant
 
 PASS, FAIL, SKIP, DEVIATION = "PASS", "FAIL", "SKIP", "DEVIATION"
 DEFAULT_MAX_EXAMPLES = 100
@@ -152,7 +151,7 @@ def run_all(
     `progress(inv, outcome)` after each.
 
     jobs > 1 runs invariants in that many worker processes, each loading the implementation by
-    its name with spec.adapters.load (so `impl.name` must be loadable); each invariant runs
+    its name with refattn.spec.adapters.load (so `impl.name` must be loadable); each invariant runs
     exactly as it would here, with the same seed, and `progress(inv, outcome)` is called as
     they finish. Results come back in the order of `invariants`.
     """
@@ -206,8 +205,8 @@ _LOADED: dict = {}  # a worker's adapters, by name: loaded once per worker
 
 
 def _run_by_name(name, inv_id, max_examples, seed, deviations) -> Outcome:
-    from spec.adapters import load
-    from spec.registry import INVARIANTS, all_invariants
+    from refattn.spec.adapters import load
+    from refattn.spec.registry import INVARIANTS, all_invariants
 
     all_invariants()
     if name not in _LOADED:

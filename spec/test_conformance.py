@@ -1,9 +1,9 @@
-"""The spec as pytest tests: `pytest --pyargs spec --refattn-impl IMPL` (see spec.pytest_plugin)."""
+"""The spec as pytest tests: `pytest --pyargs refattn.spec --refattn-impl IMPL`
+(see refattn.spec.pytest_plugin)."""
 
 import pytest
-
-from spec.registry import all_invariants
-from spec.runner import missing_capabilities, property_test
+from refattn.spec.registry import all_invariants
+from refattn.spec.runner import missing_capabilities, property_test
 
 INVARIANTS = all_invariants()
 

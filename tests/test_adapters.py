@@ -5,9 +5,7 @@ import sys
 
 import numpy as np
 import pytest
-
-from refattn import reference
-from spec.adapters import (
+from refattn.spec.adapters import (
     BUILTIN,
     ImplementationNotFound,
     PeerNotInstalled,
@@ -15,10 +13,12 @@ from spec.adapters import (
     _layout,
     load,
 )
-from spec.adapters.function import PROTOCOL_CAPABILITIES
-from spec.capabilities import CAPABILITIES, Capabilities, exclusive_pairs
-from spec.cases import Case
-from spec.tolerance import expect
+from refattn.spec.adapters.function import PROTOCOL_CAPABILITIES
+from refattn.spec.capabilities import CAPABILITIES, Capabilities, exclusive_pairs
+from refattn.spec.cases import Case
+from refattn.spec.tolerance import expect
+
+from refattn import reference
 
 PEERS = ["torch", "torch-math", "torch-flash", "jax", "onnxruntime", "onnx-reference"]
 
@@ -186,9 +186,9 @@ def test_printed_reproduction_runs_for_a_peer(peer):
 
 
 def test_jax_fast_compile_stays_within_the_tolerance_of_the_default(monkeypatch):
-    """The adapter's XLA_FAST_OPTIONS change XLA's code generation (spec.adapters.jax_dpa): its
-    results differ from those of XLA's default options (REFATTN_JAX_XLA_DEFAULTS=1) only by
-    rounding."""
+    """The adapter's XLA_FAST_OPTIONS change XLA's code generation (refattn.spec.adapters.jax_dpa):
+    its results differ from those of XLA's default options (REFATTN_JAX_XLA_DEFAULTS=1) only
+    by rounding."""
     try:
         jax = load("jax")
     except PeerNotInstalled as error:

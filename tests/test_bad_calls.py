@@ -10,10 +10,10 @@ import re
 import numpy as np
 import pytest
 from bad_calls import BAD_CALLS, LEGIT_CALLS, _key, _value
+from refattn.spec.tolerance import expect
 
 import refattn
 from refattn import KVCache, merge_partials, multi_head_attention, reference
-from spec.tolerance import expect
 
 
 def _kv_cache_append(key, value):

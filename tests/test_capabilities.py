@@ -3,9 +3,8 @@
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from spec.capabilities import ALL, Capabilities, combinable, exclusive_pairs
-from spec.strategies import cases
+from refattn.spec.capabilities import ALL, Capabilities, combinable, exclusive_pairs
+from refattn.spec.strategies import cases
 
 ONNX_LIKE = Capabilities(
     ALL, exclusive=[("mask", "bias"), ("kv_lengths", "causal"), ("kv_lengths", "window")]

@@ -4,11 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
+from refattn.spec.pictures import MASK_PICTURES
+from refattn.spec.registry import all_invariants
+from refattn.spec.render import markdown
 
 from refattn.cli import main
-from spec.pictures import MASK_PICTURES
-from spec.registry import all_invariants
-from spec.render import markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from refattn.spec.tolerance import expect
 
 from refattn import native
 from refattn._checks import check_attention
-from spec.tolerance import expect
 
 ISAS = native.available_isas()
 DTYPES = ("float32", "float64", "float16")

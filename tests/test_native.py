@@ -13,10 +13,10 @@ import time
 
 import numpy as np
 import pytest
+from refattn.spec.tolerance import expect, mismatch
 
 import refattn
 from refattn import native, reference
-from spec.tolerance import expect, mismatch
 
 ISAS = native.available_isas()
 SIMD = [isa for isa in ISAS if isa != "scalar"]

@@ -3,10 +3,9 @@ to end, and a peer fails only where docs/conformance says it does (a new failure
 published reports are stale: regenerate them and check the finding by hand)."""
 
 import pytest
-
-from spec.adapters import PeerNotInstalled, load
-from spec.registry import all_invariants
-from spec.runner import FAIL, run_all
+from refattn.spec.adapters import PeerNotInstalled, load
+from refattn.spec.registry import all_invariants
+from refattn.spec.runner import FAIL, run_all
 
 EXAMPLES = 8
 

@@ -10,10 +10,10 @@ pytest.importorskip("matplotlib", reason="pictures need the `plot` extra")
 
 from matplotlib.colors import to_rgb
 from matplotlib.image import imread
+from refattn.spec.pictures import MASK_PICTURES, MaskPanel
 
 from refattn import masks, pictures, reference
 from refattn.cli import main
-from spec.pictures import MASK_PICTURES, MaskPanel
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -1,7 +1,9 @@
-"""The pytest entry point: `pytest --pyargs spec --refattn-impl IMPL` runs one test per
+"""The pytest entry point: `pytest --pyargs refattn.spec --refattn-impl IMPL` runs one test per
 invariant; a missing capability is a skip, a declared deviation an expected failure."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,12 +15,18 @@ HERE = Path(__file__).parent
 
 @pytest.fixture
 def spec_run(pytester, monkeypatch):
-    """Run `pytest --pyargs spec` in a subprocess, with tests/sdpa_functions.py importable."""
+    """Run `pytest --pyargs refattn.spec` in a subprocess, tests/sdpa_functions.py importable."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
 
     def run(*args):
         return pytester.runpytest_subprocess(
-            "--pyargs", "spec", "-p", "no:cacheprovider", "--refattn-max-examples", "10", *args
+            "--pyargs",
+            "refattn.spec",
+            "-p",
+            "no:cacheprovider",
+            "--refattn-max-examples",
+            "10",
+            *args,
         )
 
     return run
@@ -57,3 +65,27 @@ def test_adapter_deviations_are_expected_failures(spec_run):
     pytest.importorskip("jax")
     result = spec_run("--refattn-impl", "jax", "-k", "W4")
     result.assert_outcomes(xfailed=1)
+
+
+def test_a_project_with_its_own_spec_package_tests_cleanly(tmp_path):
+    """refattn's plugin is loaded by every pytest run of the environment: it must not claim the
+    top-level name `spec`, which a user's project may use for its own package."""
+    project = tmp_path / "project"
+    (project / "spec").mkdir(parents=True)
+    (project / "spec" / "__init__.py").write_text("WHAT = 'the project own spec'\n")
+    (project / "tests").mkdir()
+    (project / "tests" / "test_own.py").write_text(
+        "import spec\n\n\ndef test_own_spec():\n    assert spec.WHAT == 'the project own spec'\n"
+    )
+    (project / "pyproject.toml").write_text("[tool.pytest.ini_options]\npythonpath = ['.']\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout

@@ -1,11 +1,12 @@
 """The runner: an implementation that raises fails with the call and a reproduction; failures
 list hypothesis' other draws; declared deviations still run."""
 
+from refattn.spec.adapters import Adapter
+from refattn.spec.capabilities import ALL
+from refattn.spec.registry import INVARIANTS, all_invariants
+from refattn.spec.runner import DEVIATION, FAIL, PASS, run_invariant
+
 from refattn import reference
-from spec.adapters import Adapter
-from spec.capabilities import ALL
-from spec.registry import INVARIANTS, all_invariants
-from spec.runner import DEVIATION, FAIL, PASS, run_invariant
 
 all_invariants()
 

@@ -31,7 +31,7 @@ def test_fifty_thousand_squared_scores_in_memory_linear_in_n():
         import json, re, time
         import numpy as np
         from refattn import native, reference
-        from spec.tolerance import expect
+        from refattn.spec.tolerance import expect
 
         def status_bytes(field):
             with open("/proc/self/status") as status:

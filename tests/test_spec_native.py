@@ -9,11 +9,11 @@ blocks (6 rows; 16 or 8 keys per panel), so tile and vector tails are part of ev
 from functools import partial
 
 import pytest
+from refattn.spec.adapters import Adapter
+from refattn.spec.registry import all_invariants
+from refattn.spec.runner import property_test
 
 from refattn import native
-from spec.adapters import Adapter
-from spec.registry import all_invariants
-from spec.runner import property_test
 
 INVARIANTS = all_invariants()
 THREADS = (1, 2)

@@ -1,10 +1,9 @@
 """The spec against the reference: every invariant, cited by its ID in the test id."""
 
 import pytest
-
-from spec.adapters import load
-from spec.registry import all_invariants
-from spec.runner import property_test
+from refattn.spec.adapters import load
+from refattn.spec.registry import all_invariants
+from refattn.spec.runner import property_test
 
 INVARIANTS = all_invariants()
 REFERENCE = load("reference")

@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 from hypothesis import find, given, settings
 from hypothesis import strategies as st
-
-from spec.capabilities import ALL, MASKING
-from spec.cases import Case, MHACase
-from spec.strategies import broadcast_shapes, cases, mha_cases
+from refattn.spec.capabilities import ALL, MASKING
+from refattn.spec.cases import Case, MHACase
+from refattn.spec.strategies import broadcast_shapes, cases, mha_cases
 
 FEW = frozenset({"float32", "mask", "causal_top_left"})
 

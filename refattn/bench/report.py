@@ -37,7 +37,7 @@ def _spread(values: list[float], how: str) -> dict:
 
 
 def build(*, timing, memory, settings, impls, cpus, created, command, elapsed, busy) -> dict:
-    from spec.report import cpu_model  # here, not at the top: spec imports hypothesis
+    from refattn.spec.report import cpu_model  # here, not at the top: spec imports hypothesis
 
     threads, dtype = settings["threads"], settings["dtype"]
     n = settings["peak_n"]

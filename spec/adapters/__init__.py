@@ -18,7 +18,7 @@ Implementations by name (`load`):
     jax             jax.nn.dot_product_attention, XLA on the CPU
     onnxruntime     a one-node ONNX model with the Attention op, run by onnxruntime
     onnx-reference  the same model run by onnx.reference.ReferenceEvaluator
-    module.path:fn  a user's function following the SDPA protocol (spec.adapters.function)
+    module.path:fn  a user's function following the SDPA protocol (refattn.spec.adapters.function)
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from spec.capabilities import ALL
+from refattn.spec.capabilities import ALL
 
 
 class ImplementationNotFound(LookupError):
@@ -125,7 +124,7 @@ def _native(isa: str | None = None) -> Callable[[], Adapter]:
 
 def _torch(backend: str | None) -> Callable[[], Adapter]:
     def factory() -> Adapter:
-        from spec.adapters import torch_sdpa
+        from refattn.spec.adapters import torch_sdpa
 
         return torch_sdpa.adapter(backend)
 
@@ -133,21 +132,22 @@ def _torch(backend: str | None) -> Callable[[], Adapter]:
 
 
 def _jax() -> Adapter:
-    from spec.adapters import jax_dpa
+    from refattn.spec.adapters import jax_dpa
 
     return jax_dpa.adapter()
 
 
 def _onnx(runtime: str) -> Callable[[], Adapter]:
     def factory() -> Adapter:
-        from spec.adapters import onnx_attention
+        from refattn.spec.adapters import onnx_attention
 
         return onnx_attention.adapter(runtime)
 
     return factory
 
 
-# Name -> factory. Add an implementation here (and to spec.publish.IMPLEMENTATIONS to publish it).
+# Name -> factory. Add an implementation here (and to refattn.spec.publish.IMPLEMENTATIONS to
+# publish it).
 BUILTIN: dict[str, Callable[[], Adapter]] = {
     "reference": _reference,
     "native": _native(),
@@ -168,7 +168,7 @@ def load(name: str) -> Adapter:
     if name in BUILTIN:
         return BUILTIN[name]()
     if ":" in name:
-        from spec.adapters import function
+        from refattn.spec.adapters import function
 
         return function.adapter(name)
     known = ", ".join(BUILTIN)

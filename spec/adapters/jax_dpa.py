@@ -38,9 +38,8 @@ import functools
 import os
 
 import numpy as np
-
-from spec.adapters import Adapter, refuse, require
-from spec.adapters._layout import (
+from refattn.spec.adapters import Adapter, refuse, require
+from refattn.spec.adapters._layout import (
     batch_of,
     causal_alignment,
     from_4d,
@@ -48,7 +47,7 @@ from spec.adapters._layout import (
     scores_to_4d,
     to_4d,
 )
-from spec.capabilities import Capabilities
+from refattn.spec.capabilities import Capabilities
 
 NAME = "jax"
 XLA_FAST_OPTIONS = {

@@ -29,9 +29,8 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-
-from spec.adapters import Adapter, Unsupported, refuse, require
-from spec.adapters._layout import (
+from refattn.spec.adapters import Adapter, Unsupported, refuse, require
+from refattn.spec.adapters._layout import (
     batch_of,
     causal_alignment,
     from_4d,
@@ -39,7 +38,7 @@ from spec.adapters._layout import (
     scores_to_4d,
     to_4d,
 )
-from spec.capabilities import Capabilities
+from refattn.spec.capabilities import Capabilities
 
 OPSET = 24  # the highest opset with an Attention kernel in onnxruntime 1.32
 WINDOW_OPSET = 25  # left_window_size and right_window_size appear here

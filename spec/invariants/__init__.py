@@ -1,6 +1,6 @@
 """The invariants, one module per section of SPEC.md; importing this registers them all."""
 
-from spec.invariants import (  # noqa: F401
+from refattn.spec.invariants import (  # noqa: F401
     algebra,
     composition,
     heads,

@@ -2,14 +2,14 @@
 
 import numpy as np
 from hypothesis import strategies as st
+from refattn.spec import oracle
+from refattn.spec.checking import expect, expect_close, run
+from refattn.spec.registry import MUST, invariant
+from refattn.spec.strategies import cases, mha_cases
+from refattn.spec.tolerance import SAFETY, expect_layer, largest_abs_dot
+from refattn.spec.tolerance import expect as reference_expect
 
 from refattn.mha import multi_head_attention
-from spec import oracle
-from spec.checking import expect, expect_close, run
-from spec.registry import MUST, invariant
-from spec.strategies import cases, mha_cases
-from spec.tolerance import SAFETY, expect_layer, largest_abs_dot
-from spec.tolerance import expect as reference_expect
 
 
 @invariant(

@@ -2,15 +2,15 @@
 
 import numpy as np
 from hypothesis import strategies as st
+from refattn.spec import oracle
+from refattn.spec.checking import expect_close, run
+from refattn.spec.registry import MUST, invariant
+from refattn.spec.strategies import cases, mha_cases
+from refattn.spec.tolerance import OUTPUT_ROUNDING, expect_layer
+from refattn.spec.tolerance import expect as reference_expect
 
 from refattn.mha import KVCache, multi_head_attention
 from refattn.reference import merge_partials
-from spec import oracle
-from spec.checking import expect_close, run
-from spec.registry import MUST, invariant
-from spec.strategies import cases, mha_cases
-from spec.tolerance import OUTPUT_ROUNDING, expect_layer
-from spec.tolerance import expect as reference_expect
 
 
 def _chunk_options(options, start, stop):

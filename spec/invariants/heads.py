@@ -2,13 +2,13 @@
 
 import numpy as np
 from hypothesis import strategies as st
+from refattn.spec.checking import expect_close, expect_identical, run
+from refattn.spec.registry import MUST, invariant
+from refattn.spec.strategies import cases, mha_cases
+from refattn.spec.tolerance import expect as reference_expect
+from refattn.spec.tolerance import expect_layer
 
 from refattn.mha import multi_head_attention
-from spec.checking import expect_close, expect_identical, run
-from spec.registry import MUST, invariant
-from spec.strategies import cases, mha_cases
-from spec.tolerance import expect as reference_expect
-from spec.tolerance import expect_layer
 
 
 def _single_head(impl, x, w_q, b_q, w_k, b_k, w_v, b_v):

@@ -2,13 +2,12 @@
 
 import numpy as np
 from hypothesis import strategies as st
-
-from spec import oracle
-from spec.capabilities import combinable
-from spec.checking import expect_close, expect_identical, run
-from spec.registry import MUST, SHOULD, invariant
-from spec.strategies import cases
-from spec.tolerance import expect as reference_expect
+from refattn.spec import oracle
+from refattn.spec.capabilities import combinable
+from refattn.spec.checking import expect_close, expect_identical, run
+from refattn.spec.registry import MUST, SHOULD, invariant
+from refattn.spec.strategies import cases
+from refattn.spec.tolerance import expect as reference_expect
 
 
 def _no_leak(impl, data, alignment):

@@ -1,12 +1,11 @@
 """Numerics: agreement with the float64 reference, stability, determinism, lse and weights."""
 
 import numpy as np
-
-from spec import oracle
-from spec.checking import expect, expect_close, expect_identical, run
-from spec.registry import MUST, SHOULD, invariant
-from spec.strategies import cases
-from spec.tolerance import expect as reference_expect
+from refattn.spec import oracle
+from refattn.spec.checking import expect, expect_close, expect_identical, run
+from refattn.spec.registry import MUST, SHOULD, invariant
+from refattn.spec.strategies import cases
+from refattn.spec.tolerance import expect as reference_expect
 
 
 @invariant(

@@ -4,13 +4,12 @@ import math
 
 import numpy as np
 from hypothesis import strategies as st
-
-from spec import oracle
-from spec.cases import Case
-from spec.checking import expect, expect_close, run
-from spec.registry import MUST, invariant
-from spec.strategies import DTYPES, cases
-from spec.tolerance import expect as reference_expect
+from refattn.spec import oracle
+from refattn.spec.cases import Case
+from refattn.spec.checking import expect, expect_close, run
+from refattn.spec.registry import MUST, invariant
+from refattn.spec.strategies import DTYPES, cases
+from refattn.spec.tolerance import expect as reference_expect
 
 # ATT-S1's sample: L queries against L keys of unit-variance entries.
 VARIANCE_L = 256

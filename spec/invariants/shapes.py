@@ -1,10 +1,9 @@
 """Shapes: what comes out, for every size including zero."""
 
 import numpy as np
-
-from spec.checking import expect, expect_close, run
-from spec.registry import MUST, invariant
-from spec.strategies import cases
+from refattn.spec.checking import expect, expect_close, run
+from refattn.spec.registry import MUST, invariant
+from refattn.spec.strategies import cases
 
 
 @invariant(

@@ -2,12 +2,11 @@
 
 import numpy as np
 from hypothesis import strategies as st
-
-from spec import oracle
-from spec.checking import expect, expect_close, run
-from spec.registry import MUST, invariant
-from spec.strategies import cases
-from spec.tolerance import expect as reference_expect
+from refattn.spec import oracle
+from refattn.spec.checking import expect, expect_close, run
+from refattn.spec.registry import MUST, invariant
+from refattn.spec.strategies import cases
+from refattn.spec.tolerance import expect as reference_expect
 
 
 @invariant(
