@@ -68,6 +68,12 @@ def _bench(args) -> int:
     return 0
 
 
+def _spec_masks(args) -> list[str]:
+    from refattn.spec.pictures import draw_all
+
+    return draw_all(args.dir)
+
+
 def _plot(args) -> int:
     from refattn import pictures
 
@@ -205,7 +211,7 @@ def _add_plot(commands) -> None:
         "spec-masks", help="write the pictures SPEC.md shows for the mask invariants"
     )
     spec_masks.add_argument("--dir", default="docs/img", help="default: docs/img")
-    spec_masks.set_defaults(run=_plot, draw=lambda a: pictures.spec_mask_pictures(a.dir))
+    spec_masks.set_defaults(run=_plot, draw=_spec_masks)
 
     results = kinds.add_parser("bench", help="GFLOP/s vs N from a `refattn bench --json` file")
     results.add_argument("json", metavar="RESULTS.json")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,6 +25,37 @@ IMPL_STYLE = {  # one colour and marker per implementation, the same in every pl
     "numpy": ("#7f7f7f", "v"),
     "reference": ("#bcbd22", "x"),
 }
+
+
+@dataclass(frozen=True)
+class MaskPanel:
+    """One mask picture's panel: Lq queries, Lk keys, and the structural masks applied."""
+
+    Lq: int
+    Lk: int
+    causal: str | None = None  # None, "top_left" or "bottom_right"
+    window: tuple[int | None, int | None] | None = None
+    kv_length: int | None = None  # one sequence: keys j >= kv_length are padding
+
+    @property
+    def offset(self) -> int:
+        """How far key positions run ahead of query positions (see refattn.masks)."""
+        return self.Lk - self.Lq if self.causal == "bottom_right" else 0
+
+    @property
+    def title(self) -> str:
+        return ", ".join(self.title_parts)
+
+    @property
+    def title_parts(self) -> list[str]:
+        parts = [f"Lq={self.Lq}, Lk={self.Lk}"]
+        if self.causal:
+            parts.append(f"causal='{self.causal}'")
+        if self.window is not None:
+            parts.append(f"window={self.window}")
+        if self.kv_length is not None:
+            parts.append(f"kv_lengths=[{self.kv_length}]")
+        return parts
 
 
 class MissingMatplotlib(ImportError):
@@ -161,21 +193,6 @@ def mask_figure(panels: Sequence, title: str | None = None):
 def mask_picture(panels: Sequence, path, title: str | None = None) -> None:
     figure, _ = mask_figure(panels, title)
     save(figure, path)
-
-
-def spec_mask_pictures(directory) -> list[str]:
-    """Write every picture SPEC.md embeds for the mask invariants; returns the paths written."""
-    from pathlib import Path
-
-    from refattn.spec.pictures import MASK_PICTURES
-
-    written = []
-    for invariant_id, picture in MASK_PICTURES.items():
-        path = Path(directory) / picture.file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        mask_picture(picture.panels, path, f"{invariant_id}: {picture.caption}")
-        written.append(str(path))
-    return written
 
 
 # --------------------------------------------------------------------------- weights heatmaps
@@ -401,8 +418,6 @@ def weights_command(args) -> list[str]:
 
 def mask_command(args) -> list[str]:
     """`refattn plot mask`: one panel per causal alignment asked for."""
-    from refattn.spec.pictures import MaskPanel
-
     Lk = args.lk if args.lk is not None else args.lq
     if args.lq < 1 or Lk < 1:
         raise ValueError(f"--lq and --lk should be at least 1, but got {args.lq} and {Lk}")

@@ -9,39 +9,11 @@ masks the reference applies). `refattn plot spec-masks` writes them all to docs/
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+from refattn.pictures import MaskPanel, mask_picture
 
 IMAGE_DIR = "docs/img"  # relative to the repository root, where SPEC.md lives
-
-
-@dataclass(frozen=True)
-class MaskPanel:
-    """One mask configuration: Lq queries, Lk keys, and the structural masks applied."""
-
-    Lq: int
-    Lk: int
-    causal: str | None = None  # None, "top_left" or "bottom_right"
-    window: tuple[int | None, int | None] | None = None
-    kv_length: int | None = None  # one sequence: keys j >= kv_length are padding
-
-    @property
-    def offset(self) -> int:
-        """How far key positions run ahead of query positions (see refattn.masks)."""
-        return self.Lk - self.Lq if self.causal == "bottom_right" else 0
-
-    @property
-    def title(self) -> str:
-        return ", ".join(self.title_parts)
-
-    @property
-    def title_parts(self) -> list[str]:
-        parts = [f"Lq={self.Lq}, Lk={self.Lk}"]
-        if self.causal:
-            parts.append(f"causal='{self.causal}'")
-        if self.window is not None:
-            parts.append(f"window={self.window}")
-        if self.kv_length is not None:
-            parts.append(f"kv_lengths=[{self.kv_length}]")
-        return parts
 
 
 @dataclass(frozen=True)
@@ -98,3 +70,14 @@ MASK_PICTURES = {
         ),
     ),
 }
+
+
+def draw_all(directory) -> list[str]:
+    """Write every picture SPEC.md embeds for the mask invariants; returns the paths written."""
+    written = []
+    for invariant_id, picture in MASK_PICTURES.items():
+        path = Path(directory) / picture.file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mask_picture(picture.panels, path, f"{invariant_id}: {picture.caption}")
+        written.append(str(path))
+    return written

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import platform
 from datetime import datetime, timezone
 
 from refattn.spec.capabilities import CAPABILITIES, exclusive_pairs
 from refattn.spec.runner import DEVIATION, FAIL, PASS, SKIP, Outcome
+
+from refattn import machine
 
 _COLUMNS = ("ID", "title", "level", "status", "examples", "time")
 
@@ -52,27 +52,6 @@ def table(outcomes: list[Outcome], impl_name: str) -> str:
     return "\n".join(lines)
 
 
-def cpu_model() -> str:
-    """This machine's processor, as /proc/cpuinfo names it (else what platform knows)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-    }
-
-
 def _duration(total: float, wall: float | None, settings: dict) -> str:
     jobs = settings.get("jobs", 1)
     if wall is None:
@@ -96,7 +75,7 @@ def as_json(outcomes: list[Outcome], impl, settings: dict, deviations=None, wall
         "exclusive_pairs": sorted(sorted(p) for p in exclusive_pairs(impl.capabilities)),
         "declared_deviations": dict(impl.deviations if deviations is None else deviations),
         "notes": list(getattr(impl, "notes", ())),
-        "machine": machine(),
+        "machine": machine.describe(),
         "settings": settings,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(sum(o.seconds for o in outcomes), 1),  # in the invariants
@@ -122,7 +101,7 @@ def markdown(outcomes: list[Outcome], impl, settings: dict, deviations=None, wal
     """A report for docs/conformance/<impl>.md."""
     deviations = dict(impl.deviations if deviations is None else deviations)
     versions = ", ".join(f"{k} {v}" for k, v in impl.versions().items())
-    box = machine()
+    box = machine.describe()
     total = sum(o.seconds for o in outcomes)
     lacking = sorted(set(CAPABILITIES) - set(impl.capabilities))
     lines = [
@@ -131,7 +110,8 @@ def markdown(outcomes: list[Outcome], impl, settings: dict, deviations=None, wal
         f"**{summary(outcomes)}.**",
         "",
         f"- versions: {versions}",
-        f"- machine: {box['processor']}, {box['cpu_count']} CPUs, {box['platform']}",
+        f"- machine: {box['processor']} ({' '.join(box['isa_flags']) or 'no SIMD flags read'}), "
+        f"{box['cpu_count']} CPUs, {box['platform']}",
         "- settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()),
         f"- run: {datetime.now(timezone.utc):%Y-%m-%d}, {_duration(total, wall, settings)}",
         f"- capabilities: {capability_text(impl.capabilities)}",

@@ -10,10 +10,11 @@ pytest.importorskip("matplotlib", reason="pictures need the `plot` extra")
 
 from matplotlib.colors import to_rgb
 from matplotlib.image import imread
-from refattn.spec.pictures import MASK_PICTURES, MaskPanel
+from refattn.spec.pictures import MASK_PICTURES
 
 from refattn import masks, pictures, reference
 from refattn.cli import main
+from refattn.pictures import MaskPanel
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -15,6 +15,7 @@ import platform
 
 import numpy as np
 
+from refattn import machine
 from refattn.bench import measure
 from refattn.bench.impls import IMPLS
 
@@ -37,8 +38,6 @@ def _spread(values: list[float], how: str) -> dict:
 
 
 def build(*, timing, memory, settings, impls, cpus, created, command, elapsed, busy) -> dict:
-    from refattn.spec.report import cpu_model  # here, not at the top: spec imports hypothesis
-
     threads, dtype = settings["threads"], settings["dtype"]
     n = settings["peak_n"]
     peak = _spread(
@@ -97,7 +96,8 @@ def build(*, timing, memory, settings, impls, cpus, created, command, elapsed, b
             "flops_counted": FLOPS_COUNTED,
         },
         "machine": {
-            "cpu": cpu_model(),
+            "cpu": machine.cpu_model(),
+            "isa_flags": machine.isa_flags(),
             "cpus_allowed": len(os.sched_getaffinity(0)),
             "cpus_pinned": cpus,
             "python": platform.python_version(),
@@ -136,22 +136,27 @@ def _rounds(settings: dict) -> str:
     return f"{rounds} rounds ({long} for calls of {settings['primer_below_s']:g} s or more)"
 
 
+def _flags(box: dict) -> str:
+    return " ".join(box.get("isa_flags", [])) or "ISA flags not recorded"  # older documents
+
+
 def table(document: dict) -> str:
-    settings, machine = document["settings"], document["machine"]
-    peak, stream = machine["matmul_peak_gflops"], machine["stream_read_gbps"]
+    settings, box = document["settings"], document["machine"]
+    peak, stream = box["matmul_peak_gflops"], box["stream_read_gbps"]
     impls = list(document["implementations"])
     has_native = "native" in impls
     lines = [
         f"refattn bench: {settings['dtype']}, {settings['threads']} threads, "
         f"{_rounds(settings)} (median, min–max per call), {document['created']}",
-        f"machine: {machine['cpu']}, CPUs {machine['cpus_pinned']} of {machine['cpus_allowed']}",
+        f"machine: {box['cpu']} ({_flags(box)}), CPUs {box['cpus_pinned']} of "
+        f"{box['cpus_allowed']}",
         f"matmul peak {peak['median']:.0f} GFLOP/s (min–max {peak['min']:.0f}–{peak['max']:.0f}): "
         f"{peak['how']}",
         f"streaming read {stream['median']:.1f} GB/s (min–max {stream['min']:.1f}–"
         f"{stream['max']:.1f}): {stream['how']}",
         f"a sample: {settings['sample']}",
         f"GFLOP/s counts {settings['flops_counted']}. Causal is {settings['causal_alignment']}.",
-        _busy_line(machine["busy_elsewhere"]),
+        _busy_line(box["busy_elsewhere"]),
         "threads:",
         *(f"  {name}: {info['threads']}" for name, info in document["implementations"].items()),
         "",
