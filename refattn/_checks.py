@@ -15,39 +15,11 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import NamedTuple
 
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
-
-
-class AttentionCall(NamedTuple):
-    """A checked call: the arrays as given, the sizes read off them, the options normalised."""
-
-    query: np.ndarray  # (B..., Hq, Lq, Dk)
-    key: np.ndarray  # (B..., Hkv, Lk, Dk)
-    value: np.ndarray  # (B..., Hkv, Lk, Dv)
-    batch_shape: tuple[int, ...]
-    Hq: int
-    Hkv: int
-    Lq: int
-    Lk: int
-    Dk: int
-    Dv: int
-    compute_dtype: np.dtype  # float32 for float16 and float32 inputs, float64 for float64
-    mask: np.ndarray | None  # bool, broadcastable to (B..., Hq, Lq, Lk)
-    bias: np.ndarray | None  # float, broadcastable to (B..., Hq, Lq, Lk)
-    causal: str | None  # None, "top_left" or "bottom_right"
-    window: tuple[int | None, int | None] | None  # (left, right); None = unbounded
-    kv_lengths: np.ndarray | None  # int64, (B...)
-    scale: float
-    softcap: float | None
-
-    @property
-    def scores_shape(self) -> tuple[int, ...]:
-        return (*self.batch_shape, self.Hq, self.Lq, self.Lk)
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:
@@ -126,7 +98,12 @@ def check_bias(bias, target: tuple[int, ...], letters: str, dtype: np.dtype) -> 
             f"bias should be finite in {dtype} (the compute dtype, |bias| <= {largest:.4g}) "
             f"or -inf, but got {bias[where]} at index {where}"
         )
-    return bias.astype(dtype, copy=False)
+    return bias
+
+
+def in_compute_dtype(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """x (a checked bias) in the compute dtype, copied only when the dtype differs."""
+    return x.astype(dtype, copy=False)
 
 
 def check_causal(causal) -> str | None:
@@ -214,10 +191,11 @@ def _check_in_dtype(name: str, x: float, dtype: np.dtype) -> None:
         )
 
 
-def check_scale(scale, Dk: int, dtype: np.dtype) -> float:
-    # The default is 1/sqrt(Dk): it keeps the variance of q·k near 1 for unit-variance q and k.
+def check_scale(scale, dtype: np.dtype) -> float | None:
+    # None stands for the default 1/sqrt(Dk): it keeps the variance of q·k near 1 for
+    # unit-variance q and k.
     if scale is None:
-        return Dk**-0.5
+        return None
     scale = check_real("scale", scale)
     _check_in_dtype("scale", scale, dtype)
     return scale
@@ -247,9 +225,22 @@ def check_flag(name: str, x) -> bool:
 
 
 def check_attention(
-    query, key, value, *, mask, bias, causal, window, kv_lengths, scale, softcap
-) -> AttentionCall:
-    """Check one attention call; return it with sizes read off and options normalised."""
+    query,
+    key,
+    value,
+    *,
+    mask,
+    bias,
+    causal,
+    window,
+    kv_lengths,
+    scale,
+    softcap,
+    return_lse,
+    return_weights,
+) -> dict:
+    """Check one attention call; return its arguments checked and normalised: the fields of
+    refattn.call.AttentionCall, which calls this with every option (its defaults are there)."""
     query = check_float_array("query", query, min_ndim=3)
     key = check_float_array("key", key)
     value = check_float_array("value", value)
@@ -269,7 +260,6 @@ def check_attention(
             f"but got {value.shape[:-3]}"
         )
     Hkv, Lk, _ = key.shape[-3:]
-    Dv = value.shape[-1]
     check_size("key.shape[-1]", key.shape[-1], Dk, "query's Dk")
     check_size("value.shape[-3]", value.shape[-3], Hkv, "key's Hkv")
     check_size("value.shape[-2]", value.shape[-2], Lk, "key's Lk")
@@ -285,23 +275,17 @@ def check_attention(
     dtype = compute_dtype(query.dtype)
     target = (*batch_shape, Hq, Lq, Lk)
     letters = "(B..., Hq, Lq, Lk)"
-    return AttentionCall(
-        query=query,
-        key=key,
-        value=value,
-        batch_shape=batch_shape,
-        Hq=Hq,
-        Hkv=Hkv,
-        Lq=Lq,
-        Lk=Lk,
-        Dk=Dk,
-        Dv=Dv,
-        compute_dtype=dtype,
-        mask=check_mask(mask, target, letters),
-        bias=check_bias(bias, target, letters, dtype),
-        causal=check_causal(causal),
-        window=check_window(window),
-        kv_lengths=check_kv_lengths(kv_lengths, batch_shape, Lk),
-        scale=check_scale(scale, Dk, dtype),
-        softcap=check_softcap(softcap, dtype),
-    )
+    return {
+        "query": query,
+        "key": key,
+        "value": value,
+        "mask": check_mask(mask, target, letters),
+        "bias": check_bias(bias, target, letters, dtype),
+        "causal": check_causal(causal),
+        "window": check_window(window),
+        "kv_lengths": check_kv_lengths(kv_lengths, batch_shape, Lk),
+        "scale": check_scale(scale, dtype),
+        "softcap": check_softcap(softcap, dtype),
+        "return_lse": check_flag("return_lse", return_lse),
+        "return_weights": check_flag("return_weights", return_weights),
+    }

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from refattn._checks import check_float_array, check_same_dtype, check_size
+from refattn.call import call_signature, check_option_names
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,9 @@ def project(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, heads: int) -> n
     return np.moveaxis(y.reshape(*batch, length, heads, width // heads), -2, -3)
 
 
+_NOT_PASSED_ON = ("return_lse", "return_weights")  # the layer returns y alone
+
+
 def check_heads(name: str, heads) -> int:
     if not isinstance(heads, int | np.integer) or isinstance(heads, bool):
         raise TypeError(f"{name} should be an int, but got {type(heads).__name__} {heads!r}")
@@ -196,6 +200,7 @@ def _check_width(what: str, width: int, heads: int, heads_name: str) -> int:
     return width // heads
 
 
+@call_signature(without=_NOT_PASSED_ON)
 def multi_head_attention(
     x,
     context=None,
@@ -203,19 +208,14 @@ def multi_head_attention(
     params: MHAParams,
     num_heads: int,
     num_kv_heads: int | None = None,
-    mask=None,
-    bias=None,
-    causal=None,
-    window=None,
-    kv_lengths=None,
-    scale=None,
-    softcap=None,
     kv_cache: KVCache | None = None,
     attention: Callable | None = None,
+    **options,
 ):
     """Multi-head attention of x (B..., Lq, Dm) over context (B..., Lk, Dc), or over x itself.
 
-    The masks and options are those of `refattn.reference.attention`, over (B..., Hq, Lq, Lk).
+    The options (masks, scale, softcap) are those of `refattn.reference.attention`, over
+    (B..., Hq, Lq, Lk), and are passed on to `attention`.
     With `kv_cache`, x holds the newest Lq tokens of a sequence (self-attention only): their keys
     and values are appended to the cache and the queries attend to every cached token. Masks
     then cover all Lk cached tokens, and a causal mask is aligned bottom-right (query i of this
@@ -226,6 +226,7 @@ def multi_head_attention(
     `refattn.reference.attention` for the readable float64-capable definition.
     Returns y, (B..., Lq, Do), in x's dtype.
     """
+    check_option_names("multi_head_attention", options, without=_NOT_PASSED_ON)
     x = check_float_array("x", x, min_ndim=2)
     source = x if context is None else check_float_array("context", context, min_ndim=2)
     _check_params(params, x.dtype)
@@ -265,6 +266,7 @@ def multi_head_attention(
     if kv_cache is not None:
         if context is not None:
             raise ValueError("kv_cache is for self-attention: context should be None with it")
+        causal = options.get("causal")
         if causal not in (None, False, True, "bottom_right"):
             raise ValueError(
                 "causal should be True or 'bottom_right' with a kv_cache (the new queries come "
@@ -273,24 +275,14 @@ def multi_head_attention(
         cached = kv_cache.length
         k, v = kv_cache.append(k, v)
         causal = "bottom_right" if causal else None
-        if causal and q.shape[-2] == 1 and window is None:
+        if causal and q.shape[-2] == 1 and options.get("window") is None:
             causal = None  # one new query sees every cached key: there is nothing to hide
+        options = {**options, "causal": causal}
 
     if attention is None:
         from refattn import attention  # the native core; imported late: refattn imports us
     try:
-        heads = attention(
-            q,
-            k,
-            v,
-            mask=mask,
-            bias=bias,
-            causal=causal,
-            window=window,
-            kv_lengths=kv_lengths,
-            scale=scale,
-            softcap=softcap,
-        )
+        heads = attention(q, k, v, **options)
     except BaseException:
         # A call that fails (a bad mask, say, or Ctrl-C) leaves the cache as it found it, so
         # that the caller can retry the step; the stale entries are overwritten next time.

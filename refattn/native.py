@@ -29,8 +29,9 @@ import os
 
 import numpy as np
 
-from refattn._checks import check_attention, check_flag
+from refattn._checks import in_compute_dtype
 from refattn._native import ffi, lib
+from refattn.call import AttentionCall, call_signature
 
 ISAS = {
     "avx512": lib.REFATTN_ISA_AVX512,
@@ -182,43 +183,15 @@ _STATUS = {
 }
 
 
-def attention(
-    query,
-    key,
-    value,
-    *,
-    mask=None,
-    bias=None,
-    causal=None,
-    window=None,
-    kv_lengths=None,
-    scale=None,
-    softcap=None,
-    return_lse=False,
-    return_weights=False,
-    num_threads=None,
-    isa=None,
-):
+@call_signature
+def attention(query, key, value, *, num_threads=None, isa=None, **options):
     """Scaled dot-product attention in C; the semantics of `refattn.reference.attention`.
 
     See the module docstring for num_threads and isa, and refattn.reference.attention for
     everything else. Returns out, or (out, lse), (out, weights) or (out, lse, weights).
     """
     # 1. validate
-    call = check_attention(
-        query,
-        key,
-        value,
-        mask=mask,
-        bias=bias,
-        causal=causal,
-        window=window,
-        kv_lengths=kv_lengths,
-        scale=scale,
-        softcap=softcap,
-    )
-    return_lse = check_flag("return_lse", return_lse)
-    return_weights = check_flag("return_weights", return_weights)
+    call = AttentionCall.check(query, key, value, **options)
     isa_code = _isa(isa)
     threads = _threads(num_threads)
 
@@ -228,8 +201,8 @@ def attention(
     B = math.prod(batch)
     Hq, Lq, Lk, Dv = call.Hq, call.Lq, call.Lk, call.Dv
     out = np.empty((B, Hq, Lq, Dv), dtype=dtype)
-    lse = np.empty((B, Hq, Lq), dtype=dtype) if return_lse else None
-    weights = np.empty((B, Hq, Lq, Lk), dtype=dtype) if return_weights else None
+    lse = np.empty((B, Hq, Lq), dtype=dtype) if call.return_lse else None
+    weights = np.empty((B, Hq, Lq, Lk), dtype=dtype) if call.return_weights else None
     c = ffi.new("refattn_call *")
     keep = []  # arrays that must outlive the C call
     c.out = _address(out, keep)
@@ -245,7 +218,8 @@ def attention(
         mask = np.broadcast_to(call.mask, call.scores_shape)  # strides 0: no copy
         _tensor(c.mask, mask, nbatch, keep)
     if call.bias is not None:
-        bias = np.broadcast_to(_aligned(call.bias), call.scores_shape)
+        bias = in_compute_dtype(call.bias, dtype)
+        bias = np.broadcast_to(_aligned(bias), call.scores_shape)
         _tensor(c.bias, bias, nbatch, keep)
     if call.kv_lengths is not None:
         lengths = np.ascontiguousarray(call.kv_lengths.reshape(-1))
@@ -258,7 +232,7 @@ def attention(
     # A side longer than Lq + Lk hides nothing; clamping keeps huge ints out of int64.
     c.window_left = -1 if left is None else min(left, Lq + Lk)
     c.window_right = -1 if right is None else min(right, Lq + Lk)
-    c.scale = call.scale
+    c.scale = call.scale_or_default
     c.softcap = 0.0 if call.softcap is None else call.softcap
     c.num_threads = threads
     c.isa = isa_code
@@ -274,12 +248,11 @@ def attention(
     out = out.reshape(*batch, Hq, Lq, Dv)
     if out.dtype != call.query.dtype:
         out = out.astype(call.query.dtype)
-    extras = []
     if lse is not None:
-        extras.append(lse.reshape(*batch, Hq, Lq))
+        lse = lse.reshape(*batch, Hq, Lq)
     if weights is not None:
-        extras.append(weights.reshape(*batch, Hq, Lq, Lk))
-    return (out, *extras) if extras else out
+        weights = weights.reshape(*batch, Hq, Lq, Lk)
+    return call.returns(out, lse, weights)
 
 
 def info() -> dict:

@@ -32,30 +32,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from refattn import masks
-from refattn._checks import (
-    AttentionCall,
-    check_attention,
-    check_flag,
-    check_float_array,
-    check_same_dtype,
-)
+from refattn._checks import check_float_array, check_same_dtype, in_compute_dtype
+from refattn.call import AttentionCall, call_signature
 
 
-def attention(
-    query,
-    key,
-    value,
-    *,
-    mask=None,
-    bias=None,
-    causal=None,
-    window=None,
-    kv_lengths=None,
-    scale=None,
-    softcap=None,
-    return_lse=False,
-    return_weights=False,
-):
+@call_signature
+def attention(query, key, value, **options):
     """Scaled dot-product attention, with every mask, GQA and the fully masked rule.
 
     out[..., h, i, :] = Σ_j softmax_j(s[..., h, i, j]) · value[..., h // G, j, :]
@@ -85,20 +67,7 @@ def attention(
         (out, lse, weights) when asked. lse and weights are in the compute dtype (float32 for
         float16 inputs). A fully masked row has out 0, weights 0 and lse -inf.
     """
-    call = check_attention(
-        query,
-        key,
-        value,
-        mask=mask,
-        bias=bias,
-        causal=causal,
-        window=window,
-        kv_lengths=kv_lengths,
-        scale=scale,
-        softcap=softcap,
-    )
-    return_lse = check_flag("return_lse", return_lse)
-    return_weights = check_flag("return_weights", return_weights)
+    call = AttentionCall.check(query, key, value, **options)
     q, k, v = _heads_aligned(call)
     visible = np.broadcast_to(_visible(call), call.scores_shape)
     with np.errstate(invalid="ignore"):  # NaN in visible inputs propagates: that is the spec
@@ -108,7 +77,7 @@ def attention(
     # A row with lse -inf sees no key, or sees only keys scoring -inf: either way its softmax
     # sums to 0 and it is fully masked, out 0 (the null-key limit), whatever V holds there.
     out = np.where((lse == -np.inf)[..., None], 0, out).astype(query.dtype, copy=False)
-    return _results(out, lse, weights, return_lse=return_lse, return_weights=return_weights)
+    return call.returns(out, lse, weights)
 
 
 def _heads_aligned(call: AttentionCall) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -139,11 +108,11 @@ def _visible(call: AttentionCall) -> np.ndarray:
 
 def _scores(q: np.ndarray, k: np.ndarray, call: AttentionCall) -> np.ndarray:
     """Step 1: s = softcap(q·kᵀ·scale) + bias, (B..., Hq, Lq, Lk)."""
-    scores = (q @ np.swapaxes(k, -1, -2)) * call.scale  # scale is a Python float: dtype kept
+    scores = (q @ np.swapaxes(k, -1, -2)) * call.scale_or_default  # a Python float: dtype kept
     if call.softcap is not None:
         scores = call.softcap * np.tanh(scores / call.softcap)
     if call.bias is not None:
-        scores = scores + call.bias
+        scores = scores + in_compute_dtype(call.bias, call.compute_dtype)
     return scores
 
 
@@ -172,11 +141,6 @@ def _weigh(weights: np.ndarray, v: np.ndarray, visible: np.ndarray) -> np.ndarra
     # the 0 weight of every row that does not (0·NaN is NaN), so leave hidden keys out instead.
     terms = weights[..., :, :, None] * v[..., None, :, :]  # (B..., Hq, Lq, Lk, Dv)
     return np.where(visible[..., None], terms, 0).sum(axis=-2)
-
-
-def _results(out, lse, weights, *, return_lse: bool, return_weights: bool):
-    extras = ([lse] if return_lse else []) + ([weights] if return_weights else [])
-    return (out, *extras) if extras else out
 
 
 def merge_partials(outs: Sequence[np.ndarray], lses: Sequence[np.ndarray]):

@@ -17,6 +17,7 @@ import numpy as np
 from refattn import masks
 from refattn._checks import (
     check_causal,
+    check_flag,
     check_float_array,
     check_kv_lengths,
     check_mask,
@@ -25,7 +26,7 @@ from refattn._checks import (
     check_window,
     compute_dtype,
 )
-from refattn.reference import _masked_softmax, _results, _weigh
+from refattn.reference import _masked_softmax, _weigh
 
 
 def additive_attention(
@@ -118,4 +119,4 @@ def _attend(scores, query, value, mask, causal, window, kv_lengths, return_weigh
     seen = np.broadcast_to(seen, target)
     weights, _ = _masked_softmax(scores, seen)
     out = _weigh(weights, value.astype(scores.dtype), seen).astype(query.dtype, copy=False)
-    return _results(out, None, weights, return_lse=False, return_weights=return_weights)
+    return (out, weights) if check_flag("return_weights", return_weights) else out

@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from refattn.spec.capabilities import CAPABILITIES
+from refattn.capabilities import CAPABILITIES
 
 MUST = "MUST"
 SHOULD = "SHOULD"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 
 from refattn.spec import tolerance
-from refattn.spec.capabilities import CAPABILITIES
+from refattn.capabilities import CAPABILITIES
 from refattn.spec.pictures import MASK_PICTURES
 from refattn.spec.registry import SECTIONS, Invariant
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from refattn.spec.capabilities import CAPABILITIES, exclusive_pairs
+from refattn.capabilities import CAPABILITIES, exclusive_pairs
 from refattn.spec.runner import DEVIATION, FAIL, PASS, SKIP, Outcome
 
 from refattn import machine

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 from hypothesis import strategies as st
-from refattn.spec.capabilities import CAPABILITIES, exclusive_pairs
+from refattn.capabilities import CAPABILITIES, exclusive_pairs
 from refattn.spec.cases import Case, MHACase
 
 DTYPES = ("float64", "float32", "float16")  # shrinks toward float64: no rounding noise
@@ -75,13 +75,13 @@ def cases(
     min_batch_dims (default 0): at least this many batch dims.
     magnitudes: standard deviations to draw q, k and v entries with (default (1.0,)).
     With "combined_masks", masking features are drawn together, except the pairs in
-    `capabilities.exclusive` (see refattn.spec.capabilities.Capabilities).
+    `capabilities.exclusive` (see refattn.capabilities.Capabilities).
     """
     caps = frozenset(capabilities)
     unknown = caps - set(CAPABILITIES)
     if unknown:
         raise ValueError(
-            f"capabilities should be names from refattn.spec.capabilities, got {sorted(unknown)}"
+            f"capabilities should be names from refattn.capabilities, got {sorted(unknown)}"
         )
     alignment = causal if causal in ("top_left", "bottom_right") else None
     _check_options(

@@ -14,7 +14,7 @@ from refattn.spec.adapters import (
     load,
 )
 from refattn.spec.adapters.function import PROTOCOL_CAPABILITIES
-from refattn.spec.capabilities import CAPABILITIES, Capabilities, exclusive_pairs
+from refattn.capabilities import CAPABILITIES, Capabilities, exclusive_pairs
 from refattn.spec.cases import Case
 from refattn.spec.tolerance import expect
 

@@ -3,7 +3,7 @@
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from refattn.spec.capabilities import ALL, Capabilities, combinable, exclusive_pairs
+from refattn.capabilities import ALL, Capabilities, combinable, exclusive_pairs
 from refattn.spec.strategies import cases
 
 ONNX_LIKE = Capabilities(

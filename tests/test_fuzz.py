@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from refattn.spec.tolerance import expect
 
 from refattn import native
-from refattn._checks import check_attention
+from refattn.call import AttentionCall
 
 ISAS = native.available_isas()
 DTYPES = ("float32", "float64", "float16")
@@ -288,7 +288,6 @@ BAD_INPUTS = [
 ]
 
 CASES_RUN = {"cases": 0, "errors": 0}
-NO_OPTIONS = dict.fromkeys(("mask", "bias", "causal", "window", "kv_lengths", "scale", "softcap"))
 
 
 def _snapshot(x):
@@ -301,7 +300,7 @@ def check_call(call: FuzzCall) -> None:
     CASES_RUN["cases"] += 1
     before = [_snapshot(x) for x in (*call.args, *call.options.values())]
     try:
-        check_attention(*call.args, **{**NO_OPTIONS, **call.options})
+        AttentionCall.check(*call.args, **call.options)
     except (TypeError, ValueError) as error:
         want_error = error
     else:

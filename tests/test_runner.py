@@ -2,7 +2,7 @@
 list hypothesis' other draws; declared deviations still run."""
 
 from refattn.spec.adapters import Adapter
-from refattn.spec.capabilities import ALL
+from refattn.capabilities import ALL
 from refattn.spec.registry import INVARIANTS, all_invariants
 from refattn.spec.runner import DEVIATION, FAIL, PASS, run_invariant
 

@@ -7,7 +7,7 @@ invariant that should catch it and checks the failure carries a reproduction.
 import numpy as np
 import pytest
 from refattn.spec.adapters import Adapter
-from refattn.spec.capabilities import ALL
+from refattn.capabilities import ALL
 from refattn.spec.registry import INVARIANTS, all_invariants
 from refattn.spec.runner import DEVIATION, FAIL, PASS, run_invariant
 

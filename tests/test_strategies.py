@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import find, given, settings
 from hypothesis import strategies as st
-from refattn.spec.capabilities import ALL, MASKING
+from refattn.capabilities import ALL, MASKING
 from refattn.spec.cases import Case, MHACase
 from refattn.spec.strategies import broadcast_shapes, cases, mha_cases
 

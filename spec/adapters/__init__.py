@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from refattn.spec.capabilities import ALL
+from refattn.capabilities import ALL
 
 
 class ImplementationNotFound(LookupError):

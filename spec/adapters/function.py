@@ -29,7 +29,7 @@ import inspect
 import numpy as np
 from refattn.spec.adapters import Adapter, ImplementationNotFound, Unsupported, refuse
 from refattn.spec.adapters._layout import batch_of, causal_alignment, from_4d, scores_to_4d, to_4d
-from refattn.spec.capabilities import Capabilities
+from refattn.capabilities import Capabilities
 
 PROTOCOL = ("query", "key", "value", "attn_mask", "is_causal", "scale")
 PROTOCOL_CAPABILITIES = (

@@ -47,7 +47,7 @@ from refattn.spec.adapters._layout import (
     scores_to_4d,
     to_4d,
 )
-from refattn.spec.capabilities import Capabilities
+from refattn.capabilities import Capabilities
 
 NAME = "jax"
 XLA_FAST_OPTIONS = {

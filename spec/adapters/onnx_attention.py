@@ -38,7 +38,7 @@ from refattn.spec.adapters._layout import (
     scores_to_4d,
     to_4d,
 )
-from refattn.spec.capabilities import Capabilities
+from refattn.capabilities import Capabilities
 
 OPSET = 24  # the highest opset with an Attention kernel in onnxruntime 1.32
 WINDOW_OPSET = 25  # left_window_size and right_window_size appear here

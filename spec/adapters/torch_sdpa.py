@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 from refattn.spec.adapters import Adapter, Unsupported, refuse, require
 from refattn.spec.adapters._layout import batch_of, causal_alignment, from_4d, scores_to_4d, to_4d
-from refattn.spec.capabilities import Capabilities
+from refattn.capabilities import Capabilities
 
 BACKENDS = {None: "torch", "math": "torch-math", "flash": "torch-flash"}
 

@@ -3,7 +3,7 @@
 import numpy as np
 from hypothesis import strategies as st
 from refattn.spec import oracle
-from refattn.spec.capabilities import combinable
+from refattn.capabilities import combinable
 from refattn.spec.checking import expect_close, expect_identical, run
 from refattn.spec.registry import MUST, SHOULD, invariant
 from refattn.spec.strategies import cases
