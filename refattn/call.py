@@ -155,10 +155,10 @@ class AttentionCall:
             needed.add("float64_options")  # an option a 32-bit float cannot carry
         return frozenset(needed)
 
-    def describe(self) -> str:
-        """attention(query float32 (2, 4, 8), ..., causal='top_left'): arrays by dtype and shape."""
+    def describe(self, function: str = "attention") -> str:
+        """attention(query=float32 (2, 4, 8), ..., causal='top_left'): arrays by dtype, shape."""
         given = {"query": self.query, "key": self.key, "value": self.value, **self.options()}
-        return "attention(" + ", ".join(f"{n}={_show(x)}" for n, x in given.items()) + ")"
+        return f"{function}(" + ", ".join(f"{n}={_show(x)}" for n, x in given.items()) + ")"
 
     def returns(self, out, lse=None, weights=None):
         """What an attention function returns for this call: out, or (out, lse), (out, weights)

@@ -20,7 +20,7 @@ def _spec(args) -> int:
 
 
 def _conform(args) -> int:
-    from refattn.spec.adapters import ImplementationNotFound, PeerNotInstalled
+    from refattn.adapters import ImplementationNotFound, PeerNotInstalled
     from refattn.spec.conform import UsageError, conform
 
     try:
@@ -109,9 +109,8 @@ def _window(text: str):
 
 def _add_bench(commands) -> None:
     from refattn.bench.cases import CAUSAL_CHOICES, DTYPES
-    from refattn.bench.impls import IMPLS
     from refattn.bench.measure import LONG_ROUNDS
-    from refattn.bench.run import DEFAULT_REPEAT
+    from refattn.bench.run import DEFAULT_IMPLS, DEFAULT_REPEAT
 
     bench = commands.add_parser(
         "bench",
@@ -134,7 +133,8 @@ def _add_bench(commands) -> None:
     bench.add_argument(
         "--impls",
         metavar="A,B,...",
-        help=f"among {','.join(IMPLS)}; default: native and every installed peer",
+        help="any implementation `refattn conform` takes (native:avx2, torch-math, "
+        f"module.path:function, ...); default: those of {','.join(DEFAULT_IMPLS)} installed",
     )
     bench.add_argument(
         "--threads",

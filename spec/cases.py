@@ -85,7 +85,7 @@ class Case:
     def repro(self, impl_name: str, call: str = "impl(query, key, value, **options)") -> str:
         """A copy-paste reproduction of a call on this case."""
         return (
-            "from refattn.spec.adapters import load\n"
+            "from refattn.adapters import load\n"
             "from refattn.spec.cases import Case\n"
             f"impl = load({impl_name!r})\n"
             f"query, key, value, options = {self.code()}.build()\n"
@@ -131,7 +131,7 @@ class MHACase:
     def repro(self, impl_name: str) -> str:
         return (
             "import refattn\n"
-            "from refattn.spec.adapters import load\n"
+            "from refattn.adapters import load\n"
             "from refattn.spec.cases import MHACase\n"
             f"impl = load({impl_name!r})\n"
             f"x, params = {self.code()}.build()\n"

@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 from refattn.spec.cases import Case
 from refattn.spec.tolerance import mismatch
 
-
-class Result(NamedTuple):
-    out: np.ndarray
-    lse: np.ndarray | None
-    weights: np.ndarray | None
+from refattn.call import AttentionCall, Result
 
 
 def run(impl, query, key, value, options, *, lse=False, weights=False) -> Result:
-    """Call `impl` and unpack what it returns into a Result (None for what was not asked)."""
-    returned = impl(query, key, value, **options, return_lse=lse, return_weights=weights)
-    if not (lse or weights):
-        return Result(np.asarray(returned), None, None)
-    returned = list(returned)
-    out = np.asarray(returned.pop(0))
-    got_lse = np.asarray(returned.pop(0)) if lse else None
-    got_weights = np.asarray(returned.pop(0)) if weights else None
-    return Result(out, got_lse, got_weights)
+    """Call `impl` (an Adapter) on these arguments; what it computed, None for what was not
+    asked."""
+    call = AttentionCall.check(query, key, value, **options, return_lse=lse, return_weights=weights)
+    return impl.result(call)
 
 
 class Failure(AssertionError):
@@ -90,21 +79,12 @@ class Watched:
     def __getattr__(self, name):
         return getattr(self._impl, name)
 
-    def __call__(self, query, key, value, **options):
+    def result(self, call: AttentionCall) -> Result:
         try:
-            return self._impl(query, key, value, **options)
+            return self._impl.result(call)
         except Exception as error:
-            raise Raised(error, describe_call(query, key, value, options)) from error
+            raise Raised(error, call.describe("impl")) from error
 
-
-def describe_call(query, key, value, options) -> str:
-    """impl(query float32 (2, 4, 8), ..., causal='top_left'): arrays by dtype and shape."""
-
-    def show(x):
-        if isinstance(x, np.ndarray):
-            return f"{x.dtype} {x.shape}"
-        return repr(x)
-
-    given = {"query": query, "key": key, "value": value}
-    given.update({n: x for n, x in options.items() if x is not None and x is not False})
-    return "impl(" + ", ".join(f"{n}={show(x)}" for n, x in given.items()) + ")"
+    def __call__(self, query, key, value, **options):
+        call = AttentionCall.check(query, key, value, **options)
+        return call.returns(*self.result(call))

@@ -7,10 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-from refattn.spec.adapters import load
 from refattn.spec.registry import all_invariants
 from refattn.spec.report import as_json, markdown, table
 from refattn.spec.runner import DEFAULT_MAX_EXAMPLES, DEFAULT_SEED, run_all
+
+from refattn.adapters import load
 
 
 class UsageError(ValueError):

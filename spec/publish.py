@@ -17,13 +17,14 @@ import json
 import sys
 from pathlib import Path
 
-from refattn.spec.adapters import PeerNotInstalled, load
 from refattn.spec.conform import conform
 from refattn.spec.registry import all_invariants
 from refattn.spec.runner import DEFAULT_MAX_EXAMPLES, DEFAULT_SEED, DEVIATION, FAIL, PASS, SKIP
 
+from refattn.adapters import PeerNotInstalled, load
+
 # The implementations published, in the order of the summary's columns. Add a name here (one
-# that refattn.spec.adapters.load knows) to publish it.
+# that refattn.adapters.load knows) to publish it.
 IMPLEMENTATIONS = (
     "reference",
     "native",

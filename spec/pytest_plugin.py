@@ -39,7 +39,7 @@ def pytest_addoption(parser):
 @pytest.fixture(scope="session")
 def refattn_impl(request):
     """The adapter of the implementation named by --refattn-impl."""
-    from refattn.spec.adapters import PeerNotInstalled, load
+    from refattn.adapters import PeerNotInstalled, load
 
     name = request.config.getoption("--refattn-impl")
     try:

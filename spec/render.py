@@ -5,9 +5,10 @@ from __future__ import annotations
 import textwrap
 
 from refattn.spec import tolerance
-from refattn.capabilities import CAPABILITIES
 from refattn.spec.pictures import MASK_PICTURES
 from refattn.spec.registry import SECTIONS, Invariant
+
+from refattn.capabilities import CAPABILITIES
 
 PREAMBLE = """\
 # The refattn specification of attention

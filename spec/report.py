@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from refattn.capabilities import CAPABILITIES, exclusive_pairs
 from refattn.spec.runner import DEVIATION, FAIL, PASS, SKIP, Outcome
 
 from refattn import machine
+from refattn.capabilities import CAPABILITIES, exclusive_pairs
 
 _COLUMNS = ("ID", "title", "level", "status", "examples", "time")
 

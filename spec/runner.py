@@ -151,7 +151,7 @@ def run_all(
     `progress(inv, outcome)` after each.
 
     jobs > 1 runs invariants in that many worker processes, each loading the implementation by
-    its name with refattn.spec.adapters.load (so `impl.name` must be loadable); each invariant runs
+    its name with refattn.adapters.load (so `impl.name` must be loadable); each invariant runs
     exactly as it would here, with the same seed, and `progress(inv, outcome)` is called as
     they finish. Results come back in the order of `invariants`.
     """
@@ -205,8 +205,9 @@ _LOADED: dict = {}  # a worker's adapters, by name: loaded once per worker
 
 
 def _run_by_name(name, inv_id, max_examples, seed, deviations) -> Outcome:
-    from refattn.spec.adapters import load
     from refattn.spec.registry import INVARIANTS, all_invariants
+
+    from refattn.adapters import load
 
     all_invariants()
     if name not in _LOADED:

@@ -10,8 +10,9 @@ import math
 
 import numpy as np
 from hypothesis import strategies as st
-from refattn.capabilities import CAPABILITIES, exclusive_pairs
 from refattn.spec.cases import Case, MHACase
+
+from refattn.capabilities import CAPABILITIES, exclusive_pairs
 
 DTYPES = ("float64", "float32", "float16")  # shrinks toward float64: no rounding noise
 SMALL = 8  # lengths and dims up to this are drawn first; larger ones exercise kernel tiles
@@ -193,6 +194,15 @@ def cases(
     magnitude = draw(st.sampled_from(magnitudes), label="magnitude")
     seed = draw(st.integers(0, 2**32 - 1), label="seed")
     return case.replace(magnitude=magnitude, seed=seed)
+
+
+def option_float(x: float, case: Case, impl) -> float:
+    """A scale or softcap for `case` as `impl` can take it: rounded to a float32 number for a
+    float64 call to an implementation whose options are 32-bit floats (no float64_options),
+    so that their rounding is not what is tested."""
+    if case.dtype == "float64" and "float64_options" not in impl.capabilities:
+        return float(np.float32(x))
+    return x
 
 
 def _causal_wanted(caps, causal, alignment):

@@ -5,7 +5,11 @@ import sys
 
 import numpy as np
 import pytest
-from refattn.spec.adapters import (
+from refattn.spec.cases import Case
+from refattn.spec.tolerance import expect
+
+from refattn import reference
+from refattn.adapters import (
     BUILTIN,
     ImplementationNotFound,
     PeerNotInstalled,
@@ -13,12 +17,8 @@ from refattn.spec.adapters import (
     _layout,
     load,
 )
-from refattn.spec.adapters.function import PROTOCOL_CAPABILITIES
+from refattn.adapters.function import PROTOCOL_CAPABILITIES
 from refattn.capabilities import CAPABILITIES, Capabilities, exclusive_pairs
-from refattn.spec.cases import Case
-from refattn.spec.tolerance import expect
-
-from refattn import reference
 
 PEERS = ["torch", "torch-math", "torch-flash", "jax", "onnxruntime", "onnx-reference"]
 
@@ -186,7 +186,7 @@ def test_printed_reproduction_runs_for_a_peer(peer):
 
 
 def test_jax_fast_compile_stays_within_the_tolerance_of_the_default(monkeypatch):
-    """The adapter's XLA_FAST_OPTIONS change XLA's code generation (refattn.spec.adapters.jax_dpa):
+    """The adapter's XLA_FAST_OPTIONS change XLA's code generation (refattn.adapters.jax_dpa):
     its results differ from those of XLA's default options (REFATTN_JAX_XLA_DEFAULTS=1) only
     by rounding."""
     try:

@@ -12,10 +12,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from refattn import masks, reference
+from refattn import adapters, masks, reference
+from refattn.adapters import Adapter, Prepared, naive
 from refattn.bench import cases as grid
-from refattn.bench import impls, measure, run
+from refattn.bench import measure, run
 from refattn.bench.cases import Case, parse_shape, visible_pairs
+from refattn.call import Result
 from refattn.cli import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -88,7 +90,7 @@ def test_flops():
 @pytest.mark.parametrize(("Lq", "Lk"), [(6, 6), (3, 7)])
 def test_naive_numpy_computes_attention(causal, Lq, Lk):
     q, k, v = Case(2, 3, Lq, Lk, 8, causal=causal).inputs(seed=1)
-    got = impls.naive_attention(q, k, v, causal=causal)
+    got = naive.naive_attention(q, k, v, causal=causal)
     want = reference.attention(q, k, v, causal="bottom_right" if causal else None)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=1e-5)
@@ -96,13 +98,15 @@ def test_naive_numpy_computes_attention(causal, Lq, Lk):
 
 def test_skips_what_does_not_fit_and_what_the_default_grid_cannot_afford():
     long = Case(1, 8, 16384, 16384, 64)
-    skips = run.plan_skips([long], ["numpy", "torch"], default_grid=False, available=2**33)
+    impls = {name: adapters.load(name) for name in ("numpy", "native")}
+    skips = run.plan_skips([long], impls, default_grid=False, available=2**33)
     assert "would need ≈ 25.7 GiB (≈ 3.2 arrays" in skips[long.id]["numpy"]
-    assert "torch" not in skips[long.id]  # it streams: nothing to estimate
+    assert "native" not in skips[long.id]  # it streams: nothing to estimate
     big = Case(1, 8, 8192, 8192, 64)
-    skips = run.plan_skips([big], ["numpy"], default_grid=True, available=2**40)
+    numpy = {"numpy": impls["numpy"]}
+    skips = run.plan_skips([big], numpy, default_grid=True, available=2**40)
     assert "the default grid times numpy up to" in skips[big.id]["numpy"]
-    assert run.plan_skips([big], ["numpy"], default_grid=False, available=2**40) == {}
+    assert run.plan_skips([big], numpy, default_grid=False, available=2**40) == {}
 
 
 def test_long_calls_are_timed_in_fewer_rounds(monkeypatch):
@@ -116,21 +120,21 @@ def test_long_calls_are_timed_in_fewer_rounds(monkeypatch):
     monkeypatch.setattr(measure.time, "sleep", pauses.append)
     case = Case(1, 1, 4, 4, 8)
 
-    def prepare(seconds):
-        def ready(case, q, k, v):
+    def busy(name, seconds):
+        def prepare(call):
             def run():
                 end = time.perf_counter() + seconds
                 while time.perf_counter() < end:  # busy: time.sleep records pauses here
                     pass
-                return reference.attention(q, k, v)
+                return reference.attention(call.query, call.key, call.value)
 
-            return impls.Prepared(run)
+            return Prepared(run, lambda out: Result(out, None, None))
 
-        return ready
+        return Adapter(name, prepare)
 
     progress = {"done": 0, "total": 0}
     found = measure.time_case(
-        case, {"slow": prepare(0.03), "quick": prepare(0.0)}, 5, io.StringIO(), progress
+        case, {"slow": busy("slow", 0.03), "quick": busy("quick", 0.0)}, 5, io.StringIO(), progress
     )
     assert found["slow"]["calls_per_sample"] == 1
     assert len(found["slow"]["samples_ms"]) == measure.LONG_ROUNDS < 5
@@ -152,7 +156,7 @@ def _bench(argv, capsys):
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
-        (["--impls", "numpy,nosuch"], "unknown implementation 'nosuch'"),
+        (["--impls", "numpy,nosuch"], "or module.path:function, but got 'nosuch'"),
         (["--impls", "numpy", "--repeat", "0"], "--repeat should be at least 1"),
         (["--impls", "numpy", "--threads", "0"], "--threads should be at least 1"),
     ],
@@ -179,21 +183,29 @@ def test_argument_errors_exit_2(argv, capsys):
 
 
 def test_a_missing_peer_is_named_with_its_extra(monkeypatch, capsys):
-    absent = replace(impls.IMPLS["torch"], modules=("refattn_no_such_module",))
-    monkeypatch.setitem(impls.IMPLS, "torch", absent)
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)  # import torch fails
     status, err = _bench(["--impls", "numpy,torch"], capsys)
     assert status == 2
-    assert "torch: refattn_no_such_module is not installed (pip install 'refattn[peers]')" in err
+    assert "torch needs torch, which is not installed: pip install 'refattn[torch]'" in err
 
 
 def test_native_not_importable_fails_clearly(monkeypatch, capsys):
-    absent = replace(impls.IMPLS["native"], modules=("refattn.no_such_native",))
-    monkeypatch.setitem(impls.IMPLS, "native", absent)
+    def broken(threads=None):
+        raise ImportError("cannot import name '_native' from 'refattn'")
+
+    monkeypatch.setitem(adapters.BUILTIN, "native", broken)
     for argv in ([], ["--impls", "native,numpy"]):
         status, err = _bench(argv, capsys)
         assert status == 2
-        assert "native: refattn.no_such_native is not importable" in err
+        assert "native: the implementation is not importable (cannot import name '_native'" in err
         assert "--impls reference,numpy,torch,onnxruntime,jax" in err
+
+
+def test_bench_times_what_conform_loads():
+    """One registry: any name `refattn conform` loads is one `refattn bench --impls` takes."""
+    chosen = run.choose_impls(["native:scalar", "numpy"])
+    assert list(chosen) == ["numpy", "native:scalar"]
+    assert all(isinstance(impl, Adapter) for impl in chosen.values())
 
 
 def test_plot_without_matplotlib_fails_before_running(monkeypatch, capsys, tmp_path):

@@ -3,11 +3,11 @@ with a counterexample that reproduces it (functions in tests/sdpa_functions.py).
 
 import numpy as np
 import pytest
-from refattn.spec.adapters import load
 from refattn.spec.registry import INVARIANTS, all_invariants
 from refattn.spec.runner import FAIL, PASS, SKIP, run_invariant
 
 from refattn import reference
+from refattn.adapters import load
 
 all_invariants()
 EXAMPLES = 60

@@ -3,8 +3,9 @@
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from refattn.capabilities import ALL, Capabilities, combinable, exclusive_pairs
 from refattn.spec.strategies import cases
+
+from refattn.capabilities import ALL, Capabilities, combinable, exclusive_pairs
 
 ONNX_LIKE = Capabilities(
     ALL, exclusive=[("mask", "bias"), ("kv_lengths", "causal"), ("kv_lengths", "window")]

@@ -3,9 +3,10 @@ to end, and a peer fails only where docs/conformance says it does (a new failure
 published reports are stale: regenerate them and check the finding by hand)."""
 
 import pytest
-from refattn.spec.adapters import PeerNotInstalled, load
 from refattn.spec.registry import all_invariants
 from refattn.spec.runner import FAIL, run_all
+
+from refattn.adapters import PeerNotInstalled, load
 
 EXAMPLES = 8
 

@@ -1,12 +1,12 @@
 """The runner: an implementation that raises fails with the call and a reproduction; failures
 list hypothesis' other draws; declared deviations still run."""
 
-from refattn.spec.adapters import Adapter
-from refattn.capabilities import ALL
 from refattn.spec.registry import INVARIANTS, all_invariants
 from refattn.spec.runner import DEVIATION, FAIL, PASS, run_invariant
 
 from refattn import reference
+from refattn.adapters import Adapter
+from refattn.capabilities import ALL
 
 all_invariants()
 
@@ -18,7 +18,7 @@ def _raises_on_masks(query, key, value, *, mask=None, **options):
 
 
 def test_an_exception_fails_naming_the_call_with_a_reproduction():
-    impl = Adapter("fragile", _raises_on_masks, ALL)
+    impl = Adapter.of("fragile", _raises_on_masks, ALL)
     outcome = run_invariant(INVARIANTS["ATT-M3"], impl, max_examples=50, seed=0)
     assert outcome.status == FAIL
     lines = outcome.detail.splitlines()
@@ -31,7 +31,7 @@ def test_an_exception_fails_naming_the_call_with_a_reproduction():
 
 
 def test_an_assertion_lists_the_other_draws():
-    impl = Adapter("shifted", lambda q, k, v, **o: reference.attention(q, k, v, **o) + 1e-3, ALL)
+    impl = Adapter.of("shifted", lambda q, k, v, **o: reference.attention(q, k, v, **o) + 1e-3, ALL)
     outcome = run_invariant(INVARIANTS["ATT-C1"], impl, max_examples=50, seed=0)
     assert outcome.status == FAIL
     assert "other draws:" in outcome.detail
@@ -39,7 +39,7 @@ def test_an_assertion_lists_the_other_draws():
 
 
 def test_a_declared_deviation_is_run_and_shown():
-    impl = Adapter("reference-again", reference.attention, ALL)
+    impl = Adapter.of("reference-again", reference.attention, ALL)
     outcome = run_invariant(
         INVARIANTS["ATT-D1"], impl, max_examples=5, seed=0, deviations={"ATT-D1": "just because"}
     )

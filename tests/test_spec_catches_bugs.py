@@ -6,12 +6,12 @@ invariant that should catch it and checks the failure carries a reproduction.
 
 import numpy as np
 import pytest
-from refattn.spec.adapters import Adapter
-from refattn.capabilities import ALL
 from refattn.spec.registry import INVARIANTS, all_invariants
 from refattn.spec.runner import DEVIATION, FAIL, PASS, run_invariant
 
 from refattn import reference
+from refattn.adapters import Adapter
+from refattn.capabilities import ALL
 
 all_invariants()
 
@@ -104,14 +104,14 @@ BUGS = [
     ids=[f"{inv_id}-{bug}" for inv_id, bug, _, _ in BUGS],
 )
 def test_bug_is_caught(inv_id, bug, function, caps):
-    buggy = Adapter(bug, function, capabilities=caps)
+    buggy = Adapter.of(bug, function, capabilities=caps)
     outcome = run_invariant(INVARIANTS[inv_id], buggy, max_examples=200, seed=0)
     assert outcome.status == FAIL, f"{inv_id} did not catch '{bug}'"
     assert "reproduce:" in outcome.detail and "Case(" in outcome.detail
 
 
 def test_declared_deviation_is_reported_as_deviation():
-    buggy = Adapter("penalty", finite_mask_penalty, capabilities=ALL)
+    buggy = Adapter.of("penalty", finite_mask_penalty, capabilities=ALL)
     outcome = run_invariant(
         INVARIANTS["ATT-W4"],
         buggy,
@@ -124,7 +124,7 @@ def test_declared_deviation_is_reported_as_deviation():
 
 
 def test_missing_capability_is_a_skip_with_its_reason():
-    plain = Adapter("plain", reference.attention, capabilities=BASIC)
+    plain = Adapter.of("plain", reference.attention, capabilities=BASIC)
     outcome = run_invariant(INVARIANTS["ATT-N4"], plain)
     assert outcome.status == "SKIP" and "needs lse, which plain does not provide" in outcome.detail
     assert run_invariant(INVARIANTS["ATT-N1"], plain, max_examples=20).status == PASS

@@ -9,11 +9,11 @@ blocks (6 rows; 16 or 8 keys per panel), so tile and vector tails are part of ev
 from functools import partial
 
 import pytest
-from refattn.spec.adapters import Adapter
 from refattn.spec.registry import all_invariants
 from refattn.spec.runner import property_test
 
 from refattn import native
+from refattn.adapters import Adapter
 
 INVARIANTS = all_invariants()
 THREADS = (1, 2)
@@ -28,5 +28,5 @@ PARAMS = [
 @pytest.mark.parametrize(("inv", "isa", "threads"), PARAMS)
 def test_native_conforms(inv, isa, threads):
     """The native core, with `isa` kernels on `threads` threads, satisfies invariant `inv`."""
-    impl = Adapter(f"native:{isa}", partial(native.attention, isa=isa, num_threads=threads))
+    impl = Adapter.of(f"native:{isa}", partial(native.attention, isa=isa, num_threads=threads))
     property_test(inv, impl)()

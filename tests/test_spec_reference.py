@@ -1,9 +1,10 @@
 """The spec against the reference: every invariant, cited by its ID in the test id."""
 
 import pytest
-from refattn.spec.adapters import load
 from refattn.spec.registry import all_invariants
 from refattn.spec.runner import property_test
+
+from refattn.adapters import load
 
 INVARIANTS = all_invariants()
 REFERENCE = load("reference")

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from hypothesis import find, given, settings
 from hypothesis import strategies as st
-from refattn.capabilities import ALL, MASKING
 from refattn.spec.cases import Case, MHACase
 from refattn.spec.strategies import broadcast_shapes, cases, mha_cases
+
+from refattn.capabilities import ALL, MASKING
 
 FEW = frozenset({"float32", "mask", "causal_top_left"})
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from refattn.call import AttentionCall
+
 SWEEP_N = (128, 256, 512, 1024, 2048, 4096, 8192)
 SWEEP_HEADS = {64: 8, 128: 16}  # D -> H: (1,8,N,64) and (1,16,N,128), issue 8's shapes
 BATCH_SHAPES = ((4, 8, 1024, 64), (8, 8, 128, 64))
@@ -103,6 +105,11 @@ class Case:
             rng.standard_normal(shape, dtype=np.float32).astype(self.dtype, copy=False)
             for shape in (q_shape, kv_shape, kv_shape)
         )
+
+    def call(self, seed: int = 0) -> AttentionCall:
+        """The call the case times: its inputs, bottom-right causal when causal."""
+        q, k, v = self.inputs(seed)
+        return AttentionCall.check(q, k, v, causal="bottom_right" if self.causal else None)
 
     def to_json(self) -> dict:
         return {

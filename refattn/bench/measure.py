@@ -30,8 +30,8 @@ import time
 
 import numpy as np
 
+from refattn.adapters import Adapter, load
 from refattn.bench.cases import Case
-from refattn.bench.impls import IMPLS, Unsupported
 
 MIN_SAMPLE_S = 0.025  # a sample of short calls repeats them until it lasts this long
 WARMUP_S = 0.05  # warm-up calls after the first one (which compiles, loads, checks)
@@ -55,7 +55,6 @@ PRIME_BELOW_S = 1.0
 # time ((1,16,8192,128): 4 s a call for each of three implementations).
 LONG_ROUNDS = 3
 CHECK_ROWS = 4
-TOLERANCE = {"float32": 1e-3, "float64": 1e-9}
 
 PEAK_N = 4096  # the square matmul whose rate is the machine's practical peak
 STREAM_SHAPE = (16384, 8192)  # the matrix a matrix-vector product streams: 512 MiB in float32
@@ -102,20 +101,16 @@ def stream_rate(dtype: str, shape=STREAM_SHAPE, samples: int = LIMIT_SAMPLES) ->
 # ------------------------------------------------------------------------------------- checking
 
 
-def expected_rows(case: Case, q, k, v, rows: list[int]) -> np.ndarray:
-    """refattn.reference in float64 for a few query rows (a bool mask keeps their positions)."""
-    from refattn import reference
+def expected_rows(case: Case, call, rows: list[int]):
+    """The spec's float64 expectation, with its tolerance, for a few query rows of the case's
+    call (a bool mask keeps their causal positions)."""
+    from refattn.spec.tolerance import expect  # the spec's oracle and tolerance model
 
+    q, k, v = call.query, call.key, call.value
     mask = None
     if case.causal:
         mask = np.tri(case.Lq, case.Lk, case.Lk - case.Lq, dtype=bool)[rows]
-    return reference.attention(
-        q[..., rows, :].astype(np.float64),
-        k.astype(np.float64),
-        v.astype(np.float64),
-        mask=mask,
-        scale=case.D**-0.5,
-    )
+    return expect(q[..., rows, :], k, v, mask=mask)
 
 
 def check_rows(case: Case) -> list[int]:
@@ -123,28 +118,31 @@ def check_rows(case: Case) -> list[int]:
     return sorted({round(i * (case.Lq - 1) / max(1, CHECK_ROWS - 1)) for i in range(CHECK_ROWS)})
 
 
-def make_ready(case: Case, prepare, q, k, v, expected, rows):
+def make_ready(impl: Adapter, call, expected, rows):
     """Prepare an implementation for a case and check its first output before any timing.
 
     Returns (prepared, result, first): `prepared` is None when the implementation cannot be
     timed here, and `result` says why ({"status": "skipped" | "failed", "reason": ...}), or
     {"status": "ok", "max_abs_error": ...}; `first` is how long the first call took.
     """
+    why = impl.refusal(call)
+    if why:
+        return None, {"status": "skipped", "reason": why}, 0.0
     try:
-        prepared = prepare(case, q, k, v)
+        prepared = impl.prepare(call)
         start = time.perf_counter()
-        out = prepared.output(prepared.run())  # first call: compiles, loads; checked
+        out = prepared.output(prepared.run()).out  # first call: compiles, loads; checked
         first = time.perf_counter() - start
-    except Unsupported as why:
-        return None, {"status": "skipped", "reason": str(why)}, 0.0
     except Exception as error:  # the library refused the call: say what it said
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
         return None, {"status": "failed", "reason": f"{type(error).__name__}: {message}"}, 0.0
-    error = float(np.max(np.abs(out[..., rows, :] - expected)))
-    if not error <= TOLERANCE[case.dtype]:  # NaN fails too
+    got = out[..., rows, :]
+    error = float(np.max(np.abs(got.astype(np.float64) - expected.out), initial=0))
+    problems = expected.problems(got)
+    if problems:
         reason = (
-            f"output differs from refattn.reference by {error:.3g} "
-            f"(tolerance {TOLERANCE[case.dtype]:g}) on query rows {rows}: not timed"
+            f"output differs from the spec's float64 expectation on query rows {rows} beyond "
+            f"its tolerance model ({'; '.join(problems)}): not timed"
         )
         return None, {"status": "failed", "reason": reason, "max_abs_error": error}, first
     return prepared, {"status": "ok", "max_abs_error": error, "checked_rows": rows}, first
@@ -171,14 +169,13 @@ def _summary(samples: list[float]) -> dict:
     return {"median": float(np.median(ms)), "min": ms[0], "max": ms[-1]}
 
 
-def time_case(case: Case, prepares: dict, repeat: int, events, progress: dict) -> dict:
+def time_case(case: Case, impls: dict, repeat: int, events, progress: dict) -> dict:
     """Prepare, check, warm up and time every implementation on one case, interleaved."""
-    q, k, v = case.inputs()
-    rows = check_rows(case)
-    expected = expected_rows(case, q, k, v, rows)
+    call, rows = case.call(), check_rows(case)
+    expected = expected_rows(case, call, rows)
     results, runs, numbers, fast = {}, {}, {}, {}
-    for name, prepare in prepares.items():
-        prepared, results[name], first = make_ready(case, prepare, q, k, v, expected, rows)
+    for name, impl in impls.items():
+        prepared, results[name], first = make_ready(impl, call, expected, rows)
         if prepared is None:
             continue
         numbers[name] = warm_up(prepared.run, first)
@@ -221,7 +218,7 @@ def run_timing(plan: dict, events) -> dict:
     loaded, load_errors = {}, {}
     for name in impls:
         try:
-            loaded[name] = IMPLS[name].load(threads, dtype)
+            loaded[name] = load(name, threads=threads)
         except Exception as error:
             load_errors[name] = f"{type(error).__name__}: {error}"
     skips = plan.get("skips", {})  # case id -> {impl: reason}, decided by the planner
@@ -237,8 +234,8 @@ def run_timing(plan: dict, events) -> dict:
     results = []
     for index, case in enumerate(cases):
         skipped = skips.get(case.id, {})
-        prepares = {n: loaded[n] for n in impls if n in loaded and n not in skipped}
-        found = time_case(case, prepares, repeat, events, progress)
+        ready = {n: loaded[n] for n in impls if n in loaded and n not in skipped}
+        found = time_case(case, ready, repeat, events, progress)
         for name in impls:
             if name in skipped:
                 found[name] = {"status": "skipped", "reason": skipped[name]}
@@ -254,17 +251,26 @@ def run_timing(plan: dict, events) -> dict:
         "cases": results,
         "matmul_gflops": peak,
         "stream_gbps": stream,
-        "versions": {n: _versions(n) for n in loaded},
+        "implementations": {
+            name: {
+                "title": impl.label,
+                "threads_how": impl.threads_how.format(n=threads),
+                "versions": _versions(impl),
+            }
+            for name, impl in loaded.items()
+        },
         "threads_seen": _threads_seen(loaded),
         "affinity": sorted(os.sched_getaffinity(0)),
     }
 
 
-def _versions(name: str) -> dict[str, str]:
-    try:
-        return IMPLS[name].versions()
-    except Exception as error:
-        return {"error": str(error)}
+def _versions(impl: Adapter) -> dict[str, str]:
+    versions = impl.versions()
+    if impl.name.startswith("native"):
+        from refattn import native
+
+        versions["refattn.native.info()"] = str(native.info())
+    return versions
 
 
 def _threads_seen(loaded) -> dict[str, str]:
@@ -295,15 +301,14 @@ def _status_kib(field: str) -> int:
 def run_memory(plan: dict, events) -> dict:
     """Peak resident memory while one call of one implementation runs, in this fresh process."""
     case = Case.from_json(plan["case"])
-    name = plan["impl"]
-    prepare = IMPLS[name].load(plan["threads"], case.dtype)
+    impl = load(plan["impl"], threads=plan["threads"])
     baseline = _status_kib("VmRSS")  # the interpreter and the library, before any input
-    q, k, v = case.inputs()
-    try:
-        prepared = prepare(case, q, k, v)
-    except Unsupported as why:
-        return {"status": "skipped", "reason": str(why)}
-    del q, k, v  # only what the implementation keeps stays alive
+    call = case.call()
+    why = impl.refusal(call)
+    if why:
+        return {"status": "skipped", "reason": why}
+    prepared = impl.prepare(call)
+    del call  # only what the implementation keeps stays alive
     prepared.run()  # warm-up: compilation, thread pools, lazily loaded kernels
     gc.collect()
     ready = _status_kib("VmRSS")

@@ -17,7 +17,6 @@ import numpy as np
 
 from refattn import machine
 from refattn.bench import measure
-from refattn.bench.impls import IMPLS
 
 SCHEMA = "refattn-bench/1"
 BUSY_WARNING_PERCENT = 2.0
@@ -107,12 +106,13 @@ def build(*, timing, memory, settings, impls, cpus, created, command, elapsed, b
         },
         "implementations": {
             name: {
-                "title": IMPLS[name].title,
-                "threads": IMPLS[name].threads_how.format(n=threads)
+                "title": info.get("title", name),
+                "threads": info.get("threads_how", "")
                 + (f" (reports {seen[name]})" if name in seen else ""),
-                "versions": timing["versions"].get(name, {}),
+                "versions": info.get("versions", {}),
             }
             for name in impls
+            for info in [timing["implementations"].get(name, {})]
         },
         "cases": cases,
         "memory": memory,

@@ -12,9 +12,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from refattn.adapters import Adapter, ImplementationNotFound, PeerNotInstalled, load
 from refattn.bench import measure, report
 from refattn.bench.cases import Case, cases_for, default_cases, memory_cases
-from refattn.bench.impls import IMPLS, environment
 
 DEFAULT_REPEAT = 5
 MEMORY_HEADROOM = 0.75  # skip what would need more than this share of the available memory
@@ -31,28 +31,44 @@ class BenchError(RuntimeError):
 # ------------------------------------------------------------------------------------ planning
 
 
-def choose_impls(names: list[str] | None) -> list[str]:
-    """The implementations to time, in IMPLS order: native and every installed peer by default.
+# Timed by default, in this order, when they load: the native core and every installed peer.
+DEFAULT_IMPLS = ("native", "reference", "numpy", "torch", "onnxruntime", "jax")
 
-    Asking for one that is unknown or not installed is a usage error with a message naming it;
+
+def choose_impls(names: list[str] | None) -> dict[str, Adapter]:
+    """The implementations to time, by name (any that `refattn conform` can load), with their
+    adapters: native and every installed peer of DEFAULT_IMPLS by default.
+
+    Asking for one that is unknown or not installed is a usage error with the loader's message;
     by default only native is required (the run is about it) and missing peers are left out.
     """
     if names is None:
-        problem = IMPLS["native"].missing()
-        if problem:
-            raise UsageError(problem)
-        return [n for n, impl in IMPLS.items() if impl.missing() is None]
-    unknown = [n for n in names if n not in IMPLS]
-    if unknown:
+        chosen = {"native": _load_for_planning("native")}
+        for name in DEFAULT_IMPLS[1:]:
+            try:
+                chosen[name] = load(name)
+            except PeerNotInstalled:
+                continue
+        return chosen
+    ordered = [n for n in DEFAULT_IMPLS if n in names] + [
+        n for n in names if n not in DEFAULT_IMPLS
+    ]
+    return {name: _load_for_planning(name) for name in dict.fromkeys(ordered)}
+
+
+def _load_for_planning(name: str) -> Adapter:
+    """The adapter (threads left alone: the measuring subprocess sets them), or UsageError."""
+    try:
+        return load(name)
+    except (ImplementationNotFound, PeerNotInstalled) as error:
+        raise UsageError(f"--impls: {error}") from None
+    except ImportError as error:  # the native core itself, not built or broken
+        others = ",".join(n for n in DEFAULT_IMPLS if n != name)
         raise UsageError(
-            f"--impls: unknown implementation {', '.join(map(repr, unknown))}; "
-            f"should be among {', '.join(IMPLS)}"
-        )
-    for name in names:
-        problem = IMPLS[name].missing()
-        if problem:
-            raise UsageError(problem)
-    return [n for n in IMPLS if n in names]
+            f"{name}: the implementation is not importable ({error}). Build the native core "
+            f"(pip install . with a C compiler; OpenMP if the compiler has it), or leave it "
+            f"out: --impls {others}"
+        ) from None
 
 
 def available_memory() -> int:
@@ -64,9 +80,8 @@ def available_memory() -> int:
     raise OSError("no MemAvailable in /proc/meminfo")
 
 
-def memory_estimate(name: str, case: Case) -> int:
+def memory_estimate(impl: Adapter, case: Case) -> int:
     """Bytes an implementation would need for a case, from its score_copies (an estimate)."""
-    impl = IMPLS[name]
     scores = impl.score_copies * case.scores * case.itemsize
     return int(case.input_bytes + case.output_bytes + scores)
 
@@ -79,18 +94,17 @@ def plan_skips(cases, impls, *, default_grid: bool, available: int) -> dict[str,
     """case id -> {impl: why it is not run}: too big for memory, or beyond the default budget."""
     skips: dict[str, dict[str, str]] = {}
     for case in cases:
-        for name in impls:
-            impl = IMPLS[name]
-            need = memory_estimate(name, case)
+        for name, impl in impls.items():
+            need = memory_estimate(impl, case)
             if impl.score_copies and need > MEMORY_HEADROOM * available:
                 why = (
                     f"would need ≈ {_gib(need)} (≈ {impl.score_copies:g} arrays of the "
                     f"(B,H,Lq,Lk) scores, {_gib(case.scores * case.itemsize)} each); "
                     f"{_gib(available)} available"
                 )
-            elif default_grid and impl.default_max_scores and case.scores > impl.default_max_scores:
+            elif default_grid and impl.bench_max_scores and case.scores > impl.bench_max_scores:
                 why = (
-                    f"the default grid times {name} up to B·H·Lq·Lk = {impl.default_max_scores:,} "
+                    f"the default grid times {name} up to B·H·Lq·Lk = {impl.bench_max_scores:,} "
                     f"(it materialises the scores); pass --shapes to time it here"
                 )
             else:
@@ -267,7 +281,8 @@ def bench(
         raise UsageError(f"--repeat should be at least 1, but got {repeat}")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads should be at least 1, but got {threads}")
-    names = choose_impls(impls)
+    chosen = choose_impls(impls)
+    names = list(chosen)
     if plot_path:
         from refattn.pictures import require_matplotlib
 
@@ -292,7 +307,7 @@ def bench(
     started = time.monotonic()
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     available = available_memory()
-    skips = plan_skips(cases, names, default_grid=default_grid, available=available)
+    skips = plan_skips(cases, chosen, default_grid=default_grid, available=available)
     peak_n, stream_shape = limits or (measure.PEAK_N, measure.STREAM_SHAPE)
     plan = {
         "mode": "time",
@@ -322,7 +337,7 @@ def bench(
     try:
         for done, (case, name) in enumerate(jobs):
             progress.update(done, len(jobs), case.label, name)
-            measured_memory.append(_memory_one(case, name, threads, available))
+            measured_memory.append(_memory_one(case, chosen[name], threads, available))
     finally:
         progress.close()
 
@@ -356,21 +371,21 @@ def bench(
     return document
 
 
-def _memory_one(case: Case, name: str, threads: int, available: int) -> dict:
-    entry = {"case": case.to_json(), "impl": name}
+def _memory_one(case: Case, impl: Adapter, threads: int, available: int) -> dict:
+    entry = {"case": case.to_json(), "impl": impl.name}
     entry["inputs_mib"] = case.input_bytes / 2**20
     entry["output_mib"] = case.output_bytes / 2**20
-    need = memory_estimate(name, case)
-    if IMPLS[name].score_copies and need > MEMORY_HEADROOM * available:
+    need = memory_estimate(impl, case)
+    if impl.score_copies and need > MEMORY_HEADROOM * available:
         entry.update(
             status="skipped",
-            reason=f"would need ≈ {_gib(need)} (≈ {IMPLS[name].score_copies:g} arrays of the "
+            reason=f"would need ≈ {_gib(need)} (≈ {impl.score_copies:g} arrays of the "
             f"(B,H,Lq,Lk) scores, {_gib(case.scores * case.itemsize)} each); "
             f"{_gib(available)} available",
             estimate_mib=need / 2**20,
         )
         return entry
-    plan = {"mode": "memory", "impl": name, "case": case.to_json(), "threads": threads}
+    plan = {"mode": "memory", "impl": impl.name, "case": case.to_json(), "threads": threads}
     try:
         entry.update(run_worker(plan, threads))
     except BenchError as error:
@@ -380,3 +395,24 @@ def _memory_one(case: Case, name: str, threads: int, available: int) -> dict:
             entry["peak_over_baseline_mib"] - entry["inputs_mib"] - entry["output_mib"]
         )
     return entry
+
+
+def environment(threads: int) -> dict[str, str]:
+    """Variables that must be set before the libraries load, so that every runtime starts with
+    `threads` threads: OpenBLAS (NumPy), OpenMP (torch, native), MKL (torch's BLAS), XLA;
+    and OpenBLAS's threads sleep soon after a call, rather than spin while others run."""
+    env = {
+        name: str(threads)
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    }
+    # After each call OpenBLAS's idle threads busy-wait 2^28 cycles (~0.1 s) before sleeping,
+    # taking a core from whatever runs next: torch on (1,8,1024,64) measured 25.8 ms after
+    # NumPy calls, 13.4 ms with 2^22 cycles (~1.6 ms, within the pause between samples). NumPy
+    # itself and the matmul peak were unchanged (44 ms; 204 GFLOP/s against 199).
+    env["OPENBLAS_THREAD_TIMEOUT"] = "22"
+    # jax is timed as XLA compiles it by default, not with the conformance runs' fast-compile
+    # options (refattn.adapters.jax_dpa.XLA_FAST_OPTIONS, LLVM -O0).
+    env["REFATTN_JAX_XLA_DEFAULTS"] = "1"
+    if threads == 1:  # the one XLA setting there is: no intra-op thread pool at all
+        env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    return env

@@ -3,11 +3,12 @@
 import numpy as np
 from hypothesis import strategies as st
 from refattn.spec import oracle
-from refattn.capabilities import combinable
 from refattn.spec.checking import expect_close, expect_identical, run
 from refattn.spec.registry import MUST, SHOULD, invariant
 from refattn.spec.strategies import cases
 from refattn.spec.tolerance import expect as reference_expect
+
+from refattn.capabilities import combinable
 
 
 def _no_leak(impl, data, alignment):

@@ -9,7 +9,7 @@ Threads: every library uses all the CPUs this process may run on, its default; t
 onnxruntime and native are told so explicitly. OpenBLAS and OpenMP read their settings when
 they load, before pytest imports them, so set them first; OPENBLAS_THREAD_TIMEOUT=22 stops
 NumPy's idle threads spinning for ~0.1 s after each call while the next implementation runs
-(see refattn.bench.impls.environment). For example, on one CPU:
+(see refattn.bench.run.environment). For example, on one CPU:
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 OPENBLAS_THREAD_TIMEOUT=22 \\
         REFATTN_BENCH_THREADS=1 taskset -c 0 pytest tests/benchmarks --benchmark-only
 `refattn bench` does all this itself, interleaves the implementations and measures the
@@ -23,47 +23,46 @@ import pytest
 
 pytest.importorskip("pytest_benchmark")
 
+from refattn.adapters import PeerNotInstalled, load
 from refattn.bench import measure
 from refattn.bench.cases import default_cases
-from refattn.bench.impls import IMPLS
-from refattn.bench.run import available_memory, plan_skips
+from refattn.bench.run import DEFAULT_IMPLS, available_memory, plan_skips
 
 THREADS = int(os.environ.get("REFATTN_BENCH_THREADS", len(os.sched_getaffinity(0))))
+# jax is timed as XLA compiles it by default, as `refattn bench` does (see its environment())
+os.environ.setdefault("REFATTN_JAX_XLA_DEFAULTS", "1")
 ROUNDS = int(os.environ.get("REFATTN_BENCH_ROUNDS", 5))
 CASES = default_cases()
 
 
 @pytest.fixture(scope="module")
-def skips():
-    return plan_skips(CASES, list(IMPLS), default_grid=True, available=available_memory())
-
-
-@pytest.fixture(scope="module")
 def loaded():
-    """name -> prepare, loaded once per implementation (None with the reason it is missing)."""
+    """name -> the adapter, loaded once (None with the reason it is missing)."""
     cache = {}
 
-    def load(name):
+    def get(name):
         if name not in cache:
-            missing = IMPLS[name].missing()
-            cache[name] = (None, missing) if missing else (IMPLS[name].load(THREADS, "float32"), "")
+            try:
+                cache[name] = (load(name, threads=THREADS), "")
+            except PeerNotInstalled as error:
+                cache[name] = (None, str(error))
         return cache[name]
 
-    return load
+    return get
 
 
-@pytest.mark.parametrize("name", list(IMPLS))
+@pytest.mark.parametrize("name", DEFAULT_IMPLS)
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
-def test_attention(benchmark, case, name, loaded, skips):
-    prepare, missing = loaded(name)
-    if prepare is None:
+def test_attention(benchmark, case, name, loaded):
+    impl, missing = loaded(name)
+    if impl is None:
         pytest.skip(missing)
-    if name in skips.get(case.id, {}):
-        pytest.skip(skips[case.id][name])
-    q, k, v = case.inputs()
-    rows = measure.check_rows(case)
-    expected = measure.expected_rows(case, q, k, v, rows)
-    prepared, result, first = measure.make_ready(case, prepare, q, k, v, expected, rows)
+    skipped = plan_skips([case], {name: impl}, default_grid=True, available=available_memory())
+    if skipped:
+        pytest.skip(skipped[case.id][name])
+    call, rows = case.call(), measure.check_rows(case)
+    expected = measure.expected_rows(case, call, rows)
+    prepared, result, first = measure.make_ready(impl, call, expected, rows)
     if result["status"] == "skipped":
         pytest.skip(result["reason"])
     assert prepared is not None, f"{name} on {case.label}: {result['reason']}"

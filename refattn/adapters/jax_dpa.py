@@ -38,15 +38,10 @@ import functools
 import os
 
 import numpy as np
-from refattn.spec.adapters import Adapter, refuse, require
-from refattn.spec.adapters._layout import (
-    batch_of,
-    causal_alignment,
-    from_4d,
-    lengths_to_1d,
-    scores_to_4d,
-    to_4d,
-)
+
+from refattn.adapters import Adapter, Prepared, require
+from refattn.adapters._layout import from_4d, lengths_to_1d, scores_to_4d, to_4d
+from refattn.call import AttentionCall, Result
 from refattn.capabilities import Capabilities
 
 NAME = "jax"
@@ -127,11 +122,16 @@ def adapter() -> Adapter:
     notes = (*NOTES, f"Compiled with jax.jit, one executable per shape, with {compiled}.")
     return Adapter(
         NAME,
-        functools.partial(attention, jax),
+        functools.partial(prepare, jax),
         CAPABILITIES,
         deviations=DEVIATIONS,
         packages=("jax", "jaxlib"),
         notes=notes,
+        title="jax (XLA)",
+        threads_how="XLA has no thread-count setting: its pool follows the process's CPU "
+        "affinity ({n} cores)",
+        score_copies=2.5,
+        bench_max_scores=2**27,  # 512 MiB of float32 scores, (1,8,4096,64)
     )
 
 
@@ -163,64 +163,50 @@ def _jitted(jax, signature: tuple, options_key: tuple | None):
     return jax.jit(_dot_product_attention(jax, signature), compiler_options=options)
 
 
-def attention(
-    jax,
-    query,
-    key,
-    value,
-    *,
-    mask=None,
-    bias=None,
-    causal=None,
-    window=None,
-    kv_lengths=None,
-    scale=None,
-    softcap=None,
-    return_lse=False,
-    return_weights=False,
-):
-    """refattn's call as jax.nn.dot_product_attention (see the module docstring)."""
-    alignment = causal_alignment(causal)
-    refuse(
-        NAME,
-        softcap=softcap,
-        return_weights=return_weights,
-        causal_bottom_right=alignment == "bottom_right",
-    )
-    if value.shape[-1] != key.shape[-1]:
-        refuse(NAME, dv=f"Dv = {value.shape[-1]} != Dk = {key.shape[-1]}")
-    if query.dtype.name not in CAPABILITIES:  # see NOTES: float16 and float64
-        refuse(NAME, **{query.dtype.name: "inputs"})
-    batch = batch_of(query)
-    Lq, Lk = query.shape[-2], key.shape[-2]
+def prepare(jax, call: AttentionCall) -> Prepared:
+    """refattn's call as jax.nn.dot_product_attention (see the module docstring): the inputs
+    on the device and the executable compiled here, the call alone in `run`."""
+    batch = call.batch_shape
+    Lq, Lk = call.Lq, call.Lk
 
     def btnh(x):  # (B..., H, L, D) -> (B, L, H, D)
         return np.swapaxes(to_4d(x, batch), 1, 2)
 
     signature = (
-        mask is not None,
-        bias is not None,
-        alignment == "top_left",
-        window is not None,
-        kv_lengths is not None,
-        scale is not None,
-        bool(return_lse),
+        call.mask is not None,
+        call.bias is not None,
+        call.causal == "top_left",
+        call.window is not None,
+        call.kv_lengths is not None,
+        call.scale is not None,
+        call.return_lse,
     )
-    arguments = (
-        btnh(query),
-        btnh(key),
-        btnh(value),
-        None if mask is None else scores_to_4d(mask, batch),
-        None if bias is None else scores_to_4d(bias, batch),
-        None if window is None else np.array([Lq + Lk if w is None else w for w in window], "i4"),
-        None if kv_lengths is None else lengths_to_1d(kv_lengths, batch).astype(np.int32),
-        None if scale is None else np.float32(scale),
+    window, lengths = call.window, call.kv_lengths
+    arguments = jax.device_put(
+        (
+            btnh(call.query),
+            btnh(call.key),
+            btnh(call.value),
+            None if call.mask is None else scores_to_4d(call.mask, batch),
+            None if call.bias is None else scores_to_4d(call.bias, batch),
+            None
+            if window is None
+            else np.array([Lq + Lk if w is None else w for w in window], "i4"),
+            None if lengths is None else lengths_to_1d(lengths, batch).astype(np.int32),
+            None if call.scale is None else np.float32(call.scale),
+        )
     )
     options = compile_options()
     compiled = _jitted(jax, signature, None if options is None else tuple(options.items()))
-    returned = compiled(*arguments)
-    out, lse = returned if return_lse else (returned, None)
-    out = from_4d(np.swapaxes(np.asarray(out), 1, 2), batch)
-    if not return_lse:
-        return out
-    return out, from_4d(np.swapaxes(np.asarray(lse), 1, 2), batch)
+
+    def run():
+        return jax.block_until_ready(compiled(*arguments))  # jax dispatches asynchronously
+
+    def output(returned) -> Result:
+        out, lse = returned if call.return_lse else (returned, None)
+        out = from_4d(np.swapaxes(np.asarray(out), 1, 2), batch)
+        if lse is not None:
+            lse = from_4d(np.swapaxes(np.asarray(lse), 1, 2), batch)
+        return Result(out, lse, None)
+
+    return Prepared(run, output)

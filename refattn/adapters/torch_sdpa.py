@@ -16,11 +16,15 @@ contract; the math backend raises), so masks are not combined.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import warnings
 
 import numpy as np
-from refattn.spec.adapters import Adapter, Unsupported, refuse, require
-from refattn.spec.adapters._layout import batch_of, causal_alignment, from_4d, scores_to_4d, to_4d
+
+from refattn.adapters import Adapter, Prepared, require
+from refattn.adapters._layout import from_4d, scores_to_4d, to_4d
+from refattn.call import AttentionCall, Result
 from refattn.capabilities import Capabilities
 
 BACKENDS = {None: "torch", "math": "torch-math", "flash": "torch-flash"}
@@ -50,13 +54,19 @@ _NOTES = (
 )
 
 
-def adapter(backend: str | None) -> Adapter:
-    """The adapter of SDPA with `backend` None (default), "math" or "flash"."""
+def adapter(backend: str | None, threads: int | None = None) -> Adapter:
+    """The adapter of SDPA with `backend` None (default), "math" or "flash"; threads: set
+    torch's intra-op threads to this many (and inter-op to 1) for the process."""
     name = BACKENDS[backend]
     torch = require("torch", extra="torch", implementation=name)
     from torch.nn.attention import SDPBackend
 
     forced = {None: None, "math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION}[backend]
+    if threads is not None:
+        torch.set_num_threads(threads)
+        # Settable only before any parallel work; in a fresh process it is the first thing done.
+        with contextlib.suppress(RuntimeError):
+            torch.set_num_interop_threads(1)
     capabilities = set(_COMMON)
     notes = list(_NOTES)
     if backend == "flash":
@@ -68,79 +78,60 @@ def adapter(backend: str | None) -> Adapter:
     else:
         capabilities.add("dv")
     notes.append(f"torch threads: {torch.get_num_threads()}.")
+    sdpa = torch.nn.functional.scaled_dot_product_attention
 
-    def attention(
-        query,
-        key,
-        value,
-        *,
-        mask=None,
-        bias=None,
-        causal=None,
-        window=None,
-        kv_lengths=None,
-        scale=None,
-        softcap=None,
-        return_lse=False,
-        return_weights=False,
-    ):
-        refuse(
-            name,
-            window=window,
-            kv_lengths=kv_lengths,
-            softcap=softcap,
-            return_lse=return_lse,
-            return_weights=return_weights,
-        )
-        alignment = causal_alignment(causal)
-        masking = {"mask": mask, "bias": bias, "causal": alignment}
-        given = [n for n, x in masking.items() if x is not None]
-        if len(given) > 1:
-            raise Unsupported(
-                f"{name} cannot combine {' and '.join(given)}: SDPA takes one attn_mask, "
-                "and not together with is_causal"
-            )
-        batch = batch_of(query)
+    def prepare(call: AttentionCall) -> Prepared:
+        batch = call.batch_shape
+        query, key, value, mask, bias = call.query, call.key, call.value, call.mask, call.bias
         if backend == "flash":  # the flash kernel takes (B, H, L, D) and 2-D or 4-D masks
             query, key, value = (to_4d(x, batch) for x in (query, key, value))
             mask, bias = (None if x is None else _mask_4d(x, batch) for x in (mask, bias))
         q, k, v = (_tensor(torch, x) for x in (query, key, value))
-        options = {"scale": scale, "enable_gqa": q.shape[-3] != k.shape[-3]}
+        options = {"scale": call.scale, "enable_gqa": call.Hq != call.Hkv}
         if mask is not None or bias is not None:
             options["attn_mask"] = _tensor(torch, mask if mask is not None else bias)
-        if alignment == "top_left":
+        if call.causal == "top_left":
             options["is_causal"] = True
-        elif alignment == "bottom_right":
+        elif call.causal == "bottom_right":
             from torch.nn.attention.bias import causal_lower_right
 
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "Lower right causal bias will produce NaNs")
                 options["attn_mask"] = causal_lower_right(q.shape[-2], k.shape[-2])
-        sdpa = torch.nn.functional.scaled_dot_product_attention
-        with torch.no_grad():
-            if forced is None:
-                out = sdpa(q, k, v, **options)
-            else:
-                from torch.nn.attention import sdpa_kernel
+        run = functools.partial(sdpa, q, k, v, **options)
+        if forced is not None:
+            run = functools.partial(_forced, torch, forced, run)
 
-                with sdpa_kernel(forced), warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    try:
-                        out = sdpa(q, k, v, **options)
-                    except RuntimeError as error:  # the backend refused: say why, as torch did
-                        reasons = " ".join(str(w.message).split(" (Triggered")[0] for w in caught)
-                        raise RuntimeError(f"{error} {reasons}".strip()) from None
-        out = out.numpy()
-        return from_4d(out, batch) if backend == "flash" else out
+        def output(out) -> Result:
+            out = out.numpy()
+            return Result(from_4d(out, batch) if backend == "flash" else out, None, None)
 
+        return Prepared(run, output)
+
+    threads_how = "torch.set_num_threads({n}), torch.set_num_interop_threads(1)"
     return Adapter(
         name,
-        attention,
+        prepare,
         Capabilities(capabilities),
         deviations={},
         packages=("torch",),
         notes=tuple(notes),
+        title={None: "torch SDPA"}.get(backend, f"torch SDPA ({backend})"),
+        threads_how=threads_how,
     )
+
+
+def _forced(torch, backend, run):
+    """run() with SDPA forced to one backend; its refusal says why, as torch's warnings did."""
+    from torch.nn.attention import sdpa_kernel
+
+    with sdpa_kernel(backend), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return run()
+        except RuntimeError as error:
+            reasons = " ".join(str(w.message).split(" (Triggered")[0] for w in caught)
+            raise RuntimeError(f"{error} {reasons}".strip()) from None
 
 
 def _mask_4d(x: np.ndarray, batch: tuple[int, ...]) -> np.ndarray:

@@ -29,15 +29,10 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from refattn.spec.adapters import Adapter, Unsupported, refuse, require
-from refattn.spec.adapters._layout import (
-    batch_of,
-    causal_alignment,
-    from_4d,
-    lengths_to_1d,
-    scores_to_4d,
-    to_4d,
-)
+
+from refattn.adapters import Adapter, Prepared, require
+from refattn.adapters._layout import from_4d, lengths_to_1d, scores_to_4d, to_4d
+from refattn.call import AttentionCall, Result
 from refattn.capabilities import Capabilities
 
 OPSET = 24  # the highest opset with an Attention kernel in onnxruntime 1.32
@@ -83,16 +78,21 @@ NOTES = (
 )
 
 
-def adapter(runtime: str) -> Adapter:
-    """The adapter of the Attention operator run by `runtime`: "onnxruntime" or "reference"."""
+def adapter(runtime: str, threads: int | None = None) -> Adapter:
+    """The adapter of the Attention operator run by `runtime`: "onnxruntime" or "reference";
+    threads: onnxruntime's intra-op threads per session (None: its default)."""
     name = RUNTIMES[runtime]
     onnx = require("onnx", extra="onnx", implementation=name)
     packages = ("onnx",)
     notes = list(NOTES)
     capabilities = CAPABILITIES
+    threads_how = ""
     if runtime == "onnxruntime":
         require("onnxruntime", extra="onnx", implementation=name)
         packages = ("onnx", "onnxruntime")
+        threads_how = (
+            "SessionOptions.intra_op_num_threads={n}, inter_op_num_threads=1, sequential execution"
+        )
         notes.append(
             f"Models use opset {OPSET}, which onnxruntime runs with its Attention kernel, and "
             f"opset {WINDOW_OPSET} for a window, which it runs by expanding the operator's "
@@ -114,53 +114,28 @@ def adapter(runtime: str) -> Adapter:
         notes.append(f"Models use opset {OPSET}, and {WINDOW_OPSET} for a window.")
     return Adapter(
         name,
-        functools.partial(attention, onnx, runtime, name),
+        functools.partial(prepare, onnx, runtime, threads),
         capabilities,
         deviations={},
         packages=packages,
         notes=tuple(notes),
+        title="onnxruntime Attention" if runtime == "onnxruntime" else "onnx.reference Attention",
+        threads_how=threads_how,
+        score_copies=1.2,
     )
 
 
-def attention(
-    onnx,
-    runtime,
-    name,
-    query,
-    key,
-    value,
-    *,
-    mask=None,
-    bias=None,
-    causal=None,
-    window=None,
-    kv_lengths=None,
-    scale=None,
-    softcap=None,
-    return_lse=False,
-    return_weights=False,
-):
-    """refattn's call as the ONNX Attention operator (see the module docstring)."""
-    refuse(name, return_lse=return_lse)
-    if query.dtype.name not in CAPABILITIES:  # see NOTES: float16
-        refuse(name, **{query.dtype.name: "inputs"})
-    alignment = causal_alignment(causal)
-    if mask is not None and bias is not None:
-        raise Unsupported(f"{name} cannot combine mask and bias: attn_mask is bool or float")
-    if kv_lengths is not None and (alignment or window is not None):
-        raise Unsupported(
-            f"{name} cannot combine kv_lengths with causal or window: nonpad_kv_seqlen moves "
-            "their diagonal to nonpad_kv_seqlen - Lq"
-        )
-    batch = batch_of(query)
-    B = int(np.prod(batch, dtype=np.int64))
-    Lq, Lk = query.shape[-2], key.shape[-2]
+def prepare(onnx, runtime, threads, call: AttentionCall) -> Prepared:
+    """refattn's call as the ONNX Attention operator (see the module docstring): the model and
+    its session built here (cached), the session's run alone in `run`."""
+    batch = call.batch_shape
+    Lq, Lk = call.Lq, call.Lk
     feeds = {
-        "Q": np.ascontiguousarray(to_4d(query, batch)),
-        "K": np.ascontiguousarray(to_4d(key, batch)),
-        "V": np.ascontiguousarray(to_4d(value, batch)),
+        "Q": np.ascontiguousarray(to_4d(call.query, batch)),
+        "K": np.ascontiguousarray(to_4d(call.key, batch)),
+        "V": np.ascontiguousarray(to_4d(call.value, batch)),
     }
-    scores = mask if mask is not None else bias
+    scores = call.mask if call.mask is not None else call.bias
     if scores is not None:
         scores = scores_to_4d(scores, batch)
         if runtime == "onnxruntime" and (scores.ndim < 2 or scores.shape[-2] != Lq):
@@ -168,29 +143,33 @@ def attention(
             # (explicit checks); the same mask, spelled out along Lq, is what it takes.
             scores = np.broadcast_to(scores, (*scores.shape[:-2], Lq, Lk))
         feeds["attn_mask"] = np.ascontiguousarray(scores)
-    if kv_lengths is not None:
-        feeds["nonpad_kv_seqlen"] = lengths_to_1d(kv_lengths, batch)
-    elif alignment == "bottom_right":
-        feeds["nonpad_kv_seqlen"] = np.full(B, Lk, dtype=np.int64)
+    if call.kv_lengths is not None:
+        feeds["nonpad_kv_seqlen"] = lengths_to_1d(call.kv_lengths, batch)
+    elif call.causal == "bottom_right":
+        feeds["nonpad_kv_seqlen"] = np.full(call.B, Lk, dtype=np.int64)
     attributes = {}
-    if alignment:
+    if call.causal:
         attributes["is_causal"] = 1
-    if window is not None:
-        left, right = window
+    if call.window is not None:
+        left, right = call.window
         attributes["left_window_size"] = -1 if left is None else int(left)
         attributes["right_window_size"] = -1 if right is None else int(right)
-    if scale is not None:
-        attributes["scale"] = float(scale)
-    if softcap is not None:
-        attributes["softcap"] = float(softcap)
-    if return_weights:
+    if call.scale is not None:
+        attributes["scale"] = float(call.scale)
+    if call.softcap is not None:
+        attributes["softcap"] = float(call.softcap)
+    if call.return_weights:
         attributes["qk_matmul_output_mode"] = 3
-    opset = WINDOW_OPSET if window is not None else OPSET
+    opset = WINDOW_OPSET if call.window is not None else OPSET
     inputs = tuple((n, x.dtype.str, x.ndim) for n, x in feeds.items())
-    run = _model(onnx, runtime, opset, inputs, tuple(sorted(attributes.items())), return_weights)
-    outputs = run(feeds)
-    out = from_4d(outputs[0], batch)
-    return (out, from_4d(outputs[1], batch)) if return_weights else out
+    attributes = tuple(sorted(attributes.items()))
+    model = _model(onnx, runtime, threads, opset, inputs, attributes, call.return_weights)
+
+    def output(outputs) -> Result:
+        out = from_4d(outputs[0], batch)
+        return Result(out, None, from_4d(outputs[1], batch) if call.return_weights else None)
+
+    return Prepared(functools.partial(model, feeds), output)
 
 
 _INPUT_DIMS = {
@@ -203,7 +182,7 @@ _ORDER = ("Q", "K", "V", "attn_mask", "past_key", "past_value", "nonpad_kv_seqle
 
 
 @functools.lru_cache(maxsize=256)
-def _model(onnx, runtime: str, opset: int, inputs: tuple, attributes: tuple, weights: bool):
+def _model(onnx, runtime: str, threads, opset: int, inputs: tuple, attributes: tuple, weights):
     """A callable feeds -> outputs running the one-node model (cached: sessions are costly)."""
     from onnx import helper
 
@@ -239,6 +218,10 @@ def _model(onnx, runtime: str, opset: int, inputs: tuple, attributes: tuple, wei
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 4  # errors come back as exceptions; keep the console quiet
+    if threads is not None:
+        options.intra_op_num_threads = threads  # the calling thread counts as one of them
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     session = onnxruntime.InferenceSession(
         model.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )

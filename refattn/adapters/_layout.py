@@ -46,14 +46,3 @@ def scores_to_4d(x: np.ndarray, batch: tuple[int, ...]) -> np.ndarray:
 def lengths_to_1d(kv_lengths, batch: tuple[int, ...]) -> np.ndarray:
     """kv_lengths broadcastable to (B...) as a (B,) int64 array."""
     return np.broadcast_to(np.asarray(kv_lengths), batch).reshape(-1).astype(np.int64)
-
-
-def causal_alignment(causal) -> str | None:
-    """refattn's causal option normalised: None, "top_left" or "bottom_right"."""
-    if causal is None or causal is False:
-        return None
-    if causal is True or causal == "top_left":
-        return "top_left"
-    if causal == "bottom_right":
-        return "bottom_right"
-    raise ValueError(f"causal should be None, True, 'top_left' or 'bottom_right', got {causal!r}")

@@ -23,12 +23,13 @@ NumPy function does not do unless it means to.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 
-import numpy as np
-from refattn.spec.adapters import Adapter, ImplementationNotFound, Unsupported, refuse
-from refattn.spec.adapters._layout import batch_of, causal_alignment, from_4d, scores_to_4d, to_4d
+from refattn.adapters import Adapter, ImplementationNotFound, Prepared, returned_array
+from refattn.adapters._layout import from_4d, scores_to_4d, to_4d
+from refattn.call import AttentionCall, Result
 from refattn.capabilities import Capabilities
 
 PROTOCOL = ("query", "key", "value", "attn_mask", "is_causal", "scale")
@@ -100,51 +101,20 @@ def adapter(name: str) -> Adapter:
         "Declared optional keywords: " + (", ".join(sorted(declared)) or "none") + ".",
     ]
 
-    def attention(
-        query,
-        key,
-        value,
-        *,
-        mask=None,
-        bias=None,
-        causal=None,
-        window=None,
-        kv_lengths=None,
-        scale=None,
-        softcap=None,
-        return_lse=False,
-        return_weights=False,
-    ):
-        refuse(
-            name,
-            window=window,
-            kv_lengths=kv_lengths,
-            softcap=softcap,
-            return_lse=return_lse,
-            return_weights=return_weights,
-        )
-        alignment = causal_alignment(causal)
-        if alignment == "bottom_right":
-            refuse(name, causal_bottom_right=True)
-        masking = {"mask": mask, "bias": bias, "causal": alignment}
-        given = [n for n, x in masking.items() if x is not None]
-        if len(given) > 1:
-            raise Unsupported(f"{name} takes one of attn_mask and is_causal, not {given}")
-        grouped = query.shape[-3] != key.shape[-3]
-        if grouped and "enable_gqa" not in declared:
-            refuse(name, gqa=f"Hq = {query.shape[-3]}, Hkv = {key.shape[-3]}")
-        batch = batch_of(query)
-        scores = mask if mask is not None else bias
-        extra = {"enable_gqa": grouped} if "enable_gqa" in declared else {}
-        out = fn(
-            to_4d(query, batch),
-            to_4d(key, batch),
-            to_4d(value, batch),
+    def prepare(call: AttentionCall) -> Prepared:
+        batch = call.batch_shape
+        scores = call.mask if call.mask is not None else call.bias
+        extra = {"enable_gqa": call.Hq != call.Hkv} if "enable_gqa" in declared else {}
+        run = functools.partial(
+            fn,
+            to_4d(call.query, batch),
+            to_4d(call.key, batch),
+            to_4d(call.value, batch),
             attn_mask=None if scores is None else scores_to_4d(scores, batch),
-            is_causal=alignment == "top_left",
-            scale=scale,
+            is_causal=call.causal == "top_left",
+            scale=call.scale,
             **extra,
         )
-        return from_4d(np.asarray(out), batch)
+        return Prepared(run, lambda out: Result(from_4d(returned_array(out), batch), None, None))
 
-    return Adapter(name, attention, capabilities, deviations={}, packages=(), notes=tuple(notes))
+    return Adapter(name, prepare, capabilities, deviations={}, packages=(), notes=tuple(notes))
