@@ -1,13 +1,33 @@
-"""The spec's own statement of scores and visibility, in float64.
+"""The spec's own statement of attention, in float64: where every expected value comes from.
 
-The reference is one of the implementations the spec checks, so the invariants that compare
-against "the explicit mask" or "the capped scores" build those here, from the formulas in
-SPEC.md, rather than borrowing them from refattn.
+The reference (refattn.reference) is one of the implementations the spec checks, so nothing
+here comes from it: this module is written from SPEC.md's Definition, its fully masked rule
+and its NaN and Inf rules, in another way than the reference (each row's fate decided first,
+then its softmax over the visible keys alone), and always in float64. A bug planted in the
+reference makes `refattn conform reference` fail (tests/test_oracle.py).
+
+    visible(i, j)  every mask of the call allows key j for query i (a -inf bias hides it)
+    s_ij           softcap·tanh(scale·q_i·k_j / softcap) + bias_ij
+    row i          NaN if a visible score is NaN or +inf; fully masked if it sees no key or
+                   only -inf scores (out 0, weights 0, lse -inf); otherwise
+    p_ij           exp(s_ij - m_i) / Σ_visible exp(s_il - m_i), 0 at hidden keys
+    o_i            Σ_visible p_ij·v_j (IEEE: 0·NaN is NaN, so a visible key's NaN value counts)
+    lse_i          m_i + log Σ_visible exp(s_ij - m_i)
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
+
+
+class Attention(NamedTuple):
+    """What the definition gives for a call, in float64."""
+
+    out: np.ndarray  # (B..., Hq, Lq, Dv)
+    lse: np.ndarray  # (B..., Hq, Lq)
+    weights: np.ndarray  # (B..., Hq, Lq, Lk)
 
 
 def visibility(query, key, options) -> np.ndarray:
@@ -28,7 +48,8 @@ def visibility(query, key, options) -> np.ndarray:
     if causal:
         seen &= j <= i + offset
     if options.get("window") is not None:
-        left, right = options["window"]
+        # A side longer than Lq + Lk hides nothing; clamped, it stays a machine integer.
+        left, right = (None if w is None else min(int(w), Lq + Lk) for w in options["window"])
         if left is not None:
             seen &= j >= i + offset - left
         if right is not None:
@@ -43,24 +64,105 @@ def visibility(query, key, options) -> np.ndarray:
     return seen
 
 
+def _per_query_head(x: np.ndarray, Hq: int) -> np.ndarray:
+    """(B..., Hkv, L, D) in float64 with kv head h // G serving query head h, G = Hq // Hkv."""
+    group = Hq // x.shape[-3]
+    return np.repeat(x.astype(np.float64), group, axis=-3)
+
+
 def scores(query, key, options) -> np.ndarray:
     """(B..., Hq, Lq, Lk) float64: softcap·tanh(scale·q·k / softcap) + bias, before masking."""
     q = query.astype(np.float64)
-    k = np.repeat(key.astype(np.float64), query.shape[-3] // key.shape[-3], axis=-3)
+    k = _per_query_head(key, query.shape[-3])
     scale = options.get("scale")
-    s = np.einsum("...id,...jd->...ij", q, k) * (q.shape[-1] ** -0.5 if scale is None else scale)
-    if options.get("softcap") is not None:
-        s = options["softcap"] * np.tanh(s / options["softcap"])
-    if options.get("bias") is not None:
-        s = s + options["bias"].astype(np.float64)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    with np.errstate(invalid="ignore", over="ignore"):  # Inf·0 is NaN: the rules say so
+        s = np.einsum("...id,...jd->...ij", q, k) * scale
+        if options.get("softcap") is not None:
+            cap = float(options["softcap"])
+            s = cap * np.tanh(s / cap)
+        if options.get("bias") is not None:
+            s = s + options["bias"].astype(np.float64)
     return s
 
 
-def softmax_attention(scores_: np.ndarray, visible: np.ndarray, value) -> np.ndarray:
-    """Σ_j softmax_j(scores) v_j over visible keys, 0 for a row that sees none, in float64."""
-    v = np.repeat(value.astype(np.float64), scores_.shape[-3] // value.shape[-3], axis=-3)
-    s = np.where(visible, scores_, -np.inf)
-    top = np.max(s, axis=-1, keepdims=True, initial=-np.inf)
-    e = np.exp(s - np.where(np.isfinite(top), top, 0))
-    total = e.sum(axis=-1, keepdims=True)
-    return (e / np.where(total > 0, total, 1)) @ v
+def softmax_attention(scores_: np.ndarray, visible: np.ndarray, value) -> Attention:
+    """The softmax of the scores over the visible keys, and the weighted values: the row rules
+    of SPEC.md ("Fully masked rows", "NaN and Inf"), row by row in a vectorised form."""
+    v = _per_query_head(value, scores_.shape[-3])  # (B..., Hq, Lk, Dv)
+    shown = np.where(visible, scores_, -np.inf)  # hidden keys take no part at all
+    # 1. Each row's fate: NaN (a visible NaN or +inf score), fully masked, or ordinary.
+    poisoned = (visible & (np.isnan(scores_) | (scores_ == np.inf))).any(axis=-1)
+    finite = np.where(np.isnan(shown), -np.inf, shown)
+    top = finite.max(axis=-1, initial=-np.inf)  # the largest visible score, NaN left aside
+    masked = ~poisoned & (top == -np.inf)
+    ordinary = ~poisoned & ~masked
+    # 2. The softmax of ordinary rows: shifted by their (finite) maximum.
+    shift = np.where(ordinary, top, 0.0)[..., None]
+    with np.errstate(invalid="ignore", over="ignore"):
+        exps = np.where(ordinary[..., None] & visible, np.exp(finite - shift), 0.0)
+    total = exps.sum(axis=-1)
+    weights = exps / np.where(ordinary, total, 1.0)[..., None]
+    with np.errstate(divide="ignore"):
+        lse = np.where(ordinary, top + np.log(np.where(ordinary, total, 1.0)), -np.inf)
+    # 3. The weighted sum over visible keys only: a hidden key's value never enters it.
+    with np.errstate(invalid="ignore", over="ignore"):
+        terms = np.where(visible[..., None], weights[..., None] * v[..., None, :, :], 0.0)
+        out = terms.sum(axis=-2)  # (B..., Hq, Lq, Dv)
+    out = np.where(masked[..., None], 0.0, out)
+    # 4. NaN rows are NaN everywhere: output, lse and the weights of every key.
+    out = np.where(poisoned[..., None], np.nan, out)
+    weights = np.where(poisoned[..., None], np.nan, weights)
+    lse = np.where(poisoned, np.nan, lse)
+    return Attention(out, lse, weights)
+
+
+def attention(query, key, value, options) -> Attention:
+    """The definition for one call: out, lse and weights in float64."""
+    return softmax_attention(scores(query, key, options), visibility(query, key, options), value)
+
+
+def merge(outs, lses) -> tuple[np.ndarray, np.ndarray]:
+    """Attention over all keys from attention over disjoint chunks of them, in float64:
+    lse = log Σ_c exp(lse_c), out = Σ_c exp(lse_c - lse)·out_c; a chunk with lse -inf weighs 0."""
+    lse_c = np.stack([np.asarray(x, dtype=np.float64) for x in lses])  # (C, ..., Lq)
+    out_c = np.stack([np.asarray(x, dtype=np.float64) for x in outs])  # (C, ..., Lq, Dv)
+    top = lse_c.max(axis=0)
+    shift = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.exp(lse_c - shift)  # 0 for a chunk that saw nothing
+        total = share.sum(axis=0)
+        lse = shift + np.log(total)
+        weights = share / np.where(total > 0, total, 1.0)
+        counts = ~(weights == 0)  # NaN counts: a NaN chunk makes the row NaN
+        out = np.where(counts[..., None], weights[..., None] * out_c, 0.0).sum(axis=0)
+    return out, lse
+
+
+def projections(x, params, *, num_heads, num_kv_heads):
+    """Q, K, V of a multi-head layer in float64: x·W + b split into heads, (B..., H, L, D)."""
+    x64 = x.astype(np.float64)
+
+    def heads(w, b, count):  # (B..., L, count·D) -> (B..., count, L, D)
+        y = x64 @ getattr(params, w).astype(np.float64)
+        if getattr(params, b) is not None:
+            y = y + getattr(params, b).astype(np.float64)
+        *batch, length, width = y.shape
+        return np.moveaxis(y.reshape(*batch, length, count, width // count), -2, -3)
+
+    return (
+        heads("w_q", "b_q", num_heads),
+        heads("w_k", "b_k", num_kv_heads),
+        heads("w_v", "b_v", num_kv_heads),
+    )
+
+
+def layer(x, params, *, num_heads, num_kv_heads, **options) -> np.ndarray:
+    """A multi-head attention layer in float64 (self-attention of x, (B..., L, Dm)): Q, K, V
+    projected, attention per head, heads concatenated, then y = o·W_o + b_o."""
+    q, k, v = projections(x, params, num_heads=num_heads, num_kv_heads=num_kv_heads)
+    out = attention(q, k, v, options).out  # (B..., Hq, L, Dv)
+    *batch, _, length, Dv = out.shape
+    merged = np.moveaxis(out, -3, -2).reshape(*batch, length, num_heads * Dv)
+    y = merged @ params.w_o.astype(np.float64)
+    return y if params.b_o is None else y + params.b_o.astype(np.float64)

@@ -1,4 +1,4 @@
-r"""The numerical tolerance model: how far an implementation may be from the float64 reference.
+r"""The numerical tolerance model: how far an implementation may be from the float64 definition.
 
 Notation: u is the unit roundoff of the compute dtype (2^-24 for float32, and for float16 inputs,
 which are computed in float32; 2^-53 for float64). For each call we bound, to first order, the
@@ -27,7 +27,7 @@ of Numerical Algorithms*, §3.1: a dot product of n terms errs by at most γ_n·
 
        |Δlse_i| <= E_s + (Lk + 8)·u + u·|lse_i|
 
-Each bound is multiplied by a safety factor of 4: 2 because the float64 reference errs too
+Each bound is multiplied by a safety factor of 4: 2 because the float64 oracle errs too
 (which matters when the implementation is float64 as well), and 2 for the second-order terms the
 first-order bound leaves out (e^δ - 1 <= 2δ while δ <= 1). float16 outputs add the final
 rounding to float16, 2^-11·max|v|. The bounds are worst cases, not statistical: any pass of an
@@ -45,8 +45,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from refattn import reference
+from refattn.spec import oracle
 
 SAFETY = 4.0
 UNIT_ROUNDOFF = {"float16": 2.0**-24, "float32": 2.0**-24, "float64": 2.0**-53}
@@ -64,7 +63,7 @@ class Tolerance:
 
 
 def as_float64(query, key, value, options):
-    """The call's arrays in float64 (masks and ints untouched): what the reference is given."""
+    """The call's arrays in float64 (masks and ints untouched): what the oracle is given."""
     options = {
         name: (x.astype(np.float64) if isinstance(x, np.ndarray) and x.dtype.kind == "f" else x)
         for name, x in options.items()
@@ -74,7 +73,8 @@ def as_float64(query, key, value, options):
 
 @dataclass(frozen=True)
 class Expected:
-    """What the float64 reference computes for a call, and how close an implementation must be."""
+    """What the spec's float64 definition gives for a call, and how close an implementation
+    must be."""
 
     out: np.ndarray
     lse: np.ndarray
@@ -97,11 +97,10 @@ class Expected:
 
 
 def expect(query, key, value, **options) -> Expected:
-    """The float64 reference's out, lse and weights for this call, with the call's tolerance."""
+    """The spec's float64 out, lse and weights for this call (refattn.spec.oracle, never the
+    implementation under test), with the call's tolerance."""
     q, k, v, options = as_float64(query, key, value, options)
-    out, lse, weights = reference.attention(
-        q, k, v, return_lse=True, return_weights=True, **options
-    )
+    out, lse, weights = oracle.attention(q, k, v, options)
     return Expected(out, lse, weights, _tolerance(query.dtype, q, k, v, options, lse))
 
 
@@ -110,12 +109,14 @@ def _tolerance(dtype, q, k, v, options, lse) -> Tolerance:
     dtype = np.dtype(dtype).name
     u = UNIT_ROUNDOFF[dtype]
     Dk, Lk = q.shape[-1], k.shape[-2]
+    # Every bound in float64, whatever type the options came in (a NumPy float16 scale would
+    # compute the bound in float16, where u underflows to 0).
     scale = options.get("scale")
-    scale = Dk**-0.5 if scale is None else abs(scale)
+    scale = Dk**-0.5 if scale is None else abs(float(scale))
     largest_dot = largest_abs_dot(q, k)
     bias = options.get("bias")
     largest_bias = 0.0 if bias is None else _finite_max(np.abs(bias))
-    softcap = options.get("softcap") or 0.0
+    softcap = float(options.get("softcap") or 0.0)
     score_error = (Dk + 2) * u * scale * largest_dot + 2 * u * largest_bias + 4 * u * softcap
     largest_v = _finite_max(np.abs(v))
     weights = 2 * score_error + (Lk + 8) * u
@@ -176,54 +177,51 @@ def mismatch(got, want, atol: float) -> str | None:
 
 @dataclass(frozen=True)
 class ExpectedLayer:
-    """What the float64 reference layer computes, and how close an implementation must be."""
+    """What the spec's float64 layer gives, and how close an implementation must be."""
 
     y: np.ndarray
     tol: float
 
 
 def expect_layer(x, params, *, num_heads, num_kv_heads, **options) -> ExpectedLayer:
-    """The float64 multi-head layer on x, and the bound for a layer computing in x's dtype.
+    """The float64 multi-head layer on x (refattn.spec.oracle.layer), and the bound for a layer
+    computing in x's dtype.
 
-    On top of the attention's bound (above), the projections P = x·W + b err by at most
+    On top of the attention's bound (above), the projections P = x·W + b, computed in x's
+    dtype (unit roundoff u of that dtype, 2^-11 for float16), err by at most
     e = (Dm + 2)·u·max(|x|·|W| + |b|) each; errors in Q and K move the scores by at most
     scale·Dk·(e_q·max|K| + e_k·max|Q|), errors in V move the output by e_v; and the output
-    projection y = o·W_o + b_o adds max_col Σ|W_o|·|Δo| + (Hq·Dv + 2)·u·max(|o|·|W_o| + |b_o|).
+    projection y = o·W_o + b_o adds max_col Σ|W_o|·|Δo| + (Hq·Dv + 2)·u·max(|o|·|W_o| + |b_o|),
+    and y's rounding to x's dtype u·max|y|.
     """
-    from refattn.mha import MHAParams, multi_head_attention, project
-
-    u = UNIT_ROUNDOFF[np.dtype(x.dtype).name]
+    # The layer's matmuls (x·W, o·W_o) run in x's own dtype, float16 included (only attention
+    # computes float16 in float32), so their roundoff is that dtype's.
+    u = float(np.finfo(x.dtype).eps) / 2
+    heads = {"num_heads": num_heads, "num_kv_heads": num_kv_heads}
+    y = oracle.layer(x, params, **heads, **options)
     x64 = x.astype(np.float64)
-    p64 = MHAParams(
-        **{name: None if w is None else w.astype(np.float64) for name, w in vars(params).items()}
-    )
-    y = multi_head_attention(
-        x64,
-        params=p64,
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        attention=reference.attention,
-        **options,
-    )
+
+    def weight(name):
+        w = getattr(params, name)
+        return None if w is None else np.abs(w.astype(np.float64))
 
     def projection_error(w, b):
-        bound = np.abs(x64) @ np.abs(w) + (0 if b is None else np.abs(b))
+        bound = np.abs(x64) @ weight(w) + (0 if weight(b) is None else weight(b))
         return (x.shape[-1] + 2) * u * _finite_max(bound)
 
-    e_q = projection_error(p64.w_q, p64.b_q)
-    e_k = projection_error(p64.w_k, p64.b_k)
-    e_v = projection_error(p64.w_v, p64.b_v)
-    q = project(x64, p64.w_q, p64.b_q, num_heads)
-    k = project(x64, p64.w_k, p64.b_k, num_kv_heads)
-    v = project(x64, p64.w_v, p64.b_v, num_kv_heads)
+    e_q = projection_error("w_q", "b_q")
+    e_k = projection_error("w_k", "b_k")
+    e_v = projection_error("w_v", "b_v")
+    q, k, v = oracle.projections(x, params, **heads)
     attention = expect(q.astype(x.dtype), k.astype(x.dtype), v.astype(x.dtype), **options)
     scale = options.get("scale")
-    scale = q.shape[-1] ** -0.5 if scale is None else abs(scale)
+    scale = q.shape[-1] ** -0.5 if scale is None else abs(float(scale))
     largest_q, largest_k, largest_v = (_finite_max(np.abs(a)) for a in (q, k, v))
     moved_scores = scale * q.shape[-1] * (e_q * largest_k + e_k * largest_q)
     out_error = attention.tol.out + SAFETY * (2 * moved_scores * largest_v + e_v)
-    heads = np.moveaxis(attention.out, -3, -2).reshape(*x.shape[:-1], -1)
-    w_o = np.abs(p64.w_o)
-    b_o = 0 if p64.b_o is None else np.abs(p64.b_o)
-    rounding = (w_o.shape[0] + 2) * u * _finite_max(np.abs(heads) @ w_o + b_o)
+    merged = np.moveaxis(attention.out, -3, -2).reshape(*x.shape[:-1], -1)
+    w_o = weight("w_o")
+    b_o = 0 if weight("b_o") is None else weight("b_o")
+    rounding = (w_o.shape[0] + 2) * u * _finite_max(np.abs(merged) @ w_o + b_o)
+    rounding += u * _finite_max(np.abs(y))  # y itself rounded to x's dtype
     return ExpectedLayer(y, out_error * float(w_o.sum(axis=0).max()) + SAFETY * rounding)
