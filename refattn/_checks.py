@@ -27,9 +27,27 @@ def compute_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
 
 
-def check_float_array(name: str, x, *, min_ndim: int = 0) -> np.ndarray:
+# ndarray subclasses that pass isinstance(x, np.ndarray) but would be misread: a masked array's
+# mask is ignored by the native core (a masked-out NaN reaches the output) and breaks the
+# reference's broadcasting; np.matrix keeps two dimensions under indexing and reduction.
+_REFUSED_SUBCLASSES = (
+    (np.ma.MaskedArray, "numpy.ma.MaskedArray", "a masked array's mask would be ignored"),
+    (np.matrix, "numpy.matrix", "np.matrix keeps 2 dimensions: pass np.asarray(...)"),
+)
+
+
+def check_plain_array(name: str, x, what: str = "a numpy.ndarray") -> None:
+    """Refuse anything that is not an ndarray, and the ndarray subclasses attention would
+    misread (masked arrays, np.matrix). `what` is the expectation the message states."""
     if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name} should be a numpy.ndarray, but got {type(x).__name__}")
+        raise TypeError(f"{name} should be {what}, but got {type(x).__name__}")
+    for cls, cls_name, why in _REFUSED_SUBCLASSES:
+        if isinstance(x, cls):
+            raise TypeError(f"{name} should be {what} ({why}), but got {cls_name}")
+
+
+def check_float_array(name: str, x, *, min_ndim: int = 0) -> np.ndarray:
+    check_plain_array(name, x)
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}.dtype should be float16, float32 or float64, but got {x.dtype}")
     if x.ndim < min_ndim:
@@ -63,8 +81,7 @@ def check_broadcastable(name: str, x: np.ndarray, target: tuple[int, ...], lette
 def check_mask(mask, target: tuple[int, ...], letters: str) -> np.ndarray | None:
     if mask is None:
         return None
-    if not isinstance(mask, np.ndarray):
-        raise TypeError(f"mask should be a numpy.ndarray of bool, but got {type(mask).__name__}")
+    check_plain_array("mask", mask, "a numpy.ndarray of bool")
     if mask.dtype != np.bool_:
         raise TypeError(
             f"mask.dtype should be bool (True = may attend), but got {mask.dtype}; "
@@ -153,6 +170,8 @@ def check_window(window) -> tuple[int | None, int | None] | None:
 def check_kv_lengths(kv_lengths, batch_shape: tuple[int, ...], Lk: int) -> np.ndarray | None:
     if kv_lengths is None:
         return None
+    if isinstance(kv_lengths, np.ndarray):
+        check_plain_array("kv_lengths", kv_lengths, "ints or a numpy.ndarray of them")
     lengths = np.asarray(kv_lengths)
     if lengths.dtype.kind not in "iu":
         raise TypeError(f"kv_lengths should hold integers, but got dtype {lengths.dtype}")

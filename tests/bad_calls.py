@@ -20,6 +20,7 @@ model.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,6 +67,22 @@ def _read_only(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _masked(x: np.ndarray) -> np.ma.MaskedArray:
+    """x as a masked array whose first element is masked out, and NaN (or True, for bools)
+    underneath: what a call that honoured the mask would never see."""
+    data = np.array(x)
+    data.flat[0] = True if data.dtype == bool else np.nan
+    mask = np.zeros(data.shape, dtype=bool)
+    mask.flat[0] = True
+    return np.ma.masked_array(data, mask=mask)
+
+
+def _matrix(x) -> np.matrix:
+    with warnings.catch_warnings():  # np.matrix warns that it is not recommended: it is the point
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        return np.asmatrix(x)
+
+
 q, k, v = qkv()
 _one = np.ones((LQ, LK))
 _nan_bias = np.where(np.arange(LQ * LK).reshape(LQ, LK) == 7, np.nan, 0.0)
@@ -90,6 +107,27 @@ ATTENTION_BAD = [
         ("value.dtype", "complex128"),
     ),
     BadCall("query is object", (q.astype(object), k, v), TypeError, ("query.dtype", "object")),
+    # ndarray subclasses that would be misread: a masked array's mask is ignored, np.matrix
+    # stays 2-D under indexing
+    BadCall(
+        "query is a masked array",
+        (_masked(q), k, v),
+        TypeError,
+        ("query should be a numpy.ndarray", "mask would be ignored", "numpy.ma.MaskedArray"),
+    ),
+    BadCall("key is a masked array", (q, _masked(k), v), TypeError, ("key should", "MaskedArray")),
+    BadCall(
+        "value is a masked array (a masked-out NaN)",
+        (q, k, _masked(v)),
+        TypeError,
+        ("value should be a numpy.ndarray", "numpy.ma.MaskedArray"),
+    ),
+    BadCall(
+        "query is a masked array of ints",
+        (np.ma.masked_array(q.astype(int)), k, v),
+        TypeError,
+        ("query should be a numpy.ndarray", "numpy.ma.MaskedArray"),
+    ),
     BadCall("key is a string array", (q, k.astype(str), v), TypeError, ("key.dtype", "<U")),
     BadCall(
         "query is big-endian",
@@ -182,6 +220,18 @@ ATTENTION_BAD = [
     _with("mask is a list", TypeError, ("mask", "numpy.ndarray", "list"), mask=[[True] * LK] * LQ),
     _with("mask is a Python bool", TypeError, ("mask", "numpy.ndarray", "bool"), mask=True),
     _with(
+        "mask is a masked array",
+        TypeError,
+        ("mask should be a numpy.ndarray of bool", "mask would be ignored", "numpy.ma.MaskedArray"),
+        mask=_masked(np.ones((LQ, LK), dtype=bool)),
+    ),
+    _with(
+        "mask is a np.matrix",
+        TypeError,
+        ("mask should be a numpy.ndarray of bool", "np.asarray", "numpy.matrix"),
+        mask=_matrix(np.ones((LQ, LK), dtype=bool)),
+    ),
+    _with(
         "mask not broadcastable",
         ValueError,
         ("mask.shape", "(2, 4, 3, 5)", "(3, 4)"),
@@ -207,6 +257,18 @@ ATTENTION_BAD = [
     ),
     _with("bias is a float", TypeError, ("bias", "numpy.ndarray", "float"), bias=0.5),
     _with("bias is a list", TypeError, ("bias", "numpy.ndarray", "list"), bias=_one.tolist()),
+    _with(
+        "bias is a masked array",
+        TypeError,
+        ("bias should be a numpy.ndarray", "mask would be ignored", "numpy.ma.MaskedArray"),
+        bias=_masked(_one),
+    ),
+    _with(
+        "bias is a np.matrix",
+        TypeError,
+        ("bias should be a numpy.ndarray", "np.asarray", "numpy.matrix"),
+        bias=_matrix(_one),
+    ),
     _with(
         "bias not broadcastable",
         ValueError,
@@ -294,6 +356,12 @@ ATTENTION_BAD = [
         TypeError,
         ("kv_lengths should hold integers", "bool"),
         kv_lengths=np.array([True, False]),
+    ),
+    _with(
+        "kv_lengths a masked array",
+        TypeError,
+        ("kv_lengths should be ints or a numpy.ndarray", "numpy.ma.MaskedArray"),
+        kv_lengths=np.ma.masked_array([LK, 2], mask=[False, True]),
     ),
     _with(
         "kv_lengths of the wrong shape",
@@ -413,6 +481,27 @@ MERGE_BAD = [
         ("outs[0] should be a numpy.ndarray", "list"),
     ),
     _merge(
+        "a chunk is a masked array",
+        [_out, _masked(_out)],
+        [_lse, _lse],
+        TypeError,
+        ("outs[1] should be a numpy.ndarray", "numpy.ma.MaskedArray"),
+    ),
+    _merge(
+        "an lse is a masked array",
+        [_out],
+        [_masked(_lse)],
+        TypeError,
+        ("lses[0] should be a numpy.ndarray", "numpy.ma.MaskedArray"),
+    ),
+    _merge(
+        "a chunk is a np.matrix",
+        [_matrix(_out[0])],
+        [_lse[0]],
+        TypeError,
+        ("outs[0] should be a numpy.ndarray", "numpy.matrix"),
+    ),
+    _merge(
         "a chunk of ints",
         [_out, _out.astype(int)],
         [_lse, _lse],
@@ -494,6 +583,21 @@ _x, _p = mha_layer()
 MHA_BAD = [
     _mha("x is a list", TypeError, ("x should be a numpy.ndarray", "list"), x=_x.tolist()),
     _mha("x of ints", TypeError, ("x.dtype", "int64"), x=_x.astype(int)),
+    _mha(
+        "x is a masked array",
+        TypeError,
+        ("x should be a numpy.ndarray", "numpy.ma.MaskedArray"),
+        x=_masked(_x),
+    ),
+    _mha(
+        "x is a np.matrix", TypeError, ("x should be a numpy.ndarray", "matrix"), x=_matrix(_x[0])
+    ),
+    _mha(
+        "context is a masked array",
+        TypeError,
+        ("context should be a numpy.ndarray", "numpy.ma.MaskedArray"),
+        context=_masked(_x),
+    ),
     _mha("x of rank 1", ValueError, ("x should have at least 2 dimensions", "(16,)"), x=_x[0, 0]),
     _mha(
         "x too narrow",
@@ -536,6 +640,18 @@ MHA_BAD = [
         ValueError,
         ("params.b_v.shape[0] should be 8 (params.w_v's)", "got 7"),
         params=_params(b_v=_p.b_v[:7]),
+    ),
+    _mha(
+        "a weight that is a masked array",
+        TypeError,
+        ("params.w_v should be a numpy.ndarray", "numpy.ma.MaskedArray"),
+        params=_params(w_v=_masked(_p.w_v)),
+    ),
+    _mha(
+        "a weight that is a np.matrix",
+        TypeError,
+        ("params.w_q should be a numpy.ndarray", "numpy.matrix"),
+        params=_params(w_q=_matrix(_p.w_q)),
     ),
     _mha(
         "a weight that is a list",
@@ -622,6 +738,20 @@ _key, _value = np.ones((1, 2, 1, 4)), np.ones((1, 2, 1, 3))  # what the cache al
 KV_CACHE_BAD = [
     _append("key is a list", _key.tolist(), _value, TypeError, ("key should be a numpy", "list")),
     _append("value of ints", _key, _value.astype(int), TypeError, ("value.dtype", "int64")),
+    _append(
+        "key is a masked array",
+        _masked(_key),
+        _value,
+        TypeError,
+        ("key should be a numpy.ndarray", "numpy.ma.MaskedArray"),
+    ),
+    _append(
+        "value is a masked array",
+        _key,
+        _masked(_value),
+        TypeError,
+        ("value should be a numpy.ndarray", "numpy.ma.MaskedArray"),
+    ),
     _append(
         "key of rank 2", _key[0, 0], _value, ValueError, ("key should have at least 3", "(1, 4)")
     ),
