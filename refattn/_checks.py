@@ -91,36 +91,58 @@ def check_mask(mask, target: tuple[int, ...], letters: str) -> np.ndarray | None
     return mask
 
 
+def broadcast_base(x: np.ndarray) -> np.ndarray:
+    """The smallest view of x that holds all its distinct elements: every axis along which x
+    is broadcast (stride 0, as np.broadcast_to makes) indexed down to length 1. It broadcasts
+    back to x.shape, and an index into it (0 along those axes) is also an index into x."""
+    index = tuple(
+        slice(0, 1) if stride == 0 and n > 1 else slice(None)
+        for n, stride in zip(x.shape, x.strides, strict=True)
+    )
+    return x[index]
+
+
 def check_bias(bias, target: tuple[int, ...], letters: str, dtype: np.dtype) -> np.ndarray | None:
     if bias is None:
         return None
     bias = check_float_array("bias", bias)
     check_broadcastable("bias", bias, target, letters)
+    # The checks run on the broadcast base (and in_compute_dtype casts it): a (Lq, Lk) view of
+    # one row of Lk costs Lk elements, and checking the view itself would materialise Lq·Lk.
+    # Its first bad element is also the view's first in C order (0 along the broadcast axes).
+    base = broadcast_base(bias)
     # -inf is how a bias masks a key; NaN and +inf have no meaning as a score offset.
-    bad = np.isnan(bias) | np.isposinf(bias)
+    bad = np.isnan(base) | np.isposinf(base)
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"bias should be finite or -inf, but got {bias[where]} at index {where}")
+        raise ValueError(f"bias should be finite or -inf, but got {base[where]} at index {where}")
     # A float64 bias beyond the compute dtype's range would turn into ±inf in the cast: +inf
     # makes the row NaN and -inf silently hides a key the caller meant to keep.
     largest = float(np.finfo(dtype).max)
-    if float(np.finfo(bias.dtype).max) > largest:
+    if float(np.finfo(base.dtype).max) > largest:
         with np.errstate(invalid="ignore"):
-            bad = np.isfinite(bias) & (np.abs(bias) > largest)
+            bad = np.isfinite(base) & (np.abs(base) > largest)
     else:
         bad = np.zeros((), dtype=bool)
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(
             f"bias should be finite in {dtype} (the compute dtype, |bias| <= {largest:.4g}) "
-            f"or -inf, but got {bias[where]} at index {where}"
+            f"or -inf, but got {base[where]} at index {where}"
         )
     return bias
 
 
 def in_compute_dtype(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """x (a checked bias) in the compute dtype, copied only when the dtype differs."""
-    return x.astype(dtype, copy=False)
+    """x (a checked bias) in the compute dtype, copied only when the dtype differs, and then
+    only its broadcast base: a stride-0 view is cast as the few values it holds and broadcast
+    again, so that the native core takes the stride-0 axes as they are."""
+    if x.dtype == dtype:
+        return x
+    base = broadcast_base(x)
+    if base.shape == x.shape:
+        return x.astype(dtype)
+    return np.broadcast_to(base.astype(dtype), x.shape)
 
 
 def check_causal(causal) -> str | None:

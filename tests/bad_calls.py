@@ -293,6 +293,28 @@ ATTENTION_BAD = [
         ("bias should be finite or -inf", "inf"),
         bias=np.full((LQ, LK), np.inf),
     ),
+    # broadcast (stride-0) biases are checked on the values they hold: the index is the
+    # view's first bad element, 0 along the broadcast axes
+    _with(
+        "bias broadcast over batch, heads and queries with NaN",
+        ValueError,
+        ("bias should be finite or -inf", "nan", "at index (0, 0, 0, 3)"),
+        bias=np.broadcast_to(np.where(np.arange(LK) == 3, np.nan, 0.0), (B, H, LQ, LK)),
+    ),
+    _with(
+        "bias broadcast over the keys with +inf",
+        ValueError,
+        ("bias should be finite or -inf", "inf", "at index (2, 0)"),
+        bias=np.broadcast_to(np.array([[0.0], [1.0], [np.inf]]), (LQ, LK)),
+    ),
+    _with(
+        "broadcast float64 bias that overflows float32",
+        ValueError,
+        ("bias should be finite in float32", "-1e+300", "at index (1, 0, 4)"),
+        bias=np.broadcast_to(
+            np.where(np.arange(H * LK).reshape(H, 1, LK) == LK + 4, -1e300, 0.0), (H, LQ, LK)
+        ),
+    ),
     _with(
         "float64 bias that overflows float32",
         ValueError,
