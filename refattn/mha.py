@@ -97,6 +97,10 @@ class KVCache:
     calls on consecutive pieces of a sequence: each call appends its keys and values, and its
     queries attend to everything cached so far. Storage grows by doubling, so appending a token
     costs amortised O(1) copies of the cache.
+
+    `key`, `value` and what `append` returns are read-only views of the cache's storage (no
+    copy per step): writing into them raises ValueError instead of corrupting the cache. Copy
+    them (`np.array(cache.key)`) to get arrays of your own.
     """
 
     def __init__(self):
@@ -106,16 +110,26 @@ class KVCache:
 
     @property
     def key(self) -> np.ndarray | None:
-        """The cached keys, (B..., Hkv, length, Dk), or None before the first append."""
-        return None if self._key is None else self._key[..., : self.length, :]
+        """The cached keys, (B..., Hkv, length, Dk), a read-only view; None before the first
+        append."""
+        return self._cached(self._key)
 
     @property
     def value(self) -> np.ndarray | None:
-        """The cached values, (B..., Hkv, length, Dv), or None before the first append."""
-        return None if self._value is None else self._value[..., : self.length, :]
+        """The cached values, (B..., Hkv, length, Dv), a read-only view; None before the first
+        append."""
+        return self._cached(self._value)
+
+    def _cached(self, storage: np.ndarray | None) -> np.ndarray | None:
+        if storage is None:
+            return None
+        view = storage[..., : self.length, :]
+        view.flags.writeable = False  # the view only: the storage stays writable for append
+        return view
 
     def append(self, key: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Append (B..., Hkv, L, Dk) keys and (B..., Hkv, L, Dv) values; return all so far."""
+        """Append (B..., Hkv, L, Dk) keys and (B..., Hkv, L, Dv) values; return all so far, as
+        the read-only views `key` and `value` give."""
         key = check_float_array("key", key, min_ndim=3)
         value = check_float_array("value", value, min_ndim=3)
         check_same_dtype("value", value, key.dtype, "key's")

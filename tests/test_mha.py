@@ -202,3 +202,25 @@ def test_merge_partials_nan_in_the_out_of_a_chunk_that_sees_keys_reaches_the_row
     outs[1][:, 1] = np.nan
     out, _ = merge_partials(outs, [np.zeros(2), np.array([0.0, -1000.0])])
     assert np.isnan(out[:, 1]).all() and np.all(out[:, [0, 2]] == 0)
+
+
+def test_kv_cache_views_are_read_only_and_writing_them_leaves_the_cache_intact():
+    cache = KVCache()
+    rng = np.random.default_rng(6)
+    key, value = rng.standard_normal((1, 2, 3, 4)), rng.standard_normal((1, 2, 3, 5))
+    views = [*cache.append(key, value), cache.key, cache.value]
+    for view in views:
+        with pytest.raises(ValueError, match="read-only"):
+            view[..., 0, :] = 0.0
+        with pytest.raises(ValueError, match="read-only"):
+            view += 1.0
+        with pytest.raises(ValueError, match="read-only"):
+            np.multiply(view, 2.0, out=view)
+    np.testing.assert_array_equal(cache.key, key)
+    np.testing.assert_array_equal(cache.value, value)
+    # the storage itself stays writable: appending goes on, and a copy is the caller's own
+    cache.append(key[..., :1, :], value[..., :1, :])
+    np.testing.assert_array_equal(cache.key, np.concatenate([key, key[..., :1, :]], -2))
+    mine = np.array(cache.value)
+    mine[...] = 0.0
+    np.testing.assert_array_equal(cache.value[..., :3, :], value)
