@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from fractions import Fraction
 
 import numpy as np
 
@@ -213,23 +214,53 @@ def check_kv_lengths(kv_lengths, batch_shape: tuple[int, ...], Lk: int) -> np.nd
     return lengths.astype(np.int64)
 
 
-def check_real(name: str, x) -> float:
+def _magnitude(x: numbers.Rational) -> str:
+    """A huge int or fraction for a message, as 1.234e+400: its digits could run to thousands
+    (and str() refuses more than 4300)."""
+    num, den = abs(x.numerator), x.denominator
+    exponent = math.floor(math.log10(num) - math.log10(den))
+    mantissa = float(Fraction(num, den) / Fraction(10) ** exponent)
+    if mantissa >= 10:  # log10 rounded down across a power of ten
+        mantissa, exponent = mantissa / 10, exponent + 1
+    elif mantissa < 1:  # or up
+        mantissa, exponent = mantissa * 10, exponent - 1
+    return f"{'-' if x < 0 else ''}{mantissa:.4g}e{exponent:+d}"
+
+
+def check_real(name: str, x, dtype: np.dtype, *, positive: bool = False) -> float:
+    """x as a float: a real number (not a bool), finite, > 0 if `positive`, and within the range
+    of the compute dtype, or TypeError/ValueError naming the argument."""
     if not isinstance(x, numbers.Real) or isinstance(x, bool | np.bool_):
         raise TypeError(f"{name} should be a real number, but got {type(x).__name__} {x!r}")
-    x = float(x)
-    if not math.isfinite(x):
-        raise ValueError(f"{name} should be finite, but got {x}")
-    return x
-
-
-def _check_in_dtype(name: str, x: float, dtype: np.dtype) -> None:
-    """x, a finite float, must stay finite when rounded to the compute dtype."""
+    try:
+        value = float(x)
+    except OverflowError:  # an int or a Fraction beyond float64's range
+        value = math.inf if x > 0 else -math.inf
+    # A finite x beyond float64 (an int, a Fraction, a long double) becomes ±inf: it is too
+    # large, not infinite.
+    overflowed = math.isinf(value) and (
+        isinstance(x, numbers.Rational) or (isinstance(x, np.floating) and bool(np.isfinite(x)))
+    )
+    if not math.isfinite(value) and not overflowed:
+        raise ValueError(f"{name} should be finite, but got {value}")
+    huge = isinstance(x, numbers.Rational) and max(abs(x.numerator), x.denominator) >= 2**64
+    shown = _magnitude(x) if huge else str(x if overflowed else value)
+    if positive and not x > 0:
+        raise ValueError(f"{name} should be > 0, but got {shown}")
     largest = float(np.finfo(dtype).max)
-    if abs(x) > largest:
+    if abs(value) > largest:
         raise ValueError(
             f"{name} should be finite in {dtype} (the compute dtype, |{name}| <= {largest:.4g}), "
-            f"but got {x}"
+            f"but got {shown}"
         )
+    if positive and float(np.asarray(value, dtype=dtype)) == 0:
+        # A softcap that rounds to 0 in the compute dtype would divide by zero.
+        tiny = float(np.finfo(dtype).smallest_subnormal)
+        raise ValueError(
+            f"{name} should be > 0 in {dtype} (the compute dtype, {name} >= {tiny:.4g}), "
+            f"but got {shown}"
+        )
+    return value
 
 
 def check_scale(scale, dtype: np.dtype) -> float | None:
@@ -237,26 +268,22 @@ def check_scale(scale, dtype: np.dtype) -> float | None:
     # unit-variance q and k.
     if scale is None:
         return None
-    scale = check_real("scale", scale)
-    _check_in_dtype("scale", scale, dtype)
-    return scale
+    return check_real("scale", scale, dtype)
 
 
 def check_softcap(softcap, dtype: np.dtype) -> float | None:
     if softcap is None:
         return None
-    softcap = check_real("softcap", softcap)
-    if softcap <= 0:
-        raise ValueError(f"softcap should be > 0, but got {softcap}")
-    _check_in_dtype("softcap", softcap, dtype)
-    # A softcap that rounds to 0 in the compute dtype would divide by zero.
-    if float(np.asarray(softcap, dtype=dtype)) == 0:
-        tiny = float(np.finfo(dtype).smallest_subnormal)
-        raise ValueError(
-            f"softcap should be > 0 in {dtype} (the compute dtype, softcap >= {tiny:.4g}), "
-            f"but got {softcap}"
-        )
-    return softcap
+    return check_real("softcap", softcap, dtype, positive=True)
+
+
+def check_count(name: str, x) -> int:
+    """A size or a count (heads, widths): an int >= 1, not a bool."""
+    if not _is_int(x):
+        raise TypeError(f"{name} should be an int, but got {type(x).__name__} {x!r}")
+    if x < 1:
+        raise ValueError(f"{name} should be at least 1, but got {x}")
+    return int(x)
 
 
 def check_flag(name: str, x) -> bool:

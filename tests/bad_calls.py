@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
@@ -401,6 +402,25 @@ ATTENTION_BAD = [
         ("scale should be finite in float32 (the compute dtype", "1e+300"),
         scale=1e300,
     ),
+    # numbers beyond float64: float() raises OverflowError; the message shows their size
+    _with(
+        "scale an int beyond float64",
+        ValueError,
+        ("scale should be finite in float32 (the compute dtype", "but got 1e+400"),
+        scale=10**400,
+    ),
+    _with(
+        "scale a Fraction beyond float64",
+        ValueError,
+        ("scale should be finite in float32 (the compute dtype", "but got 3.333e+399"),
+        scale=Fraction(10**400, 3),
+    ),
+    _with(
+        "scale an int of more digits than str() shows",
+        ValueError,
+        ("scale should be finite in float32", "but got -1e+5000"),
+        scale=-(10**5000),
+    ),
     _with("scale a string", TypeError, ("scale should be a real number", "str"), scale="0.1"),
     _with("scale complex", TypeError, ("scale should be a real number", "complex"), scale=1j),
     _with("scale a bool", TypeError, ("scale should be a real number", "bool"), scale=True),
@@ -425,6 +445,24 @@ ATTENTION_BAD = [
         softcap=1e300,
     ),
     _with("softcap a string", TypeError, ("softcap should be a real number", "str"), softcap="30"),
+    _with(
+        "softcap an int beyond float64",
+        ValueError,
+        ("softcap should be finite in float32 (the compute dtype", "but got 1e+400"),
+        softcap=10**400,
+    ),
+    _with(
+        "softcap a negative Fraction beyond float64",
+        ValueError,
+        ("softcap should be > 0", "but got -1e+400"),
+        softcap=Fraction(-(10**400)),
+    ),
+    _with(
+        "softcap a Fraction that rounds to 0",
+        ValueError,
+        ("softcap should be > 0 in float32 (the compute dtype", "but got 1e-400"),
+        softcap=Fraction(1, 10**400),
+    ),
     # flags
     _with(
         "return_lse a string", TypeError, ("return_lse should be a bool", "str"), return_lse="no"
