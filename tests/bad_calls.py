@@ -11,6 +11,7 @@ made against (see tests/test_bad_calls.py):
     mha             refattn.multi_head_attention(x, context, params=..., ...), run with the
                     reference and with the native core as its attention function
     kv_cache        KVCache.append(key, value) on a cache that already holds one token
+    mha_params      MHAParams.init(d_model, num_heads, **options)
 
 LEGIT_CALLS: odd inputs that are legitimate (strided, reversed, read-only, misaligned or
 broadcast views, zero-size dims, scale 0 or negative, ...); both attention entry points must
@@ -421,6 +422,18 @@ ATTENTION_BAD = [
         ("scale should be finite in float32", "but got -1e+5000"),
         scale=-(10**5000),
     ),
+    *(
+        [
+            _with(
+                "scale a long double beyond float64",
+                ValueError,
+                ("scale should be finite in float32", "but got 1e+400"),
+                scale=np.longdouble("1e400"),
+            )
+        ]
+        if np.isfinite(np.longdouble("1e400"))  # x86's 80-bit long double; elsewhere it is inf
+        else []
+    ),
     _with("scale a string", TypeError, ("scale should be a real number", "str"), scale="0.1"),
     _with("scale complex", TypeError, ("scale should be a real number", "complex"), scale=1j),
     _with("scale a bool", TypeError, ("scale should be a real number", "bool"), scale=True),
@@ -640,6 +653,14 @@ def _params(**changes):
 
 
 _x, _p = mha_layer()
+# 6 query heads over 4 kv heads of 4, every width consistent: only the head counts disagree
+_rng = np.random.default_rng(8)
+_six_over_four = type(_p)(
+    w_q=_rng.standard_normal((16, 24)),
+    w_k=_rng.standard_normal((16, 16)),
+    w_v=_rng.standard_normal((16, 16)),
+    w_o=_rng.standard_normal((24, 16)),
+)
 MHA_BAD = [
     _mha("x is a list", TypeError, ("x should be a numpy.ndarray", "list"), x=_x.tolist()),
     _mha("x of ints", TypeError, ("x.dtype", "int64"), x=_x.astype(int)),
@@ -721,6 +742,27 @@ MHA_BAD = [
     ),
     _mha("num_heads 0", ValueError, ("num_heads should be at least 1", "0"), num_heads=0),
     _mha("num_heads a float", TypeError, ("num_heads should be an int", "float"), num_heads=4.0),
+    _mha("num_heads a bool", TypeError, ("num_heads should be an int", "bool"), num_heads=True),
+    _mha(
+        "num_kv_heads a float",
+        TypeError,
+        ("num_kv_heads should be an int", "float"),
+        num_kv_heads=2.0,
+    ),
+    _mha(
+        "num_heads not a multiple of num_kv_heads (widths that fit)",
+        ValueError,
+        ("num_heads should be a multiple of num_kv_heads = 4", "but got 6"),
+        params=_six_over_four,
+        num_heads=6,
+        num_kv_heads=4,
+    ),
+    _mha(
+        "num_kv_heads more than num_heads",
+        ValueError,
+        ("num_heads should be a multiple of num_kv_heads = 8", "but got 4"),
+        num_kv_heads=8,
+    ),
     _mha(
         "num_kv_heads negative",
         ValueError,
@@ -730,8 +772,8 @@ MHA_BAD = [
     _mha(
         "num_heads not dividing the width",
         ValueError,
-        ("params.w_q.shape[1] (16) should be a multiple of num_heads = 3",),
-        num_heads=3,
+        ("params.w_q.shape[1] (16) should be a multiple of num_heads = 6",),
+        num_heads=6,
     ),
     _mha(
         "kv_cache not a KVCache",
@@ -751,6 +793,13 @@ MHA_BAD = [
         ValueError,
         ("causal should be True or 'bottom_right' with a kv_cache", "'top_left'"),
         causal="top_left",
+        kv_cache="cache",
+    ),
+    _mha(
+        "kv_cache with causal 1",
+        ValueError,
+        ("causal should be None, True, 'top_left' or 'bottom_right'", "but got 1"),
+        causal=1,
         kv_cache="cache",
     ),
     _mha(
@@ -859,7 +908,82 @@ KV_CACHE_BAD = [
     ),
 ]
 
-BAD_CALLS = ATTENTION_BAD + NATIVE_BAD + MERGE_BAD + MHA_BAD + KV_CACHE_BAD
+
+def _init(name, args, error, says, **options):
+    return BadCall(name, args, error, says, options, entry="mha_params")
+
+
+MHA_PARAMS_BAD = [
+    _init("num_heads 0", (16, 0), ValueError, ("num_heads should be at least 1", "got 0")),
+    _init("num_heads a float", (16, 2.5), TypeError, ("num_heads should be an int", "float 2.5")),
+    _init("num_heads a bool", (16, True), TypeError, ("num_heads should be an int", "bool")),
+    _init("d_model a float", (16.0, 4), TypeError, ("d_model should be an int", "float 16.0")),
+    _init("d_model negative", (-16, 4), ValueError, ("d_model should be at least 1", "-16")),
+    _init(
+        "num_heads more than d_model, no head_dim",
+        (8, 16),
+        ValueError,
+        ("num_heads should be at most d_model = 8 when head_dim is not given", "got 16"),
+    ),
+    _init(
+        "num_heads not a multiple of num_kv_heads",
+        (16, 4),
+        ValueError,
+        ("num_heads should be a multiple of num_kv_heads = 3", "but got 4"),
+        num_kv_heads=3,
+    ),
+    _init(
+        "num_kv_heads 0",
+        (16, 4),
+        ValueError,
+        ("num_kv_heads should be at least 1", "got 0"),
+        num_kv_heads=0,
+    ),
+    _init(
+        "num_kv_heads a bool",
+        (16, 4),
+        TypeError,
+        ("num_kv_heads should be an int", "bool"),
+        num_kv_heads=True,
+    ),
+    _init(
+        "head_dim a float", (16, 4), TypeError, ("head_dim should be an int", "float"), head_dim=4.0
+    ),
+    _init(
+        "value_head_dim negative",
+        (16, 4),
+        ValueError,
+        ("value_head_dim should be at least 1", "-1"),
+        value_head_dim=-1,
+    ),
+    _init(
+        "d_context a numpy float",
+        (16, 4),
+        TypeError,
+        ("d_context should be an int", "float64"),
+        d_context=np.float64(8),
+    ),
+    _init("d_out 0", (16, 4), ValueError, ("d_out should be at least 1", "got 0"), d_out=0),
+    _init("bias 1", (16, 4), TypeError, ("bias should be a bool", "int 1"), bias=1),
+    _init(
+        "dtype int32",
+        (16, 4),
+        TypeError,
+        ("dtype should be float16, float32 or float64", "int32"),
+        dtype=np.int32,
+    ),
+    _init(
+        "dtype not a dtype",
+        (16, 4),
+        TypeError,
+        ("dtype should be float16, float32 or float64", "'nope'"),
+        dtype="nope",
+    ),
+    _init("seed negative", (16, 4), ValueError, ("seed should be an int >= 0", "-1"), seed=-1),
+    _init("seed a float", (16, 4), TypeError, ("seed should be an int >= 0", "float"), seed=1.5),
+]
+
+BAD_CALLS = ATTENTION_BAD + NATIVE_BAD + MERGE_BAD + MHA_BAD + KV_CACHE_BAD + MHA_PARAMS_BAD
 
 
 @dataclass(frozen=True)
