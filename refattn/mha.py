@@ -19,6 +19,7 @@ import numpy as np
 from refattn._checks import (
     FLOAT_DTYPES,
     _is_int,
+    _magnitude,
     check_causal,
     check_count,
     check_flag,
@@ -99,6 +100,22 @@ class MHAParams:
         if seed < 0:
             raise ValueError(f"seed should be an int >= 0, but got {seed}")
         rng = np.random.default_rng(int(seed))
+        shapes = {
+            "w_q": ((d_model, num_heads * head_dim), "d_model, num_heads · head_dim"),
+            "w_k": ((d_context, num_kv_heads * head_dim), "d_context, num_kv_heads · head_dim"),
+            "w_v": ((d_context, num_kv_heads * value_head_dim), "d_context, num_kv_heads · Dv"),
+            "w_o": ((num_heads * value_head_dim, d_out), "num_heads · value_head_dim, d_out"),
+        }
+        # Beyond the address space NumPy fails with messages that name no argument (or an
+        # OverflowError); within it but beyond this machine's memory, MemoryError says so.
+        most = np.iinfo(np.intp).max
+        for name, (shape, made_of) in shapes.items():
+            if shape[0] * shape[1] * dtype.itemsize > most:
+                shown = ", ".join(str(n) if n < 2**64 else _magnitude(n) for n in shape)
+                raise ValueError(
+                    f"params.{name} ({made_of}) should hold at most {most} bytes, "
+                    f"but got shape ({shown}) of {dtype}"
+                )
 
         def glorot(n_in, n_out):
             limit = (6.0 / (n_in + n_out)) ** 0.5

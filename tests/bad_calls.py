@@ -979,6 +979,29 @@ MHA_PARAMS_BAD = [
         ("dtype should be float16, float32 or float64", "'nope'"),
         dtype="nope",
     ),
+    _init(
+        "d_model beyond the address space",
+        (2**64, 4),
+        ValueError,
+        (
+            "params.w_q (d_model, num_heads · head_dim) should hold at most",
+            "(1.845e+19, 1.845e+19)",
+        ),
+    ),
+    _init(
+        "head_dim beyond the address space",
+        (16, 4),
+        ValueError,
+        ("params.w_q (d_model, num_heads · head_dim) should hold at most", "(16, 1.845e+19)"),
+        head_dim=2**62,
+    ),
+    _init(
+        "d_out beyond the address space",
+        (16, 4),
+        ValueError,
+        ("params.w_o (num_heads · value_head_dim, d_out) should hold at most", "(16, 1e+5000)"),
+        d_out=10**5000,
+    ),
     _init("seed negative", (16, 4), ValueError, ("seed should be an int >= 0", "-1"), seed=-1),
     _init("seed a float", (16, 4), TypeError, ("seed should be an int >= 0", "float"), seed=1.5),
 ]
