@@ -1081,6 +1081,16 @@ def _legit_calls() -> list[LegitCall]:
             "bias float16 with float64 input", (q64, k64, v64), bias=np.ones((LQ, LK), np.float16)
         ),
         _legit("bias float64 near float32's range", (q, k, v), bias=np.full((LQ, LK), -3e38)),
+        _legit(
+            "float64 bias broadcast over batch, heads and queries (stride 0), cast to float32",
+            (q, k, v),
+            bias=np.broadcast_to(np.linspace(-1, 1, LK), (B, H, LQ, LK)),
+        ),
+        _legit(
+            "float64 bias broadcast over the keys (stride 0), cast to float32",
+            (q, k, v),
+            bias=np.broadcast_to(np.array([[0.5], [-1.0], [-np.inf]]), (LQ, LK)),
+        ),
     ]
 
 

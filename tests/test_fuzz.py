@@ -193,9 +193,11 @@ def fuzz_calls(draw) -> FuzzCall:
         bias = np.asarray(rng.standard_normal(shape), dtype=bias_dtype)
         if bias.size and draw(st.booleans(), label="bias -inf?"):
             bias[rng.random(shape) < 0.3] = -np.inf
-        layout = draw(st.sampled_from(MASK_LAYOUTS), label="bias layout")
-        if layout == "broadcast":  # stride 0 along every axis but the last: one row's values
-            bias = np.broadcast_to(bias[(0,) * (bias.ndim - 1)], bias.shape) if bias.size else bias
+        layout = draw(st.sampled_from((*MASK_LAYOUTS, "broadcast-rows")), label="bias layout")
+        if layout == "broadcast" and bias.ndim:  # stride 0 along the keys, as for masks
+            bias = np.broadcast_to(bias[..., :1], bias.shape)
+        elif layout == "broadcast-rows" and bias.size:  # stride 0 along all but the keys
+            bias = np.broadcast_to(bias[(0,) * (bias.ndim - 1)], bias.shape)
         options["bias"] = lay_out(bias, layout)
     causal = draw(st.sampled_from([None, None, True, False, "top_left", "bottom_right"]))
     if causal is not None:
