@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from fractions import Fraction
 
 import numpy as np
 
@@ -27,9 +28,27 @@ def compute_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
 
 
-def check_float_array(name: str, x, *, min_ndim: int = 0) -> np.ndarray:
+# ndarray subclasses that pass isinstance(x, np.ndarray) but would be misread: a masked array's
+# mask is ignored by the native core (a masked-out NaN reaches the output) and breaks the
+# reference's broadcasting; np.matrix keeps two dimensions under indexing and reduction.
+_REFUSED_SUBCLASSES = (
+    (np.ma.MaskedArray, "numpy.ma.MaskedArray", "a masked array's mask would be ignored"),
+    (np.matrix, "numpy.matrix", "np.matrix keeps 2 dimensions: pass np.asarray(...)"),
+)
+
+
+def check_plain_array(name: str, x, what: str = "a numpy.ndarray") -> None:
+    """Refuse anything that is not an ndarray, and the ndarray subclasses attention would
+    misread (masked arrays, np.matrix). `what` is the expectation the message states."""
     if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name} should be a numpy.ndarray, but got {type(x).__name__}")
+        raise TypeError(f"{name} should be {what}, but got {type(x).__name__}")
+    for cls, cls_name, why in _REFUSED_SUBCLASSES:
+        if isinstance(x, cls):
+            raise TypeError(f"{name} should be {what} ({why}), but got {cls_name}")
+
+
+def check_float_array(name: str, x, *, min_ndim: int = 0) -> np.ndarray:
+    check_plain_array(name, x)
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}.dtype should be float16, float32 or float64, but got {x.dtype}")
     if x.ndim < min_ndim:
@@ -63,8 +82,7 @@ def check_broadcastable(name: str, x: np.ndarray, target: tuple[int, ...], lette
 def check_mask(mask, target: tuple[int, ...], letters: str) -> np.ndarray | None:
     if mask is None:
         return None
-    if not isinstance(mask, np.ndarray):
-        raise TypeError(f"mask should be a numpy.ndarray of bool, but got {type(mask).__name__}")
+    check_plain_array("mask", mask, "a numpy.ndarray of bool")
     if mask.dtype != np.bool_:
         raise TypeError(
             f"mask.dtype should be bool (True = may attend), but got {mask.dtype}; "
@@ -74,36 +92,58 @@ def check_mask(mask, target: tuple[int, ...], letters: str) -> np.ndarray | None
     return mask
 
 
+def broadcast_base(x: np.ndarray) -> np.ndarray:
+    """The smallest view of x that holds all its distinct elements: every axis along which x
+    is broadcast (stride 0, as np.broadcast_to makes) indexed down to length 1. It broadcasts
+    back to x.shape, and an index into it (0 along those axes) is also an index into x."""
+    index = tuple(
+        slice(0, 1) if stride == 0 and n > 1 else slice(None)
+        for n, stride in zip(x.shape, x.strides, strict=True)
+    )
+    return x[index]
+
+
 def check_bias(bias, target: tuple[int, ...], letters: str, dtype: np.dtype) -> np.ndarray | None:
     if bias is None:
         return None
     bias = check_float_array("bias", bias)
     check_broadcastable("bias", bias, target, letters)
+    # The checks run on the broadcast base (and in_compute_dtype casts it): a (Lq, Lk) view of
+    # one row of Lk costs Lk elements, and checking the view itself would materialise Lq·Lk.
+    # Its first bad element is also the view's first in C order (0 along the broadcast axes).
+    base = broadcast_base(bias)
     # -inf is how a bias masks a key; NaN and +inf have no meaning as a score offset.
-    bad = np.isnan(bias) | np.isposinf(bias)
+    bad = np.isnan(base) | np.isposinf(base)
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"bias should be finite or -inf, but got {bias[where]} at index {where}")
+        raise ValueError(f"bias should be finite or -inf, but got {base[where]} at index {where}")
     # A float64 bias beyond the compute dtype's range would turn into ±inf in the cast: +inf
     # makes the row NaN and -inf silently hides a key the caller meant to keep.
     largest = float(np.finfo(dtype).max)
-    if float(np.finfo(bias.dtype).max) > largest:
+    if float(np.finfo(base.dtype).max) > largest:
         with np.errstate(invalid="ignore"):
-            bad = np.isfinite(bias) & (np.abs(bias) > largest)
+            bad = np.isfinite(base) & (np.abs(base) > largest)
     else:
         bad = np.zeros((), dtype=bool)
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(
             f"bias should be finite in {dtype} (the compute dtype, |bias| <= {largest:.4g}) "
-            f"or -inf, but got {bias[where]} at index {where}"
+            f"or -inf, but got {base[where]} at index {where}"
         )
     return bias
 
 
 def in_compute_dtype(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """x (a checked bias) in the compute dtype, copied only when the dtype differs."""
-    return x.astype(dtype, copy=False)
+    """x (a checked bias) in the compute dtype, copied only when the dtype differs, and then
+    only its broadcast base: a stride-0 view is cast as the few values it holds and broadcast
+    again, so that the native core takes the stride-0 axes as they are."""
+    if x.dtype == dtype:
+        return x
+    base = broadcast_base(x)
+    if base.shape == x.shape:
+        return x.astype(dtype)
+    return np.broadcast_to(base.astype(dtype), x.shape)
 
 
 def check_causal(causal) -> str | None:
@@ -153,6 +193,8 @@ def check_window(window) -> tuple[int | None, int | None] | None:
 def check_kv_lengths(kv_lengths, batch_shape: tuple[int, ...], Lk: int) -> np.ndarray | None:
     if kv_lengths is None:
         return None
+    if isinstance(kv_lengths, np.ndarray):
+        check_plain_array("kv_lengths", kv_lengths, "ints or a numpy.ndarray of them")
     lengths = np.asarray(kv_lengths)
     if lengths.dtype.kind not in "iu":
         raise TypeError(f"kv_lengths should hold integers, but got dtype {lengths.dtype}")
@@ -172,23 +214,53 @@ def check_kv_lengths(kv_lengths, batch_shape: tuple[int, ...], Lk: int) -> np.nd
     return lengths.astype(np.int64)
 
 
-def check_real(name: str, x) -> float:
+def _magnitude(x: numbers.Rational) -> str:
+    """A huge int or fraction for a message, as 1.234e+400: its digits could run to thousands
+    (and str() refuses more than 4300)."""
+    num, den = abs(x.numerator), x.denominator
+    exponent = math.floor(math.log10(num) - math.log10(den))
+    mantissa = float(Fraction(num, den) / Fraction(10) ** exponent)
+    if mantissa >= 10:  # log10 rounded down across a power of ten
+        mantissa, exponent = mantissa / 10, exponent + 1
+    elif mantissa < 1:  # or up
+        mantissa, exponent = mantissa * 10, exponent - 1
+    return f"{'-' if x < 0 else ''}{mantissa:.4g}e{exponent:+d}"
+
+
+def check_real(name: str, x, dtype: np.dtype, *, positive: bool = False) -> float:
+    """x as a float: a real number (not a bool), finite, > 0 if `positive`, and within the range
+    of the compute dtype, or TypeError/ValueError naming the argument."""
     if not isinstance(x, numbers.Real) or isinstance(x, bool | np.bool_):
         raise TypeError(f"{name} should be a real number, but got {type(x).__name__} {x!r}")
-    x = float(x)
-    if not math.isfinite(x):
-        raise ValueError(f"{name} should be finite, but got {x}")
-    return x
-
-
-def _check_in_dtype(name: str, x: float, dtype: np.dtype) -> None:
-    """x, a finite float, must stay finite when rounded to the compute dtype."""
+    try:
+        value = float(x)
+    except OverflowError:  # an int or a Fraction beyond float64's range
+        value = math.inf if x > 0 else -math.inf
+    # A finite x beyond float64 (an int, a Fraction, a long double) becomes ±inf: it is too
+    # large, not infinite.
+    overflowed = math.isinf(value) and (
+        isinstance(x, numbers.Rational) or (isinstance(x, np.floating) and bool(np.isfinite(x)))
+    )
+    if not math.isfinite(value) and not overflowed:
+        raise ValueError(f"{name} should be finite, but got {value}")
+    huge = isinstance(x, numbers.Rational) and max(abs(x.numerator), x.denominator) >= 2**64
+    shown = _magnitude(x) if huge else str(x if overflowed else value)
+    if positive and not x > 0:
+        raise ValueError(f"{name} should be > 0, but got {shown}")
     largest = float(np.finfo(dtype).max)
-    if abs(x) > largest:
+    if abs(value) > largest:
         raise ValueError(
             f"{name} should be finite in {dtype} (the compute dtype, |{name}| <= {largest:.4g}), "
-            f"but got {x}"
+            f"but got {shown}"
         )
+    if positive and float(np.asarray(value, dtype=dtype)) == 0:
+        # A softcap that rounds to 0 in the compute dtype would divide by zero.
+        tiny = float(np.finfo(dtype).smallest_subnormal)
+        raise ValueError(
+            f"{name} should be > 0 in {dtype} (the compute dtype, {name} >= {tiny:.4g}), "
+            f"but got {shown}"
+        )
+    return value
 
 
 def check_scale(scale, dtype: np.dtype) -> float | None:
@@ -196,26 +268,22 @@ def check_scale(scale, dtype: np.dtype) -> float | None:
     # unit-variance q and k.
     if scale is None:
         return None
-    scale = check_real("scale", scale)
-    _check_in_dtype("scale", scale, dtype)
-    return scale
+    return check_real("scale", scale, dtype)
 
 
 def check_softcap(softcap, dtype: np.dtype) -> float | None:
     if softcap is None:
         return None
-    softcap = check_real("softcap", softcap)
-    if softcap <= 0:
-        raise ValueError(f"softcap should be > 0, but got {softcap}")
-    _check_in_dtype("softcap", softcap, dtype)
-    # A softcap that rounds to 0 in the compute dtype would divide by zero.
-    if float(np.asarray(softcap, dtype=dtype)) == 0:
-        tiny = float(np.finfo(dtype).smallest_subnormal)
-        raise ValueError(
-            f"softcap should be > 0 in {dtype} (the compute dtype, softcap >= {tiny:.4g}), "
-            f"but got {softcap}"
-        )
-    return softcap
+    return check_real("softcap", softcap, dtype, positive=True)
+
+
+def check_count(name: str, x) -> int:
+    """A size or a count (heads, widths): an int >= 1, not a bool."""
+    if not _is_int(x):
+        raise TypeError(f"{name} should be an int, but got {type(x).__name__} {x!r}")
+    if x < 1:
+        raise ValueError(f"{name} should be at least 1, but got {x}")
+    return int(x)
 
 
 def check_flag(name: str, x) -> bool:

@@ -16,7 +16,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refattn._checks import check_float_array, check_same_dtype, check_size
+from refattn._checks import (
+    FLOAT_DTYPES,
+    _is_int,
+    _magnitude,
+    check_causal,
+    check_count,
+    check_flag,
+    check_float_array,
+    check_same_dtype,
+    check_size,
+)
 from refattn.call import call_signature, check_option_names
 
 
@@ -50,26 +60,62 @@ class MHAParams:
     ) -> MHAParams:
         """Seeded random parameters: Glorot-uniform weights, small normal biases.
 
-        head_dim defaults to d_model // num_heads, value_head_dim to head_dim, num_kv_heads to
-        num_heads, d_context to d_model and d_out to d_model.
+        Every size is an int >= 1. head_dim defaults to d_model // num_heads (so num_heads may
+        not exceed d_model without it), value_head_dim to head_dim, num_kv_heads to num_heads,
+        d_context to d_model and d_out to d_model. num_heads must be a multiple of num_kv_heads
+        (query head h uses kv head h // (num_heads // num_kv_heads)). dtype is float16,
+        float32 or float64; seed an int >= 0.
         """
-        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-        head_dim = d_model // num_heads if head_dim is None else head_dim
-        value_head_dim = head_dim if value_head_dim is None else value_head_dim
-        d_context = d_model if d_context is None else d_context
-        d_out = d_model if d_out is None else d_out
-        for name, size in [
-            ("d_model", d_model),
-            ("num_heads", num_heads),
-            ("num_kv_heads", num_kv_heads),
-            ("head_dim", head_dim),
-            ("value_head_dim", value_head_dim),
-            ("d_context", d_context),
-            ("d_out", d_out),
-        ]:
-            if size < 1:
-                raise ValueError(f"{name} should be at least 1, but got {size}")
-        rng = np.random.default_rng(seed)
+        d_model = check_count("d_model", d_model)
+        num_heads = check_count("num_heads", num_heads)
+        sizes = {
+            "num_kv_heads": num_kv_heads,
+            "head_dim": head_dim,
+            "value_head_dim": value_head_dim,
+            "d_context": d_context,
+            "d_out": d_out,
+        }
+        for name, size in sizes.items():
+            if size is not None:
+                check_count(name, size)
+        num_kv_heads = num_heads if num_kv_heads is None else int(num_kv_heads)
+        if num_heads % num_kv_heads:
+            raise ValueError(
+                f"num_heads should be a multiple of num_kv_heads = {num_kv_heads}, "
+                f"but got {num_heads}"
+            )
+        if head_dim is None and num_heads > d_model:
+            raise ValueError(
+                f"num_heads should be at most d_model = {d_model} when head_dim is not given "
+                f"(it defaults to d_model // num_heads), but got {num_heads}"
+            )
+        head_dim = d_model // num_heads if head_dim is None else int(head_dim)
+        value_head_dim = head_dim if value_head_dim is None else int(value_head_dim)
+        d_context = d_model if d_context is None else int(d_context)
+        d_out = d_model if d_out is None else int(d_out)
+        bias = check_flag("bias", bias)
+        dtype = _check_dtype(dtype)
+        if not _is_int(seed):
+            raise TypeError(f"seed should be an int >= 0, but got {type(seed).__name__} {seed!r}")
+        if seed < 0:
+            raise ValueError(f"seed should be an int >= 0, but got {seed}")
+        rng = np.random.default_rng(int(seed))
+        shapes = {
+            "w_q": ((d_model, num_heads * head_dim), "d_model, num_heads · head_dim"),
+            "w_k": ((d_context, num_kv_heads * head_dim), "d_context, num_kv_heads · head_dim"),
+            "w_v": ((d_context, num_kv_heads * value_head_dim), "d_context, num_kv_heads · Dv"),
+            "w_o": ((num_heads * value_head_dim, d_out), "num_heads · value_head_dim, d_out"),
+        }
+        # Beyond the address space NumPy fails with messages that name no argument (or an
+        # OverflowError); within it but beyond this machine's memory, MemoryError says so.
+        most = np.iinfo(np.intp).max
+        for name, (shape, made_of) in shapes.items():
+            if shape[0] * shape[1] * dtype.itemsize > most:
+                shown = ", ".join(str(n) if n < 2**64 else _magnitude(n) for n in shape)
+                raise ValueError(
+                    f"params.{name} ({made_of}) should hold at most {most} bytes, "
+                    f"but got shape ({shown}) of {dtype}"
+                )
 
         def glorot(n_in, n_out):
             limit = (6.0 / (n_in + n_out)) ** 0.5
@@ -97,6 +143,10 @@ class KVCache:
     calls on consecutive pieces of a sequence: each call appends its keys and values, and its
     queries attend to everything cached so far. Storage grows by doubling, so appending a token
     costs amortised O(1) copies of the cache.
+
+    `key`, `value` and what `append` returns are read-only views of the cache's storage (no
+    copy per step): writing into them raises ValueError instead of corrupting the cache. Copy
+    them (`np.array(cache.key)`) to get arrays of your own.
     """
 
     def __init__(self):
@@ -106,16 +156,26 @@ class KVCache:
 
     @property
     def key(self) -> np.ndarray | None:
-        """The cached keys, (B..., Hkv, length, Dk), or None before the first append."""
-        return None if self._key is None else self._key[..., : self.length, :]
+        """The cached keys, (B..., Hkv, length, Dk), a read-only view; None before the first
+        append."""
+        return self._cached(self._key)
 
     @property
     def value(self) -> np.ndarray | None:
-        """The cached values, (B..., Hkv, length, Dv), or None before the first append."""
-        return None if self._value is None else self._value[..., : self.length, :]
+        """The cached values, (B..., Hkv, length, Dv), a read-only view; None before the first
+        append."""
+        return self._cached(self._value)
+
+    def _cached(self, storage: np.ndarray | None) -> np.ndarray | None:
+        if storage is None:
+            return None
+        view = storage[..., : self.length, :]
+        view.flags.writeable = False  # the view only: the storage stays writable for append
+        return view
 
     def append(self, key: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Append (B..., Hkv, L, Dk) keys and (B..., Hkv, L, Dv) values; return all so far."""
+        """Append (B..., Hkv, L, Dk) keys and (B..., Hkv, L, Dv) values; return all so far, as
+        the read-only views `key` and `value` give."""
         key = check_float_array("key", key, min_ndim=3)
         value = check_float_array("value", value, min_ndim=3)
         check_same_dtype("value", value, key.dtype, "key's")
@@ -166,12 +226,16 @@ def project(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, heads: int) -> n
 _NOT_PASSED_ON = ("return_lse", "return_weights")  # the layer returns y alone
 
 
-def check_heads(name: str, heads) -> int:
-    if not isinstance(heads, int | np.integer) or isinstance(heads, bool):
-        raise TypeError(f"{name} should be an int, but got {type(heads).__name__} {heads!r}")
-    if heads < 1:
-        raise ValueError(f"{name} should be at least 1, but got {heads}")
-    return int(heads)
+def _check_dtype(dtype) -> np.dtype:
+    try:
+        checked = np.dtype(dtype)
+    except TypeError:  # not a dtype at all: "float" is one, "nope" is not
+        raise TypeError(
+            f"dtype should be float16, float32 or float64, but got {type(dtype).__name__} {dtype!r}"
+        ) from None
+    if not any(checked == allowed for allowed in FLOAT_DTYPES):
+        raise TypeError(f"dtype should be float16, float32 or float64, but got {checked}")
+    return checked
 
 
 def _check_params(params, dtype: np.dtype) -> None:
@@ -230,9 +294,14 @@ def multi_head_attention(
     x = check_float_array("x", x, min_ndim=2)
     source = x if context is None else check_float_array("context", context, min_ndim=2)
     _check_params(params, x.dtype)
-    check_heads("num_heads", num_heads)
-    if num_kv_heads is not None:
-        check_heads("num_kv_heads", num_kv_heads)
+    num_heads = check_count("num_heads", num_heads)
+    num_kv_heads = num_heads if num_kv_heads is None else check_count("num_kv_heads", num_kv_heads)
+    # Checked here, with the arguments' names: after the projection attention would only see
+    # query.shape[-3] and key.shape[-3].
+    if num_heads % num_kv_heads:
+        raise ValueError(
+            f"num_heads should be a multiple of num_kv_heads = {num_kv_heads}, but got {num_heads}"
+        )
     if kv_cache is not None and not isinstance(kv_cache, KVCache):
         raise TypeError(
             f"kv_cache should be a refattn.KVCache or None, but got {type(kv_cache).__name__}"
@@ -248,7 +317,17 @@ def multi_head_attention(
                 f"context.shape[:-2] should be {x.shape[:-2]} (x's batch dims), "
                 f"but got {source.shape[:-2]}"
             )
-    num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+    if kv_cache is not None:
+        if context is not None:
+            raise ValueError("kv_cache is for self-attention: context should be None with it")
+        # check_causal refuses what attention would (1, arrays, misspellings); of what it takes,
+        # only an explicit top-left alignment contradicts a cache (True means bottom-right here)
+        causal = options.get("causal")
+        if check_causal(causal) == "top_left" and isinstance(causal, str):
+            raise ValueError(
+                "causal should be True or 'bottom_right' with a kv_cache (the new queries come "
+                f"after the cached keys), but got {causal!r}"
+            )
     check_size("params.w_q.shape[0]", params.w_q.shape[0], x.shape[-1], "x's Dm")
     check_size("params.w_k.shape[0]", params.w_k.shape[0], source.shape[-1], "the context's Dc")
     check_size("params.w_v.shape[0]", params.w_v.shape[0], source.shape[-1], "the context's Dc")
@@ -264,14 +343,6 @@ def multi_head_attention(
     k = project(source, params.w_k, params.b_k, num_kv_heads)
     v = project(source, params.w_v, params.b_v, num_kv_heads)
     if kv_cache is not None:
-        if context is not None:
-            raise ValueError("kv_cache is for self-attention: context should be None with it")
-        causal = options.get("causal")
-        if causal not in (None, False, True, "bottom_right"):
-            raise ValueError(
-                "causal should be True or 'bottom_right' with a kv_cache (the new queries come "
-                f"after the cached keys), but got {causal!r}"
-            )
         cached = kv_cache.length
         k, v = kv_cache.append(k, v)
         causal = "bottom_right" if causal else None

@@ -150,10 +150,18 @@ def merge_partials(outs: Sequence[np.ndarray], lses: Sequence[np.ndarray]):
 
         lse = log Σ_c exp(lse_c)        out = Σ_c exp(lse_c - lse) · out_c
 
-    because each chunk's weights are the global ones scaled by exp(lse - lse_c). A chunk in which
-    a row sees no key has lse_c = -inf and weighs 0; a row that sees no key in any chunk gets
-    out 0 and lse -inf, as the fully masked rule says. This is how split-KV decoding and ring
-    attention put their pieces together; the merge is associative.
+    because each chunk's weights are the global ones scaled by exp(lse - lse_c). This is how
+    split-KV decoding and ring attention put their pieces together; the merge is associative.
+
+    NaN and Inf, row by row:
+    - A chunk in which the row sees no key has lse_c = -inf and contributes nothing, whatever
+      its out holds there: 0 by the fully masked rule, but an implementation that divides 0 by
+      0 returns NaN, and 0·NaN must not poison the row.
+    - A chunk with lse_c NaN (a NaN score in it) makes the row's out and lse NaN, as a NaN score
+      does in attention over all keys; so does lse_c = +inf, which no attention returns.
+    - NaN or Inf in the out of a chunk with a finite lse_c reaches the row as it would in
+      attention over all keys (any weight times NaN is NaN, 0 included).
+    - A row that sees no key in any chunk gets out 0 and lse -inf, as the fully masked rule says.
 
     Args:
         outs: a non-empty sequence of arrays (..., Lq, Dv), all of one shape and float dtype.
@@ -192,5 +200,8 @@ def merge_partials(outs: Sequence[np.ndarray], lses: Sequence[np.ndarray]):
     with np.errstate(divide="ignore"):
         lse = shift + np.log(total)
     chunk_weights = chunk_weights / np.where(total == 0, 1, total)
-    out = np.sum(chunk_weights[..., None] * stacked_out, axis=0)
+    with np.errstate(invalid="ignore"):  # 0·Inf in chunks that see nothing: dropped below
+        terms = chunk_weights[..., None] * stacked_out  # (C, ..., Lq, Dv)
+    sees_nothing = (stacked_lse == -np.inf)[..., None]
+    out = np.sum(np.where(sees_nothing, 0, terms), axis=0)
     return out.astype(outs[0].dtype, copy=False), lse

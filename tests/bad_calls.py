@@ -11,6 +11,7 @@ made against (see tests/test_bad_calls.py):
     mha             refattn.multi_head_attention(x, context, params=..., ...), run with the
                     reference and with the native core as its attention function
     kv_cache        KVCache.append(key, value) on a cache that already holds one token
+    mha_params      MHAParams.init(d_model, num_heads, **options)
 
 LEGIT_CALLS: odd inputs that are legitimate (strided, reversed, read-only, misaligned or
 broadcast views, zero-size dims, scale 0 or negative, ...); both attention entry points must
@@ -20,7 +21,9 @@ model.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
@@ -66,6 +69,22 @@ def _read_only(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _masked(x: np.ndarray) -> np.ma.MaskedArray:
+    """x as a masked array whose first element is masked out, and NaN (or True, for bools)
+    underneath: what a call that honoured the mask would never see."""
+    data = np.array(x)
+    data.flat[0] = True if data.dtype == bool else np.nan
+    mask = np.zeros(data.shape, dtype=bool)
+    mask.flat[0] = True
+    return np.ma.masked_array(data, mask=mask)
+
+
+def _matrix(x) -> np.matrix:
+    with warnings.catch_warnings():  # np.matrix warns that it is not recommended: it is the point
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        return np.asmatrix(x)
+
+
 q, k, v = qkv()
 _one = np.ones((LQ, LK))
 _nan_bias = np.where(np.arange(LQ * LK).reshape(LQ, LK) == 7, np.nan, 0.0)
@@ -90,6 +109,27 @@ ATTENTION_BAD = [
         ("value.dtype", "complex128"),
     ),
     BadCall("query is object", (q.astype(object), k, v), TypeError, ("query.dtype", "object")),
+    # ndarray subclasses that would be misread: a masked array's mask is ignored, np.matrix
+    # stays 2-D under indexing
+    BadCall(
+        "query is a masked array",
+        (_masked(q), k, v),
+        TypeError,
+        ("query should be a numpy.ndarray", "mask would be ignored", "numpy.ma.MaskedArray"),
+    ),
+    BadCall("key is a masked array", (q, _masked(k), v), TypeError, ("key should", "MaskedArray")),
+    BadCall(
+        "value is a masked array (a masked-out NaN)",
+        (q, k, _masked(v)),
+        TypeError,
+        ("value should be a numpy.ndarray", "numpy.ma.MaskedArray"),
+    ),
+    BadCall(
+        "query is a masked array of ints",
+        (np.ma.masked_array(q.astype(int)), k, v),
+        TypeError,
+        ("query should be a numpy.ndarray", "numpy.ma.MaskedArray"),
+    ),
     BadCall("key is a string array", (q, k.astype(str), v), TypeError, ("key.dtype", "<U")),
     BadCall(
         "query is big-endian",
@@ -182,6 +222,18 @@ ATTENTION_BAD = [
     _with("mask is a list", TypeError, ("mask", "numpy.ndarray", "list"), mask=[[True] * LK] * LQ),
     _with("mask is a Python bool", TypeError, ("mask", "numpy.ndarray", "bool"), mask=True),
     _with(
+        "mask is a masked array",
+        TypeError,
+        ("mask should be a numpy.ndarray of bool", "mask would be ignored", "numpy.ma.MaskedArray"),
+        mask=_masked(np.ones((LQ, LK), dtype=bool)),
+    ),
+    _with(
+        "mask is a np.matrix",
+        TypeError,
+        ("mask should be a numpy.ndarray of bool", "np.asarray", "numpy.matrix"),
+        mask=_matrix(np.ones((LQ, LK), dtype=bool)),
+    ),
+    _with(
         "mask not broadcastable",
         ValueError,
         ("mask.shape", "(2, 4, 3, 5)", "(3, 4)"),
@@ -208,6 +260,18 @@ ATTENTION_BAD = [
     _with("bias is a float", TypeError, ("bias", "numpy.ndarray", "float"), bias=0.5),
     _with("bias is a list", TypeError, ("bias", "numpy.ndarray", "list"), bias=_one.tolist()),
     _with(
+        "bias is a masked array",
+        TypeError,
+        ("bias should be a numpy.ndarray", "mask would be ignored", "numpy.ma.MaskedArray"),
+        bias=_masked(_one),
+    ),
+    _with(
+        "bias is a np.matrix",
+        TypeError,
+        ("bias should be a numpy.ndarray", "np.asarray", "numpy.matrix"),
+        bias=_matrix(_one),
+    ),
+    _with(
         "bias not broadcastable",
         ValueError,
         ("bias.shape", "(5, 3)"),
@@ -230,6 +294,28 @@ ATTENTION_BAD = [
         ValueError,
         ("bias should be finite or -inf", "inf"),
         bias=np.full((LQ, LK), np.inf),
+    ),
+    # broadcast (stride-0) biases are checked on the values they hold: the index is the
+    # view's first bad element, 0 along the broadcast axes
+    _with(
+        "bias broadcast over batch, heads and queries with NaN",
+        ValueError,
+        ("bias should be finite or -inf", "nan", "at index (0, 0, 0, 3)"),
+        bias=np.broadcast_to(np.where(np.arange(LK) == 3, np.nan, 0.0), (B, H, LQ, LK)),
+    ),
+    _with(
+        "bias broadcast over the keys with +inf",
+        ValueError,
+        ("bias should be finite or -inf", "inf", "at index (2, 0)"),
+        bias=np.broadcast_to(np.array([[0.0], [1.0], [np.inf]]), (LQ, LK)),
+    ),
+    _with(
+        "broadcast float64 bias that overflows float32",
+        ValueError,
+        ("bias should be finite in float32", "-1e+300", "at index (1, 0, 4)"),
+        bias=np.broadcast_to(
+            np.where(np.arange(H * LK).reshape(H, 1, LK) == LK + 4, -1e300, 0.0), (H, LQ, LK)
+        ),
     ),
     _with(
         "float64 bias that overflows float32",
@@ -296,6 +382,12 @@ ATTENTION_BAD = [
         kv_lengths=np.array([True, False]),
     ),
     _with(
+        "kv_lengths a masked array",
+        TypeError,
+        ("kv_lengths should be ints or a numpy.ndarray", "numpy.ma.MaskedArray"),
+        kv_lengths=np.ma.masked_array([LK, 2], mask=[False, True]),
+    ),
+    _with(
         "kv_lengths of the wrong shape",
         ValueError,
         ("kv_lengths.shape", "(2,)", "(3,)"),
@@ -310,6 +402,37 @@ ATTENTION_BAD = [
         ValueError,
         ("scale should be finite in float32 (the compute dtype", "1e+300"),
         scale=1e300,
+    ),
+    # numbers beyond float64: float() raises OverflowError; the message shows their size
+    _with(
+        "scale an int beyond float64",
+        ValueError,
+        ("scale should be finite in float32 (the compute dtype", "but got 1e+400"),
+        scale=10**400,
+    ),
+    _with(
+        "scale a Fraction beyond float64",
+        ValueError,
+        ("scale should be finite in float32 (the compute dtype", "but got 3.333e+399"),
+        scale=Fraction(10**400, 3),
+    ),
+    _with(
+        "scale an int of more digits than str() shows",
+        ValueError,
+        ("scale should be finite in float32", "but got -1e+5000"),
+        scale=-(10**5000),
+    ),
+    *(
+        [
+            _with(
+                "scale a long double beyond float64",
+                ValueError,
+                ("scale should be finite in float32", "but got 1e+400"),
+                scale=np.longdouble("1e400"),
+            )
+        ]
+        if np.isfinite(np.longdouble("1e400"))  # x86's 80-bit long double; elsewhere it is inf
+        else []
     ),
     _with("scale a string", TypeError, ("scale should be a real number", "str"), scale="0.1"),
     _with("scale complex", TypeError, ("scale should be a real number", "complex"), scale=1j),
@@ -335,6 +458,24 @@ ATTENTION_BAD = [
         softcap=1e300,
     ),
     _with("softcap a string", TypeError, ("softcap should be a real number", "str"), softcap="30"),
+    _with(
+        "softcap an int beyond float64",
+        ValueError,
+        ("softcap should be finite in float32 (the compute dtype", "but got 1e+400"),
+        softcap=10**400,
+    ),
+    _with(
+        "softcap a negative Fraction beyond float64",
+        ValueError,
+        ("softcap should be > 0", "but got -1e+400"),
+        softcap=Fraction(-(10**400)),
+    ),
+    _with(
+        "softcap a Fraction that rounds to 0",
+        ValueError,
+        ("softcap should be > 0 in float32 (the compute dtype", "but got 1e-400"),
+        softcap=Fraction(1, 10**400),
+    ),
     # flags
     _with(
         "return_lse a string", TypeError, ("return_lse should be a bool", "str"), return_lse="no"
@@ -411,6 +552,27 @@ MERGE_BAD = [
         [_lse],
         TypeError,
         ("outs[0] should be a numpy.ndarray", "list"),
+    ),
+    _merge(
+        "a chunk is a masked array",
+        [_out, _masked(_out)],
+        [_lse, _lse],
+        TypeError,
+        ("outs[1] should be a numpy.ndarray", "numpy.ma.MaskedArray"),
+    ),
+    _merge(
+        "an lse is a masked array",
+        [_out],
+        [_masked(_lse)],
+        TypeError,
+        ("lses[0] should be a numpy.ndarray", "numpy.ma.MaskedArray"),
+    ),
+    _merge(
+        "a chunk is a np.matrix",
+        [_matrix(_out[0])],
+        [_lse[0]],
+        TypeError,
+        ("outs[0] should be a numpy.ndarray", "numpy.matrix"),
     ),
     _merge(
         "a chunk of ints",
@@ -491,9 +653,32 @@ def _params(**changes):
 
 
 _x, _p = mha_layer()
+# 6 query heads over 4 kv heads of 4, every width consistent: only the head counts disagree
+_rng = np.random.default_rng(8)
+_six_over_four = type(_p)(
+    w_q=_rng.standard_normal((16, 24)),
+    w_k=_rng.standard_normal((16, 16)),
+    w_v=_rng.standard_normal((16, 16)),
+    w_o=_rng.standard_normal((24, 16)),
+)
 MHA_BAD = [
     _mha("x is a list", TypeError, ("x should be a numpy.ndarray", "list"), x=_x.tolist()),
     _mha("x of ints", TypeError, ("x.dtype", "int64"), x=_x.astype(int)),
+    _mha(
+        "x is a masked array",
+        TypeError,
+        ("x should be a numpy.ndarray", "numpy.ma.MaskedArray"),
+        x=_masked(_x),
+    ),
+    _mha(
+        "x is a np.matrix", TypeError, ("x should be a numpy.ndarray", "matrix"), x=_matrix(_x[0])
+    ),
+    _mha(
+        "context is a masked array",
+        TypeError,
+        ("context should be a numpy.ndarray", "numpy.ma.MaskedArray"),
+        context=_masked(_x),
+    ),
     _mha("x of rank 1", ValueError, ("x should have at least 2 dimensions", "(16,)"), x=_x[0, 0]),
     _mha(
         "x too narrow",
@@ -538,6 +723,18 @@ MHA_BAD = [
         params=_params(b_v=_p.b_v[:7]),
     ),
     _mha(
+        "a weight that is a masked array",
+        TypeError,
+        ("params.w_v should be a numpy.ndarray", "numpy.ma.MaskedArray"),
+        params=_params(w_v=_masked(_p.w_v)),
+    ),
+    _mha(
+        "a weight that is a np.matrix",
+        TypeError,
+        ("params.w_q should be a numpy.ndarray", "numpy.matrix"),
+        params=_params(w_q=_matrix(_p.w_q)),
+    ),
+    _mha(
         "a weight that is a list",
         TypeError,
         ("params.w_o should be a numpy.ndarray", "list"),
@@ -545,6 +742,27 @@ MHA_BAD = [
     ),
     _mha("num_heads 0", ValueError, ("num_heads should be at least 1", "0"), num_heads=0),
     _mha("num_heads a float", TypeError, ("num_heads should be an int", "float"), num_heads=4.0),
+    _mha("num_heads a bool", TypeError, ("num_heads should be an int", "bool"), num_heads=True),
+    _mha(
+        "num_kv_heads a float",
+        TypeError,
+        ("num_kv_heads should be an int", "float"),
+        num_kv_heads=2.0,
+    ),
+    _mha(
+        "num_heads not a multiple of num_kv_heads (widths that fit)",
+        ValueError,
+        ("num_heads should be a multiple of num_kv_heads = 4", "but got 6"),
+        params=_six_over_four,
+        num_heads=6,
+        num_kv_heads=4,
+    ),
+    _mha(
+        "num_kv_heads more than num_heads",
+        ValueError,
+        ("num_heads should be a multiple of num_kv_heads = 8", "but got 4"),
+        num_kv_heads=8,
+    ),
     _mha(
         "num_kv_heads negative",
         ValueError,
@@ -554,8 +772,8 @@ MHA_BAD = [
     _mha(
         "num_heads not dividing the width",
         ValueError,
-        ("params.w_q.shape[1] (16) should be a multiple of num_heads = 3",),
-        num_heads=3,
+        ("params.w_q.shape[1] (16) should be a multiple of num_heads = 6",),
+        num_heads=6,
     ),
     _mha(
         "kv_cache not a KVCache",
@@ -575,6 +793,13 @@ MHA_BAD = [
         ValueError,
         ("causal should be True or 'bottom_right' with a kv_cache", "'top_left'"),
         causal="top_left",
+        kv_cache="cache",
+    ),
+    _mha(
+        "kv_cache with causal 1",
+        ValueError,
+        ("causal should be None, True, 'top_left' or 'bottom_right'", "but got 1"),
+        causal=1,
         kv_cache="cache",
     ),
     _mha(
@@ -623,6 +848,20 @@ KV_CACHE_BAD = [
     _append("key is a list", _key.tolist(), _value, TypeError, ("key should be a numpy", "list")),
     _append("value of ints", _key, _value.astype(int), TypeError, ("value.dtype", "int64")),
     _append(
+        "key is a masked array",
+        _masked(_key),
+        _value,
+        TypeError,
+        ("key should be a numpy.ndarray", "numpy.ma.MaskedArray"),
+    ),
+    _append(
+        "value is a masked array",
+        _key,
+        _masked(_value),
+        TypeError,
+        ("value should be a numpy.ndarray", "numpy.ma.MaskedArray"),
+    ),
+    _append(
         "key of rank 2", _key[0, 0], _value, ValueError, ("key should have at least 3", "(1, 4)")
     ),
     _append(
@@ -669,7 +908,105 @@ KV_CACHE_BAD = [
     ),
 ]
 
-BAD_CALLS = ATTENTION_BAD + NATIVE_BAD + MERGE_BAD + MHA_BAD + KV_CACHE_BAD
+
+def _init(name, args, error, says, **options):
+    return BadCall(name, args, error, says, options, entry="mha_params")
+
+
+MHA_PARAMS_BAD = [
+    _init("num_heads 0", (16, 0), ValueError, ("num_heads should be at least 1", "got 0")),
+    _init("num_heads a float", (16, 2.5), TypeError, ("num_heads should be an int", "float 2.5")),
+    _init("num_heads a bool", (16, True), TypeError, ("num_heads should be an int", "bool")),
+    _init("d_model a float", (16.0, 4), TypeError, ("d_model should be an int", "float 16.0")),
+    _init("d_model negative", (-16, 4), ValueError, ("d_model should be at least 1", "-16")),
+    _init(
+        "num_heads more than d_model, no head_dim",
+        (8, 16),
+        ValueError,
+        ("num_heads should be at most d_model = 8 when head_dim is not given", "got 16"),
+    ),
+    _init(
+        "num_heads not a multiple of num_kv_heads",
+        (16, 4),
+        ValueError,
+        ("num_heads should be a multiple of num_kv_heads = 3", "but got 4"),
+        num_kv_heads=3,
+    ),
+    _init(
+        "num_kv_heads 0",
+        (16, 4),
+        ValueError,
+        ("num_kv_heads should be at least 1", "got 0"),
+        num_kv_heads=0,
+    ),
+    _init(
+        "num_kv_heads a bool",
+        (16, 4),
+        TypeError,
+        ("num_kv_heads should be an int", "bool"),
+        num_kv_heads=True,
+    ),
+    _init(
+        "head_dim a float", (16, 4), TypeError, ("head_dim should be an int", "float"), head_dim=4.0
+    ),
+    _init(
+        "value_head_dim negative",
+        (16, 4),
+        ValueError,
+        ("value_head_dim should be at least 1", "-1"),
+        value_head_dim=-1,
+    ),
+    _init(
+        "d_context a numpy float",
+        (16, 4),
+        TypeError,
+        ("d_context should be an int", "float64"),
+        d_context=np.float64(8),
+    ),
+    _init("d_out 0", (16, 4), ValueError, ("d_out should be at least 1", "got 0"), d_out=0),
+    _init("bias 1", (16, 4), TypeError, ("bias should be a bool", "int 1"), bias=1),
+    _init(
+        "dtype int32",
+        (16, 4),
+        TypeError,
+        ("dtype should be float16, float32 or float64", "int32"),
+        dtype=np.int32,
+    ),
+    _init(
+        "dtype not a dtype",
+        (16, 4),
+        TypeError,
+        ("dtype should be float16, float32 or float64", "'nope'"),
+        dtype="nope",
+    ),
+    _init(
+        "d_model beyond the address space",
+        (2**64, 4),
+        ValueError,
+        (
+            "params.w_q (d_model, num_heads · head_dim) should hold at most",
+            "(1.845e+19, 1.845e+19)",
+        ),
+    ),
+    _init(
+        "head_dim beyond the address space",
+        (16, 4),
+        ValueError,
+        ("params.w_q (d_model, num_heads · head_dim) should hold at most", "(16, 1.845e+19)"),
+        head_dim=2**62,
+    ),
+    _init(
+        "d_out beyond the address space",
+        (16, 4),
+        ValueError,
+        ("params.w_o (num_heads · value_head_dim, d_out) should hold at most", "(16, 1e+5000)"),
+        d_out=10**5000,
+    ),
+    _init("seed negative", (16, 4), ValueError, ("seed should be an int >= 0", "-1"), seed=-1),
+    _init("seed a float", (16, 4), TypeError, ("seed should be an int >= 0", "float"), seed=1.5),
+]
+
+BAD_CALLS = ATTENTION_BAD + NATIVE_BAD + MERGE_BAD + MHA_BAD + KV_CACHE_BAD + MHA_PARAMS_BAD
 
 
 @dataclass(frozen=True)
@@ -744,6 +1081,16 @@ def _legit_calls() -> list[LegitCall]:
             "bias float16 with float64 input", (q64, k64, v64), bias=np.ones((LQ, LK), np.float16)
         ),
         _legit("bias float64 near float32's range", (q, k, v), bias=np.full((LQ, LK), -3e38)),
+        _legit(
+            "float64 bias broadcast over batch, heads and queries (stride 0), cast to float32",
+            (q, k, v),
+            bias=np.broadcast_to(np.linspace(-1, 1, LK), (B, H, LQ, LK)),
+        ),
+        _legit(
+            "float64 bias broadcast over the keys (stride 0), cast to float32",
+            (q, k, v),
+            bias=np.broadcast_to(np.array([[0.5], [-1.0], [-np.inf]]), (LQ, LK)),
+        ),
     ]
 
 

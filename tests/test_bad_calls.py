@@ -13,7 +13,7 @@ from bad_calls import BAD_CALLS, LEGIT_CALLS, _key, _value
 from refattn.spec.tolerance import expect
 
 import refattn
-from refattn import KVCache, merge_partials, multi_head_attention, reference
+from refattn import KVCache, MHAParams, merge_partials, multi_head_attention, reference
 
 
 def _kv_cache_append(key, value):
@@ -57,6 +57,7 @@ ENTRY_POINTS = {
     "merge_partials": {"merge_partials": merge_partials},
     "mha": {"mha-reference": _mha(reference.attention), "mha-native": _mha(refattn.attention)},
     "kv_cache": {"KVCache.append": _kv_cache_append},
+    "mha_params": {"MHAParams.init": MHAParams.init},
 }
 CASES = [
     pytest.param(bad, call, id=f"{where}: {bad.name}")

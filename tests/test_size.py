@@ -71,3 +71,47 @@ def test_fifty_thousand_squared_scores_in_memory_linear_in_n():
     grown = result["peak"] - result["before"]
     assert grown < 4 * inputs + (64 << 20), f"peak grew by {grown} bytes over the inputs"
     assert result["peak"] < scores / 20
+
+
+# A bias broadcast from one row (np.broadcast_to: stride 0 along Lq) holds Lk distinct values
+# however many queries it covers. Validating it, casting it to the compute dtype and passing it
+# to the native core must cost O(Lk), not O(Lq·Lk): checking the (8192, 8192) view itself took
+# 0.7 GB (+1.5 GB and 4.7x the time at 20 000², MemoryError beyond). NumPy reports its
+# allocations to tracemalloc, so the peak of the Python side is measured in-process.
+@pytest.mark.parametrize(
+    ("dtype", "bias_dtype"),
+    [("float32", "float64"), ("float64", "float64"), ("float32", "float16")],
+    ids=["float64 bias cast to float32", "float64 as it is", "float16 bias cast to float32"],
+)
+def test_a_broadcast_bias_is_never_materialised(dtype, bias_dtype):
+    import tracemalloc
+
+    import numpy as np
+    from refattn.spec.tolerance import expect
+
+    from refattn._checks import in_compute_dtype
+    from refattn.call import AttentionCall
+
+    N = 8192
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal((1, N, 1)).astype(dtype) for _ in range(3))
+    row = rng.standard_normal(N).astype(bias_dtype)
+    row[::7] = -np.inf
+    bias = np.broadcast_to(row, (N, N))
+    view_bytes = bias.size * 4  # what a float32 copy of the view would take
+    tracemalloc.start()
+    try:
+        call = AttentionCall.check(q, k, v, bias=bias)
+        cast = in_compute_dtype(call.bias, call.compute_dtype)
+        _, checked = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        out = native.attention(q, k, v, bias=bias)
+        _, called = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert cast.dtype == call.compute_dtype and cast.shape == (N, N)
+    assert checked < 64 * row.nbytes + (1 << 20), f"checking and casting took {checked} bytes"
+    assert called < view_bytes / 100, f"native.attention took {called} bytes"
+    for i in (0, 1, N // 2, N - 1):
+        want = expect(q[:, i : i + 1], k, v, bias=row)
+        assert want.problems(out[:, i : i + 1]) == [], i
