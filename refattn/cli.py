@@ -15,6 +15,19 @@ def _spec(args) -> int:
     from refattn.spec.render import markdown, text
 
     invariants = all_invariants()
+    if args.ids:
+        known = {inv.id: inv for inv in invariants}
+        wanted = [i.upper() for i in args.ids]
+        unknown = [i for i in wanted if i not in known]
+        if unknown:
+            print(
+                f"refattn spec: unknown invariant ID {unknown[0]!r}; the IDs are "
+                f"{', '.join(known)}",
+                file=sys.stderr,
+            )
+            return 2
+        sys.stdout.write(text([known[i] for i in wanted], full=True))
+        return 0
     sys.stdout.write(markdown(invariants) if args.markdown else text(invariants))
     return 0
 
@@ -34,6 +47,7 @@ def _conform(args) -> int:
             json_path=args.json,
             markdown_path=args.markdown,
             jobs=args.jobs,
+            strict=args.strict,
         )
     except (ImplementationNotFound, PeerNotInstalled, UsageError) as error:
         print(f"refattn conform: {error}", file=sys.stderr)
@@ -219,15 +233,35 @@ def _add_plot(commands) -> None:
     results.set_defaults(run=_plot, draw=pictures.bench_command)
 
 
+def _ids(text: str) -> list[str]:
+    """'ATT-M8,ATT-D1' -> ['ATT-M8', 'ATT-D1'], for --only and --skip."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("refattn")
+    except PackageNotFoundError:  # a source tree that is not installed
+        from refattn import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     from refattn.spec.runner import DEFAULT_MAX_EXAMPLES, DEFAULT_SEED
 
     parser = argparse.ArgumentParser(
         prog="refattn", description="The executable specification of attention."
     )
+    parser.add_argument("--version", action="version", version=f"refattn {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     spec = commands.add_parser("spec", help="print the specification")
+    spec.add_argument(
+        "ids", nargs="*", metavar="ID", help="print only these invariants, in full (ATT-M8 ...)"
+    )
     spec.add_argument("--markdown", action="store_true", help="render SPEC.md")
     spec.set_defaults(run=_spec)
 
@@ -242,8 +276,20 @@ def build_parser() -> argparse.ArgumentParser:
         "reference, torch, torch-math, torch-flash, jax, onnxruntime, onnx-reference, or a "
         "module.path:function following the SDPA protocol",
     )
-    conform.add_argument("--only", nargs="+", metavar="ID", help="run only these invariants")
-    conform.add_argument("--skip", nargs="+", metavar="ID", help="leave these invariants out")
+    conform.add_argument(
+        "--only",
+        action="extend",
+        type=_ids,
+        metavar="ID[,ID...]",
+        help="run only these invariants (repeat the option or separate IDs by commas)",
+    )
+    conform.add_argument(
+        "--skip",
+        action="extend",
+        type=_ids,
+        metavar="ID[,ID...]",
+        help="leave these invariants out (repeat the option or separate IDs by commas)",
+    )
     conform.add_argument(
         "--deviations", metavar="FILE", help="known deviations: one ID per line, then '# reason'"
     )
@@ -267,6 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="run invariants in N worker processes (default 1); results do not depend on it",
+    )
+    conform.add_argument(
+        "--strict",
+        action="store_true",
+        help="a failing SHOULD fails the run too (default: reported, the run conforms)",
     )
     conform.add_argument("--json", metavar="PATH", help="also write a JSON report")
     conform.add_argument("--markdown", metavar="PATH", help="also write a Markdown report")

@@ -155,6 +155,7 @@ def _draw_mask(ax, panel, title_width: int = 60) -> None:
 
 def mask_figure(panels: Sequence, title: str | None = None):
     """A figure with one panel per mask configuration; returns (figure, axes)."""
+    require_matplotlib()
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 

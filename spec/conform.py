@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from refattn.spec.registry import all_invariants
 from refattn.spec.report import as_json, markdown, table
-from refattn.spec.runner import DEFAULT_MAX_EXAMPLES, DEFAULT_SEED, run_all
+from refattn.spec.runner import DEFAULT_MAX_EXAMPLES, DEFAULT_SEED, FAIL, run_all
 
 from refattn.adapters import load
 
@@ -18,13 +19,15 @@ class UsageError(ValueError):
     """A conform argument that cannot be used; the CLI exits 2 with this message."""
 
 
-def read_deviations(path: str) -> dict[str, str]:
+def read_deviations(path, *, option: str = "--deviations") -> dict[str, str]:
     """A deviations file: one invariant ID per line, then `# reason`; blank lines and lines
-    starting with # are ignored."""
+    starting with # are ignored. An ID that names no invariant is an error (UsageError naming
+    `option`, the line and the IDs there are), and so is a lower-case one."""
     try:
         text = Path(path).read_text()
     except OSError as error:
-        raise UsageError(f"--deviations: cannot read {path}: {error.strerror}") from None
+        raise UsageError(f"{option}: cannot read {path}: {error.strerror}") from None
+    known = {inv.id for inv in all_invariants()}
     deviations = {}
     for number, line in enumerate(text.splitlines(), 1):
         body = line.strip()
@@ -32,9 +35,18 @@ def read_deviations(path: str) -> dict[str, str]:
             continue
         inv_id, _, reason = body.partition("#")
         inv_id = inv_id.strip()
+        where = f"{option}: {path}:{number}"
         if not inv_id or " " in inv_id:
-            raise UsageError(f"{path}:{number}: expected 'ID  # reason', but got {line!r}")
-        deviations[inv_id] = reason.strip() or "declared in " + path
+            raise UsageError(f"{where}: expected 'ID  # reason', but got {line!r}")
+        if inv_id not in known:
+            if inv_id.upper() in known:
+                raise UsageError(
+                    f"{where}: {inv_id!r} should be {inv_id.upper()!r}: IDs are upper case"
+                )
+            raise UsageError(
+                f"{where}: {inv_id!r} is not an invariant ID; see `refattn spec` for the IDs"
+            )
+        deviations[inv_id] = reason.strip() or f"declared in {path}"
     return deviations
 
 
@@ -81,10 +93,13 @@ def conform(
     json_path=None,
     markdown_path=None,
     jobs=1,
+    strict=False,
     stdout=None,
     stderr=None,
 ) -> int:
-    """Run the spec against one implementation; return the exit status (0 conforms, 1 not).
+    """Run the spec against one implementation; return the exit status: 0 when it conforms
+    (every MUST holds; a SHOULD that fails is reported, not required), 1 when not; with
+    strict=True a failing SHOULD counts too.
 
     The table goes to stdout, progress lines and warnings to stderr (default: sys's)."""
     stdout = sys.stdout if stdout is None else stdout
@@ -93,15 +108,17 @@ def conform(
         raise UsageError(f"--max-examples should be at least 1, but got {max_examples}")
     if jobs < 1:
         raise UsageError(f"--jobs should be at least 1, but got {jobs}")
+    for path in (json_path, markdown_path):  # fail now, not after the whole run
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if ":" in impl_name:
+        importable_from_here()
+    hypothesis_storage_out_of_the_way()
     impl = load(impl_name)
     invariants = select(only, skip)
     deviations = dict(impl.deviations)
     if deviations_file:
-        from_file = read_deviations(deviations_file)
-        known = {inv.id for inv in all_invariants()}
-        for inv_id in sorted(set(from_file) - known):
-            print(f"warning: {deviations_file}: {inv_id} matches no invariant", file=stderr)
-        deviations.update(from_file)
+        deviations.update(read_deviations(deviations_file))
     start = time.perf_counter()
     outcomes = run_all(
         impl,
@@ -122,10 +139,31 @@ def conform(
         "only": only or [],
         "skip": skip or [],
         "deviations_file": deviations_file,
+        "strict": strict,
     }
     if json_path:
         report = as_json(outcomes, impl, settings, deviations, wall)
         Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
     if markdown_path:
         Path(markdown_path).write_text(markdown(outcomes, impl, settings, deviations, wall))
-    return 1 if any(o.blocking for o in outcomes) else 0
+    return 1 if any(o.blocking or (strict and o.status == FAIL) for o in outcomes) else 0
+
+
+def hypothesis_storage_out_of_the_way() -> None:
+    """hypothesis keeps a cache in `.hypothesis/` of the current directory; a conformance run
+    should leave the user's project as it found it, so the cache goes to refattn's own cache
+    folder (unless HYPOTHESIS_STORAGE_DIRECTORY says where)."""
+    if os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+        return
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    set_hypothesis_home_dir(cache / "refattn" / "hypothesis")
+
+
+def importable_from_here() -> None:
+    """Put the current directory first on sys.path, as `python -m` does, so that a user's
+    package in the project folder imports (`refattn conform mypkg.attention:sdpa`)."""
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)

@@ -143,13 +143,19 @@ def markdown(invariants: list[Invariant]) -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
-def text(invariants: list[Invariant]) -> str:
-    """The spec for the terminal: one paragraph per invariant."""
+def text(invariants: list[Invariant], *, full: bool = False) -> str:
+    """The spec for the terminal: one paragraph per invariant; with full=True also its formula
+    and its rationale."""
+
+    def paragraph(words: str) -> str:
+        return textwrap.fill(words, width=96, initial_indent="    ", subsequent_indent="    ")
+
     blocks = []
     for inv in invariants:
         requires = ", ".join(inv.requires) or "nothing"
-        body = textwrap.fill(
-            inv.statement, width=96, initial_indent="    ", subsequent_indent="    "
-        )
-        blocks.append(f"{inv.id}  {inv.level:6}  {inv.title}\n{body}\n    requires: {requires}")
+        lines = [f"{inv.id}  {inv.level:6}  {inv.title}", paragraph(inv.statement)]
+        if full:
+            lines += [f"    formula: {inv.formula}", paragraph("why: " + inv.rationale)]
+        lines.append(f"    requires: {requires}")
+        blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"

@@ -131,3 +131,25 @@ def mixes_batch(query, key, value, attn_mask=None, is_causal=False, scale=None):
     if scale is None:
         scale = query.shape[-1] ** -0.5 / max(1.0, float(np.abs(query).max()))
     return _attention(query, key, value, attn_mask, is_causal, scale)
+
+
+def weights_at_values(query, key, value, attn_mask=None, is_causal=False, scale=None):
+    """Correct but for one SHOULD: out = weights @ v, the plain matrix product, so a NaN value of
+    a hidden key reaches its row through weight 0 (0·NaN). Fails ATT-M8, a SHOULD, only."""
+    return _attention(query, key, value, attn_mask, is_causal, scale, values_of_hidden_keys=True)
+
+
+def returns_none(query, key, value, attn_mask=None, is_causal=False, scale=None):
+    """Bug: forgets to return. Every invariant fails, saying what came back."""
+    _attention(query, key, value, attn_mask, is_causal, scale)
+
+
+def returns_a_tuple(query, key, value, attn_mask=None, is_causal=False, scale=None):
+    """Bug: returns (out, weights) where the SDPA protocol returns out alone."""
+    out = _attention(query, key, value, attn_mask, is_causal, scale)
+    return out, None
+
+
+def short_names(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    """Correct, with its first parameters named q, k, v: they are passed by position."""
+    return _attention(q, k, v, attn_mask, is_causal, scale)

@@ -1,7 +1,10 @@
 """`refattn conform`: exit codes, invariant selection, deviations, reports, missing peers."""
 
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +22,7 @@ def conform(capsys, *args):
 
 
 def test_a_conforming_implementation_exits_0(capsys):
-    status, out, err = conform(capsys, CORRECT, "--only", "ATT-W4", "ATT-N1", *FAST)
+    status, out, err = conform(capsys, CORRECT, "--only", "ATT-W4,ATT-N1", *FAST)
     assert status == 0
     assert "sdpa_functions:correct conforms: 2 PASS" in out
     # a progress line before and after each invariant
@@ -36,7 +39,7 @@ def test_a_failed_must_exits_1_with_the_counterexample(capsys):
 
 
 def test_skip_leaves_invariants_out(capsys):
-    status, out, _ = conform(capsys, FINITE_MASK, "--only", "ATT-W4", "ATT-D1", "--skip", "ATT-W4")
+    status, out, _ = conform(capsys, FINITE_MASK, "--only", "ATT-W4,ATT-D1", "--skip", "ATT-W4")
     assert status == 0
     assert "ATT-W4" not in out
     assert "ATT-D1" in out
@@ -50,14 +53,86 @@ def test_skipped_for_a_missing_capability_is_not_a_failure(capsys):
 
 def test_deviations_file_turns_a_failure_into_a_deviation(capsys, tmp_path):
     deviations = tmp_path / "known.txt"
-    deviations.write_text("# known\nATT-W4  # our masked rows average V\nATT-Z9  # typo\n")
-    status, out, err = conform(
+    deviations.write_text("# known\nATT-W4  # our masked rows average V\n")
+    status, out, _ = conform(
         capsys, FINITE_MASK, "--only", "ATT-W4", "--deviations", str(deviations), *FAST
     )
     assert status == 0
     assert "ATT-W4 DEVIATION: declared: our masked rows average V" in out
     assert "observed: out of fully masked rows" in out
-    assert f"warning: {deviations}: ATT-Z9 matches no invariant" in err
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("ATT-Z9  # typo", "'ATT-Z9' is not an invariant ID"),
+        ("att-w4  # lower case", "'att-w4' should be 'ATT-W4': IDs are upper case"),
+    ],
+)
+def test_a_deviations_file_with_an_unknown_id_is_a_usage_error(capsys, tmp_path, line, says):
+    deviations = tmp_path / "known.txt"
+    deviations.write_text(f"ATT-W4  # fine\n{line}\n")
+    status, out, err = conform(capsys, FINITE_MASK, "--deviations", str(deviations))
+    assert (status, out) == (2, "")
+    assert err.startswith(f"refattn conform: --deviations: {deviations}:2: {says}")
+
+
+def test_only_takes_one_id_list_and_leaves_the_implementation_alone(capsys):
+    status, out, _ = conform(capsys, "--only", "ATT-D1", CORRECT, "--only", "ATT-D2", *FAST)
+    assert status == 0
+    assert "sdpa_functions:correct conforms: 2 PASS" in out
+
+
+def test_a_failing_should_conforms_unless_strict(capsys):
+    args = ("sdpa_functions:weights_at_values", "--only", "ATT-M8", *FAST)
+    status, out, _ = conform(capsys, *args)
+    assert status == 0 and "ATT-M8 FAIL" in out
+    status, _, _ = conform(capsys, *args, "--strict")
+    assert status == 1
+
+
+def test_first_parameters_may_have_any_names(capsys):
+    status, out, _ = conform(capsys, "sdpa_functions:short_names", "--only", "ATT-N1", *FAST)
+    assert status == 0, out
+
+
+def test_reports_go_into_folders_made_before_the_run(capsys, tmp_path):
+    report = tmp_path / "not" / "yet" / "report.json"
+    status, _, _ = conform(capsys, CORRECT, "--only", "ATT-D1", *FAST, "--json", str(report))
+    assert status == 0 and json.loads(report.read_text())["implementation"] == CORRECT
+
+
+ONLY_D1 = ["--only", "ATT-D1", *FAST]
+
+
+def test_a_users_package_imports_from_the_folder_conform_runs_in(tmp_path):
+    """`refattn conform mypkg.attention:sdpa` from the project folder, no PYTHONPATH."""
+    package = tmp_path / "mypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    source = Path(__file__).with_name("sdpa_functions.py").read_text()
+    (package / "attention.py").write_text(source)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "refattn.cli",
+            "conform",
+            "mypkg.attention:correct",
+            "--only",
+            "ATT-D1",
+            *FAST,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "mypkg.attention:correct conforms" in done.stdout
+    assert not (tmp_path / ".hypothesis").exists(), "refattn conform leaves no .hypothesis/"
 
 
 @pytest.mark.parametrize(
@@ -65,6 +140,7 @@ def test_deviations_file_turns_a_failure_into_a_deviation(capsys, tmp_path):
     [
         (["no-such-impl"], "implementation should be one of"),
         (["reference", "--only", "ATT-X1"], "--only: unknown invariant IDs ['ATT-X1']"),
+        (["native:avx9"], "'native:avx9' is not one of native's variants: native:avx512"),
         (["reference", "--skip", "W4"], "--skip: unknown invariant IDs ['W4']"),
         (["reference", "--max-examples", "0"], "--max-examples should be at least 1"),
         (["reference", "--jobs", "0"], "--jobs should be at least 1"),
@@ -105,7 +181,7 @@ def test_missing_peer_exits_2_naming_the_extra(capsys, monkeypatch, impl, hidden
 def test_json_report(capsys, tmp_path):
     path = tmp_path / "report.json"
     status, _, _ = conform(
-        capsys, FINITE_MASK, "--only", "ATT-W4", "ATT-N4", "--json", str(path), "--seed", "3", *FAST
+        capsys, FINITE_MASK, "--only", "ATT-W4,ATT-N4", "--json", str(path), "--seed", "3", *FAST
     )
     assert status == 1
     report = json.loads(path.read_text())
@@ -125,7 +201,7 @@ def test_json_report(capsys, tmp_path):
 
 def test_markdown_report(capsys, tmp_path):
     path = tmp_path / "report.md"
-    conform(capsys, FINITE_MASK, "--only", "ATT-W4", "ATT-D1", "--markdown", str(path), *FAST)
+    conform(capsys, FINITE_MASK, "--only", "ATT-W4,ATT-D1", "--markdown", str(path), *FAST)
     text = path.read_text()
     assert text.startswith("# Conformance of `sdpa_functions:finite_mask`")
     assert "- versions: python" in text
@@ -137,7 +213,7 @@ def test_markdown_report(capsys, tmp_path):
 
 def test_jobs_give_the_same_results(capsys):
     """Invariants run in worker processes give the same statuses and example counts."""
-    args = ("sdpa_functions:no_scaling", "--only", "ATT-N1", "ATT-D1", "ATT-W4", *FAST)
+    args = ("sdpa_functions:no_scaling", "--only", "ATT-N1,ATT-D1,ATT-W4", *FAST)
     one = conform(capsys, *args)
     two = conform(capsys, *args, "--jobs", "2")
     assert one[0] == two[0] == 1

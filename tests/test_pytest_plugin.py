@@ -89,3 +89,84 @@ def test_a_project_with_its_own_spec_package_tests_cleanly(tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed" in done.stdout
+
+
+def test_without_an_implementation_nothing_passes(spec_run):
+    """No default: collecting the conformance tests without --refattn-impl is a usage error."""
+    result = spec_run()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "no implementation is named: pass --refattn-impl" in result.stderr.str()
+
+
+def test_the_header_says_what_is_checked(spec_run):
+    result = spec_run("--refattn-impl", "sdpa_functions:correct", "-k", "D1", "--refattn-seed", "3")
+    header = result.stdout.str()
+    assert "refattn: checking sdpa_functions:correct against the spec, seed 3" in header
+    assert "10 examples per invariant" in header
+    assert "refattn: capabilities " in header and "causal_top_left" in header
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("ATT-Z9  # no such", "'ATT-Z9' is not an invariant ID"),
+        ("att-m8  # lower case", "'att-m8' should be 'ATT-M8': IDs are upper case"),
+    ],
+)
+def test_a_deviations_file_is_checked_and_named_by_its_option(spec_run, tmp_path, line, says):
+    deviations = tmp_path / "known.txt"
+    deviations.write_text(line + "\n")
+    impl = ("--refattn-impl", "sdpa_functions:correct")
+    result = spec_run(*impl, "--refattn-deviations", str(deviations), "-k", "D1")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"--refattn-deviations: {deviations}:1: {says}" in result.stderr.str()
+
+
+def test_ini_options_and_a_deviations_file_relative_to_the_config_file(pytester, monkeypatch):
+    """From a pytest configuration: the deviations file is found beside it, wherever pytest is
+    started from, and a deviations path outside the project does not drop the options."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    pytester.makefile(
+        ".ini",
+        pytest=(
+            "[pytest]\nrefattn_impl = sdpa_functions:finite_mask\n"
+            "refattn_deviations = attention.deviations\nrefattn_max_examples = 10\n"
+        ),
+    )
+    pytester.makefile(".deviations", attention="ATT-W4  # averages V\n")
+    sub = pytester.mkdir("elsewhere")
+    monkeypatch.chdir(sub)
+    result = pytester.runpytest_subprocess(
+        "--pyargs", "refattn.spec", "-p", "no:cacheprovider", "-k", "W4", "-c", "../pytest.ini"
+    )
+    result.assert_outcomes(xfailed=1)
+
+
+def test_max_examples_below_one_is_a_usage_error(spec_run):
+    result = spec_run("--refattn-impl", "sdpa_functions:correct", "--refattn-max-examples", "0")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--refattn-max-examples should be at least 1, but got 0" in result.stderr.str()
+
+
+def test_a_failing_should_is_reported_not_required_unless_strict(spec_run):
+    impl = ("--refattn-impl", "sdpa_functions:weights_at_values", "-k", "M8", "-rx")
+    result = spec_run(*impl)
+    result.assert_outcomes(xfailed=1)
+    assert "SHOULD not met" in result.stdout.str()
+    spec_run(*impl, "--refattn-strict").assert_outcomes(failed=1)
+
+
+def test_runs_in_parallel_with_xdist(spec_run):
+    pytest.importorskip("xdist")
+    result = spec_run("--refattn-impl", "sdpa_functions:correct", "-n", "2", "-k", "D1 or W1 or M1")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) == 0 and outcomes.get("passed", 0) >= 1
+
+
+def test_imported_into_a_users_file_it_still_needs_an_implementation(pytester):
+    pytester.makepyfile(
+        test_attention_spec="from refattn.spec.test_conformance import test_invariant  # noqa\n"
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "no implementation is named" in result.stderr.str()

@@ -312,6 +312,12 @@ def load(name: str, *, threads: int | None = None) -> Adapter:
     """
     if name in BUILTIN:
         return BUILTIN[name](threads=threads)
+    family = name.partition(":")[0]
+    variants = [n for n in BUILTIN if n.startswith(family + ":")]
+    if variants:  # native:avx9: a variant of a built-in, not a module path
+        raise ImplementationNotFound(
+            f"{name!r} is not one of {family}'s variants: {', '.join(variants)}"
+        )
     if ":" in name:
         from refattn.adapters import function
 

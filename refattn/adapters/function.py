@@ -57,7 +57,9 @@ def resolve(name: str):
     except ModuleNotFoundError as error:
         if error.name is not None and module_name.startswith(error.name):
             raise ImplementationNotFound(
-                f"cannot import {module_name!r} for {name!r}: {error}"
+                f"cannot import {module_name!r} for {name!r}: {error}. Run from the folder that "
+                "holds it (refattn conform puts the current directory on the path), under pytest "
+                "set pythonpath = ['.'] in its configuration, or install the package"
             ) from None
         raise
     for part in attribute.split("."):
@@ -73,12 +75,19 @@ def resolve(name: str):
 
 
 def keywords(fn) -> tuple[set[str], bool]:
-    """The parameter names of fn, and whether it takes **kwargs."""
+    """The parameter names of fn that can be given by keyword (its first three, which the
+    arrays are passed to by position, may be named anything), and whether it takes **kwargs."""
     try:
-        parameters = inspect.signature(fn).parameters.values()
+        parameters = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):  # no signature to read (some builtins)
         return set(PROTOCOL), False
-    names = {p.name for p in parameters if p.kind is not p.VAR_KEYWORD}
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) >= 3 or any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        named = set(PROTOCOL[:3])  # the arrays: by position, whatever their names
+    else:
+        named = set()
+    names = named | {p.name for p in parameters[3:] if p.kind is not p.VAR_KEYWORD}
+    names |= {p.name for p in parameters if p.kind is p.KEYWORD_ONLY}
     return names, any(p.kind is p.VAR_KEYWORD for p in parameters)
 
 
@@ -90,7 +99,7 @@ def adapter(name: str) -> Adapter:
     if missing:
         raise ImplementationNotFound(
             f"{name} should take the SDPA protocol's parameters "
-            f"(query, key, value, attn_mask=None, is_causal=False, scale=None), "
+            f"(query, key, value by position, then attn_mask=None, is_causal=False, scale=None), "
             f"but has no {', '.join(missing)}"
         )
     declared = {k for k in OPTIONAL if k in names}
