@@ -6,13 +6,15 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
+from hypothesis.errors import FlakyFailure, Unsatisfiable
 from hypothesis.reporting import with_reporter
 from refattn.spec.cases import Case, MHACase
-from refattn.spec.checking import Raised, Watched
+from refattn.spec.checking import Example, Failure, Raised, Refused, Watched
 from refattn.spec.registry import MUST, Invariant
+from refattn.spec.repro import reproduction
 
 PASS, FAIL, SKIP, DEVIATION = "PASS", "FAIL", "SKIP", "DEVIATION"
 DEFAULT_MAX_EXAMPLES = 100
@@ -37,47 +39,78 @@ class Outcome:
         return self.level == MUST and self.status == FAIL
 
 
-def property_test(inv: Invariant, impl, *, max_examples=None, seed=None, on_example=None):
+class Refusals(list):
+    """The reasons an implementation gave for refusing examples (Unsupported raised at run
+    time), one per refused example."""
+
+
+def property_test(
+    inv: Invariant,
+    impl,
+    *,
+    max_examples=None,
+    seed=None,
+    on_example=None,
+    on_call=None,
+    refusals: Refusals | None = None,
+):
     """The invariant's property as a hypothesis test of `impl`, ready to call (or for pytest).
 
-    max_examples None keeps the active hypothesis profile's; seed None draws at random.
+    max_examples None keeps the active hypothesis profile's; seed None draws at random. A
+    failure is a checking.Failure with its example (the calls made) attached. An example the
+    implementation refuses (Unsupported, NotImplementedError) is set aside with hypothesis'
+    reject(), its reason appended to `refusals`. on_call(call, example) is called before each
+    call of the implementation (a supervisor times calls out with it).
     """
     options = {
         "deadline": None,
         "database": None,
         "print_blob": False,
         "report_multiple_bugs": False,
-        "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+        "suppress_health_check": [
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.filter_too_much,
+        ],
     }
     if max_examples is not None:
         options["max_examples"] = max_examples
+    refusals = Refusals() if refusals is None else refusals
 
     @settings(**options)
     @given(data=st.data())
     def test(data):
         if on_example is not None:
             on_example()
-        draws = _Draws(data)
+        example = Example()
         try:
-            inv.check(Watched(impl), draws)
+            inv.check(Watched(impl, example, on_call), _Draws(data, example))
+        except Refused as refusal:
+            refusals.append(str(refusal))
+            reject()
         except Raised as raised:
-            raise raised.failure(impl.name, draws.recipe) from raised.error
+            failure = raised.failure(impl.name)
+            failure.example = example
+            raise failure from raised.error
+        except Failure as failure:
+            failure.example = example
+            raise
 
     test.__name__ = f"test_{inv.id.replace('-', '_')}"
     return test if seed is None else hypothesis_seed(seed)(test)
 
 
 class _Draws:
-    """hypothesis' `data`, remembering the last Case or MHACase drawn (for reproductions)."""
+    """hypothesis' `data`, noting in the example the last Case or MHACase drawn."""
 
-    def __init__(self, data):
+    def __init__(self, data, example: Example):
         self._data = data
-        self.recipe = None
+        self._example = example
 
     def draw(self, strategy, label=None):
         value = self._data.draw(strategy, label=label)
         if isinstance(value, Case | MHACase):
-            self.recipe = value
+            self._example.recipe = value
         return value
 
 
@@ -92,8 +125,13 @@ def run_invariant(
     max_examples=DEFAULT_MAX_EXAMPLES,
     seed=DEFAULT_SEED,
     deviations: Mapping[str, str] | None = None,
+    repro_dir=None,
+    on_call=None,
 ) -> Outcome:
-    """Run one invariant; a declared deviation is still run, to show what it looks like."""
+    """Run one invariant; a declared deviation is still run, to show what it looks like.
+
+    A failure's detail ends with its reproduction; inputs too large to print go to an .npz in
+    `repro_dir` (default: a temporary folder)."""
     start = time.perf_counter()
     missing = missing_capabilities(inv, impl)
     if missing:
@@ -106,14 +144,27 @@ def run_invariant(
         examples += 1
 
     report: list[str] = []
-    test = property_test(inv, impl, max_examples=max_examples, seed=seed, on_example=count)
+    refusals = Refusals()
+    test = property_test(
+        inv,
+        impl,
+        max_examples=max_examples,
+        seed=seed,
+        on_example=count,
+        on_call=on_call,
+        refusals=refusals,
+    )
     try:
         with with_reporter(report.append):
             test()
-        status, detail = PASS, ""
+        status, detail = PASS, _refused_text(refusals, examples)
+    except Unsatisfiable:  # every example was refused: the implementation lacks the feature
+        if not refusals:
+            raise
+        status, detail = SKIP, f"{impl.name} refused every example: {refusals[0]}"
     except Exception as error:  # a failure, or whatever the implementation raised
         status = FAIL
-        detail = _failure_text(error, report)
+        detail = _failure_text(error, report, impl, inv, repro_dir)
     seconds = time.perf_counter() - start
     declared = (deviations or {}).get(inv.id)
     if declared is not None:
@@ -122,9 +173,19 @@ def run_invariant(
     return Outcome(inv.id, inv.title, inv.level, status, examples, seconds, detail)
 
 
-def _failure_text(error: BaseException, report: list[str]) -> str:
-    """The failure's message, then hypothesis' shrunk draws other than the case (which the
-    message already reproduces), one line each."""
+def _refused_text(refusals: Refusals, examples: int) -> str:
+    if not refusals:
+        return ""
+    return f"{len(refusals)} of {examples} examples refused by the implementation: {refusals[0]}"
+
+
+def _failure_text(error: BaseException, report: list[str], impl, inv, repro_dir) -> str:
+    """The failure's message, hypothesis' shrunk draws other than the case, and the
+    reproduction of the failing check."""
+    flaky = ""
+    if isinstance(error, FlakyFailure):  # failed, then passed when retried: report the first
+        flaky = "\n  (intermittent: this example failed once and passed when tried again)"
+        error = error.exceptions[0]
     message = (
         str(error)
         if isinstance(error, AssertionError)
@@ -134,7 +195,18 @@ def _failure_text(error: BaseException, report: list[str]) -> str:
     draws = [
         " ".join(note.split()) for note in notes if note.startswith("Draw ") and "Case(" not in note
     ]
-    return message + ("\n  other draws:\n    " + "\n    ".join(draws) if draws else "")
+    text = message + flaky
+    if draws:
+        text += "\n  other draws:\n    " + "\n    ".join(draws)
+    example = getattr(error, "example", None)
+    if example is not None:
+        if example.recipe is not None:
+            text += f"\n  case: {example.recipe.code()}"
+        if example.calls:
+            code = reproduction(impl, example, error).text(repro_dir, f"{impl.name}-{inv.id}")
+            text += "\n  reproduce (every input of the check, each call as the implementation takes"
+            text += " it, the spec's value):\n" + "\n".join("    " + ln for ln in code.splitlines())
+    return text
 
 
 def run_all(

@@ -143,23 +143,25 @@ def _finite_max(x: np.ndarray) -> float:
     return float(finite.max()) if finite.size else 0.0
 
 
-def mismatch(got, want, atol: float) -> str | None:
+def mismatch(got, want, atol: float, *, labels=("got", "expected")) -> str | None:
     """Why `got` is not within `atol` of `want` (shape, NaN or Inf placement, or the largest
-    error), or None when it is. NaN must meet NaN and ±Inf the same ±Inf."""
+    error), or None when it is. NaN must meet NaN and ±Inf the same ±Inf. `labels` name the
+    two sides in the message."""
+    said, other = labels
     got = np.asarray(got)
     want = np.asarray(want)
     if got.shape != want.shape:
-        return f"shape {got.shape}, expected {want.shape}"
+        return f"shape {got.shape}, {other} {want.shape}"
     got64, want64 = got.astype(np.float64), want.astype(np.float64)
     nan_got, nan_want = np.isnan(got64), np.isnan(want64)
     if (nan_got != nan_want).any():
         index = tuple(int(i) for i in np.argwhere(nan_got != nan_want)[0])
-        return f"NaN placement differs at {index}: got {got64[index]}, expected {want64[index]}"
+        return f"NaN placement differs at {index}: {said} {got64[index]}, {other} {want64[index]}"
     inf_got, inf_want = np.isinf(got64), np.isinf(want64)
     differ = (inf_got | inf_want) & ~((got64 == want64) & inf_got)
     if differ.any():
         index = tuple(int(i) for i in np.argwhere(differ)[0])
-        return f"infinity differs at {index}: got {got64[index]}, expected {want64[index]}"
+        return f"infinity differs at {index}: {said} {got64[index]}, {other} {want64[index]}"
     finite = ~(nan_got | inf_got)
     if not finite.any():
         return None
@@ -171,7 +173,7 @@ def mismatch(got, want, atol: float) -> str | None:
     index = tuple(int(i) for i in index)
     return (
         f"max error {error[index]:.3g} > tolerance {atol:.3g} at {index}: "
-        f"got {got64[index]!r}, expected {want64[index]!r}"
+        f"{said} {got64[index]!r}, {other} {want64[index]!r}"
     )
 
 

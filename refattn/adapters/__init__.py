@@ -56,8 +56,17 @@ class PeerNotInstalled(ImportError):
 
 
 class Unsupported(NotImplementedError):
-    """A call the implementation cannot run: it needs a capability the adapter does not claim,
-    or the implementation itself refused an option it lacks. An invariant that meets it skips."""
+    """A call the implementation cannot run. Raise it (or NotImplementedError) from your own
+    attention function for an option it does not have: the spec then sets that example aside
+    and reports the reason (an invariant none of whose examples ran is a SKIP), never a FAIL.
+
+    `derived` marks refattn's own refusal of a call that needs a capability the adapter does
+    not claim (Adapter.refusal): the spec draws only what is claimed, so meeting one there is a
+    bug of the spec's, reported as a failure."""
+
+    def __init__(self, message: str = "", *, derived: bool = False):
+        super().__init__(message)
+        self.derived = derived
 
 
 class WrongReturn(TypeError):
@@ -71,6 +80,31 @@ class Prepared:
 
     run: Callable[[], object]
     output: Callable[[object], Result]
+
+
+@dataclass(frozen=True)
+class Snippet:
+    """A call written as code in the implementation's own protocol, for reproductions: `setup`
+    lines (imports), an expression `code` that refers to its arrays as data["name"]."""
+
+    setup: tuple[str, ...]
+    code: str
+    arrays: dict
+
+
+def reference_snippet(call: AttentionCall, prefix: str, function: str, setup, **fixed) -> Snippet:
+    """`function(query, key, value, **options)`: a call in the reference's own protocol."""
+    arrays, arguments = {}, []
+    for name in ("query", "key", "value"):
+        arrays[prefix + name] = getattr(call, name)
+        arguments.append(f'data["{prefix}{name}"]')
+    for name, value in {**call.options(), **fixed}.items():
+        if isinstance(value, np.ndarray):
+            arrays[prefix + name] = value
+            arguments.append(f'{name}=data["{prefix}{name}"]')
+        else:
+            arguments.append(f"{name}={value!r}")
+    return Snippet(tuple(setup), f"{function}({', '.join(arguments)})", arrays)
 
 
 @dataclass(frozen=True)
@@ -90,6 +124,9 @@ class Adapter:
     # largest B·H·Lq·Lk the default grid times it at (None: every case).
     score_copies: float = 0.0
     bench_max_scores: int | None = None
+    # How a reproduction writes a call: Snippet for (call, prefix of its array names), in the
+    # implementation's own protocol; None: through refattn, `load(name)(query, key, value, ...)`.
+    snippet_of: Callable[[AttentionCall, str], Snippet] | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, name: str, function: Callable, capabilities=ALL, **fields) -> Adapter:
@@ -114,15 +151,32 @@ class Adapter:
         run and convert its output."""
         why = self.refusal(call)
         if why:
-            raise Unsupported(why)
+            raise Unsupported(why, derived=True)
         prepared = self.prepare(call)
-        return prepared.output(prepared.run())
+        returned = prepared.run()
+        try:
+            result = prepared.output(returned)
+        except WrongReturn:
+            raise
+        except Exception as error:  # what came back is not what the call asks for
+            raise WrongReturn(
+                f"returned {_kind(returned)}, which cannot be read: {error}"
+            ) from None
+        _check_shapes(call, result)
+        return result
 
     @call_signature
     def __call__(self, query, key, value, **options):
         """The reference's protocol: arrays and keyword options in, out (and lse, weights) out."""
         call = AttentionCall.check(query, key, value, **options)
         return call.returns(*self.result(call))
+
+    def snippet(self, call: AttentionCall, prefix: str = "") -> Snippet:
+        """The call as code, for a reproduction (see Snippet)."""
+        if self.snippet_of is not None:
+            return self.snippet_of(call, prefix)
+        setup = ("from refattn.adapters import load", f"impl = load({self.name!r})")
+        return reference_snippet(call, prefix, "impl", setup)
 
     @property
     def label(self) -> str:
@@ -162,6 +216,21 @@ def returned_array(x, name: str = "out") -> np.ndarray:
     if x is None or isinstance(x, tuple | list | dict | str | bytes):
         raise WrongReturn(f"returned {_kind(x)} as {name}, but {name} should be an array")
     return np.asarray(x)
+
+
+def _check_shapes(call: AttentionCall, result: Result) -> None:
+    """WrongReturn unless out, lse and weights have the shapes the call asks for."""
+    expected = {
+        "out": ((*call.batch_shape, call.Hq, call.Lq, call.Dv), "(B..., Hq, Lq, Dv)"),
+        "lse": ((*call.batch_shape, call.Hq, call.Lq), "(B..., Hq, Lq)"),
+        "weights": (call.scores_shape, "(B..., Hq, Lq, Lk)"),
+    }
+    for name, array in zip(result._fields, result, strict=True):
+        shape, letters = expected[name]
+        if array is not None and array.shape != shape:
+            raise WrongReturn(
+                f"returned {_kind(array)} as {name}, but {name} should be {letters} = {shape}"
+            )
 
 
 def _kind(x) -> str:
@@ -220,9 +289,11 @@ _OPENBLAS_THREADS = (
 def _reference(threads: int | None = None) -> Adapter:
     from refattn import reference
 
+    setup = ("from refattn import reference",)
     return Adapter(
         "reference",
         reference_protocol(reference.attention),
+        snippet_of=lambda call, p: reference_snippet(call, p, "reference.attention", setup),
         title="refattn.reference",
         threads_how=_OPENBLAS_THREADS,
         score_copies=4.5,
@@ -245,9 +316,13 @@ def _native(isa: str | None = None) -> Callable[..., Adapter]:
         fixed = {"isa": isa} if isa else {}
         if threads is not None:
             fixed["num_threads"] = threads
+        setup = ("from refattn import native",)
         return Adapter(
             name,
             reference_protocol(native.attention, **fixed),
+            snippet_of=lambda call, p: reference_snippet(
+                call, p, "native.attention", setup, **fixed
+            ),
             title="refattn.native",
             threads_how="num_threads={n} on every call",
         )
@@ -334,6 +409,7 @@ __all__ = [
     "ImplementationNotFound",
     "PeerNotInstalled",
     "Prepared",
+    "Snippet",
     "Unsupported",
     "WrongReturn",
     "load",

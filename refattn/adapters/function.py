@@ -27,7 +27,9 @@ import functools
 import importlib
 import inspect
 
-from refattn.adapters import Adapter, ImplementationNotFound, Prepared, returned_array
+import numpy as np
+
+from refattn.adapters import Adapter, ImplementationNotFound, Prepared, Snippet, returned_array
 from refattn.adapters._layout import from_4d, scores_to_4d, to_4d
 from refattn.call import AttentionCall, Result
 from refattn.capabilities import Capabilities
@@ -110,20 +112,49 @@ def adapter(name: str) -> Adapter:
         "Declared optional keywords: " + (", ".join(sorted(declared)) or "none") + ".",
     ]
 
-    def prepare(call: AttentionCall) -> Prepared:
+    def arguments(call: AttentionCall) -> tuple[tuple, dict]:
+        """The arrays and keywords the function is called with, in its own protocol."""
         batch = call.batch_shape
         scores = call.mask if call.mask is not None else call.bias
-        extra = {"enable_gqa": call.Hq != call.Hkv} if "enable_gqa" in declared else {}
-        run = functools.partial(
-            fn,
-            to_4d(call.query, batch),
-            to_4d(call.key, batch),
-            to_4d(call.value, batch),
-            attn_mask=None if scores is None else scores_to_4d(scores, batch),
-            is_causal=call.causal == "top_left",
-            scale=call.scale,
-            **extra,
-        )
+        keywords = {
+            "attn_mask": None if scores is None else scores_to_4d(scores, batch),
+            "is_causal": call.causal == "top_left",
+            "scale": call.scale,
+        }
+        if "enable_gqa" in declared:
+            keywords["enable_gqa"] = call.Hq != call.Hkv
+        return tuple(to_4d(x, batch) for x in (call.query, call.key, call.value)), keywords
+
+    def prepare(call: AttentionCall) -> Prepared:
+        arrays, keywords = arguments(call)
+        run = functools.partial(fn, *arrays, **keywords)
+        batch = call.batch_shape
         return Prepared(run, lambda out: Result(from_4d(returned_array(out), batch), None, None))
 
-    return Adapter(name, prepare, capabilities, deviations={}, packages=(), notes=tuple(notes))
+    module, _, attribute = name.partition(":")
+    setup = (f"from {module} import {attribute.split('.')[0]}",)
+
+    def snippet(call: AttentionCall, prefix: str) -> Snippet:
+        """`fn(query, key, value, attn_mask=..., is_causal=...)`: the call refattn made."""
+        positional, keywords = arguments(call)
+        arrays, parts = {}, []
+        for what, array in zip(("query", "key", "value"), positional, strict=True):
+            arrays[prefix + what] = array
+            parts.append(f'data["{prefix}{what}"]')
+        for what, value in keywords.items():
+            if isinstance(value, np.ndarray):
+                arrays[prefix + what] = value
+                parts.append(f'{what}=data["{prefix}{what}"]')
+            else:
+                parts.append(f"{what}={value!r}")
+        return Snippet(setup, f"{attribute}({', '.join(parts)})", arrays)
+
+    return Adapter(
+        name,
+        prepare,
+        capabilities,
+        deviations={},
+        packages=(),
+        notes=tuple(notes),
+        snippet_of=snippet,
+    )

@@ -41,8 +41,6 @@ def convex_hull(impl, data):
             False,
             "out",
             f"{out[i]!r} at {i} outside [{low[i]!r}, {high[i]!r}] ± {atol:.3g}",
-            impl=impl,
-            case=case,
         )
 
 
@@ -84,8 +82,6 @@ def linear_in_values(impl, data):
         got,
         combined,
         atol,
-        impl=impl,
-        case=case,
         how=f"attn(a·V1 + b·V2) vs a·attn(V1) + b·attn(V2), a={a!r}, b={b!r}, "
         "V2 ~ N(0, 1) from seed + 1",
     )
@@ -123,8 +119,6 @@ def query_permutation(impl, data):
         permuted,
         original[..., order, :],
         atol,
-        impl=impl,
-        case=case,
         how=f"queries in order {order.tolist()}",
     )
 
@@ -155,8 +149,6 @@ def key_value_permutation(impl, data):
         permuted,
         original,
         atol,
-        impl=impl,
-        case=case,
         how=f"keys and values in order {order.tolist()}",
     )
 
@@ -195,8 +187,6 @@ def key_shift(impl, data):
         got,
         original,
         atol,
-        impl=impl,
-        case=case,
         how="c ~ N(0, 1) of size Dk from seed + 1 added to every key",
     )
 
@@ -223,8 +213,6 @@ def self_is_cross(impl, data):
         aliased,
         copies,
         atol,
-        impl=impl,
-        case=case,
         how="query, key and value all the array `query`, vs three copies of it",
     )
     layer = data.draw(mha_cases(impl.capabilities), label="layer")
@@ -238,7 +226,5 @@ def self_is_cross(impl, data):
         self_attention,
         cross,
         atol,
-        impl=impl,
-        case=layer,
         how="multi_head_attention(x) vs multi_head_attention(x, context=x.copy())",
     )

@@ -3,7 +3,7 @@
 import numpy as np
 from hypothesis import strategies as st
 from refattn.spec import oracle
-from refattn.spec.checking import expect_close, expect_identical, run
+from refattn.spec.checking import expect_close, expect_unchanged, run
 from refattn.spec.registry import MUST, SHOULD, invariant
 from refattn.spec.strategies import cases
 from refattn.spec.tolerance import expect as reference_expect
@@ -24,20 +24,24 @@ def _no_leak(impl, data, alignment):
     v2[..., cut + 1 :, :] = rng.standard_normal(v2[..., cut + 1 :, :].shape)
     before = run(impl, q, k, v, options).out
     after = run(impl, q, k2, v2, options).out
-    how = f"keys and values after position {cut} redrawn; rows 0..{last} compared"
-    expect_identical(
+    want = reference_expect(q, k, v, **options)
+    rows = (..., slice(0, last + 1), slice(None))
+    how = f"keys and values after position {cut} redrawn; rows 0..{last} of the two calls compared"
+    # Each call errs from the spec's value by at most the tolerance, so the two by twice it.
+    expect_unchanged(
         f"out of rows 0..{last}",
-        after[..., : last + 1, :],
-        before[..., : last + 1, :],
-        impl=impl,
-        case=case,
+        after[rows],
+        before[rows],
+        2 * want.tol.out,
+        want.out[rows],
         how=how,
     )
 
 
 _NO_LEAK_RATIONALE = """Future tokens leaking into the past is the classic silent bug of
-    causal attention: training looks great and inference fails. Bit-for-bit, because a hidden
-    key must have no influence at all, not a small one."""
+    causal attention: training looks great and inference fails. A hidden key must have no
+    influence: the rows are compared within the tolerance model, not bit for bit, because an
+    implementation may sum in an order that depends on the length (bit identity is ATT-N3's)."""
 
 
 @invariant(
@@ -45,8 +49,8 @@ _NO_LEAK_RATIONALE = """Future tokens leaking into the past is the classic silen
     title="Causal (top-left) never leaks future tokens",
     level=MUST,
     requires=("causal_top_left",),
-    statement="""With causal='top_left', the outputs of rows 0..i are bit-for-bit unchanged
-        when keys and values after position i change.""",
+    statement="""With causal='top_left', the outputs of rows 0..i are unchanged (within the
+        tolerance model) when keys and values after position i change.""",
     formula=r"o_i(K, V) = o_i(K', V') \text{ whenever } "
     r"K_{\le i} = K'_{\le i},\ V_{\le i} = V'_{\le i}",
     rationale=_NO_LEAK_RATIONALE,
@@ -60,8 +64,8 @@ def causal_top_left_no_leak(impl, data):
     title="Causal (bottom-right) never leaks future tokens",
     level=MUST,
     requires=("causal_bottom_right",),
-    statement="""With causal='bottom_right', the outputs of rows 0..i are bit-for-bit unchanged
-        when keys and values after position i + Lk - Lq change.""",
+    statement="""With causal='bottom_right', the outputs of rows 0..i are unchanged (within the
+        tolerance model) when keys and values after position i + Lk - Lq change.""",
     formula=r"o_i(K, V) = o_i(K', V') \text{ whenever } K_{\le i + L_k - L_q} = "
     r"K'_{\le i + L_k - L_q} \text{ and likewise } V",
     rationale=_NO_LEAK_RATIONALE,
@@ -108,7 +112,7 @@ def masking_is_deleting(impl, data):
     kept = run(impl, q, k[..., keep, :], v[..., keep, :], kept_options).out
     atol = 2 * reference_expect(q, k, v, **options).tol.out
     how = f"mask hides keys {sorted(deleted)} vs the same keys deleted from key and value"
-    expect_close("out", masked, kept, atol, impl=impl, case=case, how=how)
+    expect_close("out", masked, kept, atol, how=how)
 
 
 @invariant(
@@ -131,7 +135,7 @@ def mask_is_bias(impl, data):
     with_bias = run(impl, q, k, v, bias_options).out
     atol = 2 * reference_expect(q, k, v, **options).tol.out
     how = "bias = where(mask, 0, -inf) in the query's dtype, in place of the mask"
-    expect_close("out", with_bias, with_mask, atol, impl=impl, case=case, how=how)
+    expect_close("out", with_bias, with_mask, atol, how=how)
 
 
 def _explicit_equals(impl, data, case, what):
@@ -145,7 +149,7 @@ def _explicit_equals(impl, data, case, what):
     want = run(impl, q, k, v, explicit).out
     atol = 2 * reference_expect(q, k, v, **options).tol.out
     how = f"{what} vs the explicit bool mask of SPEC.md's formula, as mask="
-    expect_close("out", got, want, atol, impl=impl, case=case, how=how)
+    expect_close("out", got, want, atol, how=how)
 
 
 @invariant(
@@ -256,15 +260,14 @@ def nonfinite_hidden_keys(impl, data):
     clean = run(impl, q, k, v, options).out
     dirty = run(impl, q, k2, v2, options).out
     unaffected = ~visible[..., poisoned].any(axis=-1)  # (B..., Hq, Lq): rows blind to them
-    atol = 2 * reference_expect(q, k, v, **options).tol.out
+    want = reference_expect(q, k, v, **options)
     how = f"keys and values at {poisoned} set to {poison}; rows that see none of them compared"
-    expect_close(
+    expect_unchanged(
         "out of rows that see no poisoned key",
         dirty[unaffected],
         clean[unaffected],
-        atol,
-        impl=impl,
-        case=case,
+        2 * want.tol.out,
+        want.out[unaffected],
         how=how,
     )
 

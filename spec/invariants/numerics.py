@@ -27,11 +27,11 @@ def matches_reference(impl, data):
     caps = impl.capabilities
     got = run(impl, q, k, v, options, lse="lse" in caps, weights="weights" in caps)
     want = reference_expect(q, k, v, **options)
-    expect_close("out", got.out, want.out, want.tol.out, impl=impl, case=case)
+    expect_close("out", got.out, want.out, want.tol.out)
     if got.lse is not None:
-        expect_close("lse", got.lse, want.lse, want.tol.lse, impl=impl, case=case)
+        expect_close("lse", got.lse, want.lse, want.tol.lse)
     if got.weights is not None:
-        expect_close("weights", got.weights, want.weights, want.tol.weights, impl=impl, case=case)
+        expect_close("weights", got.weights, want.weights, want.tol.weights)
 
 
 @invariant(
@@ -60,10 +60,8 @@ def large_scores(impl, data):
         bool(np.isfinite(got[finite]).all()),
         "out",
         "Inf or NaN where the reference is finite",
-        impl=impl,
-        case=case,
     )
-    expect_close("out", got, want.out, want.tol.out, impl=impl, case=case)
+    expect_close("out", got, want.out, want.tol.out)
 
 
 @invariant(
@@ -90,7 +88,7 @@ def deterministic(impl, data):
     second = run(impl, q, k, v, options, **asked)
     for name, a, b in zip(first._fields, first, second, strict=True):
         if a is not None:
-            expect_identical(name, b, a, impl=impl, case=case, how="the same call made twice")
+            expect_identical(name, b, a, how="the same call made twice")
 
 
 @invariant(
@@ -120,8 +118,6 @@ def lse_is_logsumexp(impl, data):
         got.lse,
         want,
         atol,
-        impl=impl,
-        case=case,
         how="expected log Σ exp(s) over visible keys, from the spec's own scores",
     )
 
@@ -151,7 +147,5 @@ def weights_from_lse(impl, data):
         got.weights,
         want,
         tol.weights + tol.lse,
-        impl=impl,
-        case=case,
         how="expected exp(s - lse) with the implementation's own lse",
     )

@@ -48,16 +48,12 @@ def score_variance(impl, data):
         bool(np.isfinite(log_weights).all()),
         "weights",
         "a weight is 0 or NaN: underflow",
-        impl=impl,
-        case=case,
     )
     variance = float(log_weights.var(axis=-1, ddof=1).mean())
     expect(
         abs(variance - 1) <= VARIANCE_BOUND,
         "score variance",
         f"{variance:.3f}, expected 1 ± {VARIANCE_BOUND}",
-        impl=impl,
-        case=case,
     )
 
 
@@ -83,8 +79,6 @@ def default_scale_uses_dk(impl, data):
         got,
         want.out,
         want.tol.out,
-        impl=impl,
-        case=case,
         how="no scale given; expected the reference with scale = Dk**-0.5",
     )
 
@@ -120,8 +114,6 @@ def scale_zero_is_mean(impl, data):
         got,
         mean,
         atol,
-        impl=impl,
-        case=case,
         how="expected the mean of each row's visible values",
     )
 
@@ -173,7 +165,5 @@ def large_scale_selects_argmax(impl, data):
         got[checked],
         chosen[checked],
         atol,
-        impl=impl,
-        case=case,
         how=f"scale = {scale:g}; expected v[argmax_j q·k]",
     )

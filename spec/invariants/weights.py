@@ -32,8 +32,6 @@ def rows_sum_to_one(impl, data):
         sums[seeing],
         np.ones(int(seeing.sum())),
         atol,
-        impl=impl,
-        case=case,
     )
 
 
@@ -53,22 +51,16 @@ def weights_in_unit_interval(impl, data):
     weights = run(impl, q, k, v, options, weights=True).weights.astype(np.float64)
     atol = reference_expect(q, k, v, **options).tol.weights
     finite = ~np.isnan(weights)
-    expect(
-        bool(finite.all()), "weights", "NaN in the weights of finite inputs", impl=impl, case=case
-    )
+    expect(bool(finite.all()), "weights", "NaN in the weights of finite inputs")
     expect(
         bool((weights >= 0).all()),
         "weights",
         f"smallest weight {weights.min()!r} < 0",
-        impl=impl,
-        case=case,
     )
     expect(
         bool((weights <= 1 + atol).all()),
         "weights",
         f"largest weight {weights.max()!r} > 1 + tolerance {atol:.3g}",
-        impl=impl,
-        case=case,
     )
 
 
@@ -95,8 +87,6 @@ def masked_weigh_zero(impl, data):
             False,
             "weights of hidden keys",
             f"weight {weights[index]!r} at hidden {index}",
-            impl=impl,
-            case=case,
         )
 
 
@@ -126,17 +116,13 @@ def fully_masked_rows(impl, data):
     caps = impl.capabilities
     got = run(impl, q, k, v, options, lse="lse" in caps, weights="weights" in caps)
     zeros = np.zeros_like(got.out[..., rows, :], dtype=np.float64)
-    expect_close(
-        "out of fully masked rows", got.out[..., rows, :], zeros, 0.0, impl=impl, case=case, how=how
-    )
+    expect_close("out of fully masked rows", got.out[..., rows, :], zeros, 0.0, how=how)
     if got.weights is not None:
         expect_close(
             "weights of fully masked rows",
             got.weights[..., rows, :],
             np.zeros(got.weights[..., rows, :].shape),
             0.0,
-            impl=impl,
-            case=case,
             how=how,
         )
     if got.lse is not None:
@@ -145,7 +131,5 @@ def fully_masked_rows(impl, data):
             got.lse[..., rows],
             np.full(got.lse[..., rows].shape, -np.inf),
             0.0,
-            impl=impl,
-            case=case,
             how=how,
         )
