@@ -295,8 +295,8 @@ def attention_backward(query, key, value, grad_out, *, grad_lse=None, **options)
         scale = call.scale_or_default  # a Python float: the dtype is kept
         d_q = scale * _weigh(d_x, k, carries)
         d_k = scale * _weigh(np.swapaxes(d_x, -1, -2), q, np.swapaxes(carries, -1, -2))
-    # 7. GQA: a key/value head served G query heads, and its gradient is their sum.
-    d_k, d_v = _summed_over_groups(d_k, call), _summed_over_groups(d_v, call)
+        # 7. GQA: a key/value head served G query heads, and its gradient is their sum.
+        d_k, d_v = _summed_over_groups(d_k, call), _summed_over_groups(d_v, call)
     return AttentionGradients(
         query=d_q.astype(call.dtype, copy=False),
         key=d_k.astype(call.dtype, copy=False),

@@ -226,12 +226,13 @@ def attention_backward(query, key, value, grad_out, options, grad_lse=None) -> G
             dk[head][seen] += scale * np.outer(dx, q[row])
             dv[head][seen] += np.outer(p, d_out[row])
     bias = options.get("bias")
-    return Gradients(
-        query=dq,
-        key=_per_kv_head(dk, key.shape[-3]),
-        value=_per_kv_head(dv, key.shape[-3]),
-        bias=None if bias is None else _to_bias_shape(ds_all, np.shape(bias)),
-    )
+    with np.errstate(invalid="ignore", over="ignore"):
+        return Gradients(
+            query=dq,
+            key=_per_kv_head(dk, key.shape[-3]),
+            value=_per_kv_head(dv, key.shape[-3]),
+            bias=None if bias is None else _to_bias_shape(ds_all, np.shape(bias)),
+        )
 
 
 def _scale_of(options, q) -> float:
