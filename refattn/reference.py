@@ -250,6 +250,9 @@ def attention_backward(query, key, value, grad_out, *, grad_lse=None, **options)
     - Other NaN and Inf follow IEEE arithmetic through the formulas above (0·NaN and 0·Inf are
       NaN, as in the forward). A NaN in a visible value v_j makes dP_ij and D_i NaN: the row's
       dQ_i, its dbias and its share of dK are NaN, while dV = Pᵀ·dO, which holds no V, is not.
+      Where an Inf reaches a gradient, NaN or ±Inf depends on the form of the formulas
+      (P ⊙ (dP - D) meets Inf - Inf where (diag(p) - p·pᵀ)·dP does not): the spec says only
+      that it is not finite.
 
     Args:
         query, key, value and every option (but return_lse and return_weights): the call, as

@@ -189,7 +189,9 @@ def attention_backward(query, key, value, grad_out, options, grad_lse=None) -> G
         dbias_ij = ds_j
     A fully masked row contributes nothing (its out is 0 whatever its inputs hold); a NaN row
     makes dq_i NaN, and dk_j, dv_j and dbias_ij NaN at every key j it sees; a hidden key is never
-    touched by the row it is hidden from. A key/value head's gradient is the sum over the query
+    touched by the row it is hidden from. Ordinary rows follow IEEE arithmetic through the
+    formulas above (an Inf may come out NaN here where another form gives ±Inf: the spec says
+    only "not finite" there). A key/value head's gradient is the sum over the query
     heads that use it; the bias's is summed over the axes it is broadcast along.
     """
     q = query.astype(np.float64)
