@@ -107,6 +107,19 @@ CALLS = {
         "softcap": 2.5,
         "grad_lse": True,
     },
+    "every-mask-without-softcap": {  # what SDPA can take of "everything"
+        "Hq": 4,
+        "Hkv": 2,
+        "Lq": 4,
+        "Lk": 6,
+        "Dv": 3,
+        "mask": _mask((4, 6), 0.8, 13),
+        "bias": _bias((2, 1, 4, 6), 14, hidden=0.2),
+        "causal": "bottom_right",
+        "window": (3, 1),
+        "kv_lengths": np.array([5, 2]),
+        "scale": 1.3,
+    },
     "empty-queries": {"Lq": 0},
     "empty-keys": {"Lk": 0, "grad_lse": True},
 }
@@ -284,7 +297,7 @@ def test_reference_gradients_equal_finite_differences_on_drawn_calls(drawn):
 
 # Against torch autograd through scaled_dot_product_attention (math backend, float64).
 
-TORCH_LACKS = {"softcap": "SDPA has no softcap", "grad_lse": "SDPA returns no lse"}
+TORCH_LACKS = {"softcap": "SDPA has no softcap"}  # and returns no lse: grad_lse is left out
 
 
 def torch_gradients(q, k, v, options, grad_out) -> AttentionGradients:
@@ -318,8 +331,6 @@ def test_reference_gradients_equal_torch_autograd_of_sdpa(name):
     if lacking:
         pytest.skip(lacking[0])
     q, k, v, options, grad_out, _ = build(name)
-    if 0 in q.shape or 0 in k.shape:
-        pytest.skip("SDPA's math backend refuses empty sequences")
     want = torch_gradients(q, k, v, options, grad_out)
     got = attention_backward(q, k, v, grad_out, **options)
     assert_gradients_close(got, want, EXACT, f"{name}: reference against torch")
@@ -524,6 +535,21 @@ def test_reference_and_oracle_agree_on_what_nan_and_inf_reach(hostile, softcap):
         reached = ~np.isfinite(w)
         np.testing.assert_array_equal(~np.isfinite(g), reached, err_msg=f"{what}: d{name}")
         np.testing.assert_allclose(g[~reached], w[~reached], rtol=0, atol=EXACT, err_msg=what)
+
+
+@pytest.mark.parametrize("backward", BACKWARDS)
+def test_an_inf_query_saturates_the_softcap_its_query_gradient_is_zero(backward):
+    """SPEC.md's example: q_i holding Inf caps row i's scores at ±c, slope 0: dQ_i = 0, while
+    dK gets 0·Inf (NaN) from that row and the other rows keep their gradients."""
+    q, k, v, grad_out, grad_lse = _rules_call()
+    q = q.copy()
+    q[0, 1, 2] = np.inf
+    got = backward(q, k, v, grad_out, {"softcap": 2.0}, grad_lse)
+    assert np.all(got.query[0, 1] == 0)
+    assert not np.isfinite(got.key).all()
+    others = np.ones((2, 4), dtype=bool)
+    others[0, 1] = False
+    assert np.isfinite(got.query[others]).all() and np.isfinite(got.value).all()
 
 
 # Identities the gradients obey exactly.
