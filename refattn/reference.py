@@ -23,17 +23,19 @@ the mean of V instead (its masked scores are a large finite negative, not -inf).
 
 This module is the normative definition: it favours reading over speed, computes in float64
 when given float64, and in float32 otherwise (float16 inputs are computed in float32).
+`attention_backward` gives the gradients of attention, derived from the same definition.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from refattn import masks
 from refattn._checks import check_float_array, check_same_dtype, in_compute_dtype
-from refattn.call import AttentionCall, call_signature
+from refattn.call import AttentionCall, call_signature, check_option_names
 
 
 @call_signature
@@ -205,3 +207,146 @@ def merge_partials(outs: Sequence[np.ndarray], lses: Sequence[np.ndarray]):
     sees_nothing = (stacked_lse == -np.inf)[..., None]
     out = np.sum(np.where(sees_nothing, 0, terms), axis=0)
     return out.astype(outs[0].dtype, copy=False), lse
+
+
+# The backward pass ----------------------------------------------------------------------------
+
+
+class AttentionGradients(NamedTuple):
+    """The gradients of a loss with respect to each input of attention."""
+
+    query: np.ndarray  # (B..., Hq, Lq, Dk), the query's dtype
+    key: np.ndarray  # (B..., Hkv, Lk, Dk)
+    value: np.ndarray  # (B..., Hkv, Lk, Dv)
+    bias: np.ndarray | None  # the bias's own shape and dtype; None when the call has no bias
+
+
+@call_signature(without=("return_lse", "return_weights"))
+def attention_backward(query, key, value, grad_out, *, grad_lse=None, **options):
+    """The gradients of attention: a loss's gradient dO with respect to out (and dlse with
+    respect to lse) carried back to query, key, value and bias.
+
+    With x = scale·Q·Kᵀ, s = softcap(x) + bias, P the softmax of s over the visible keys,
+    O = P·V and lse_i = log Σ_j exp(s_ij) (the definition, see `attention`):
+
+        dV    = Pᵀ·dO                            step 2: O is linear in V
+        dP    = dO·Vᵀ                            step 3: how the loss moves with each weight
+        dS    = P ⊙ (dP - D + dlse)              step 4: back through the softmax and the lse
+                with D_i = Σ_d dO_id·O_id        (= Σ_j P_ij·dP_ij; d lse_i / d s_ij = P_ij)
+        dbias = dS, summed over the axes the bias is broadcast along
+        dX    = dS ⊙ (1 - tanh²(x / softcap))    step 5: d/dx c·tanh(x/c) = 1 - tanh²(x/c)
+        dQ    = scale·dX·K,   dK = scale·dXᵀ·Q   step 6
+    GQA: each key/value head's dK and dV are the sums over its group of G = Hq // Hkv query
+    heads (step 7). Every sum runs over the visible pairs (i, j) only.
+
+    Masks, rows and NaN (SPEC.md, "Gradients"):
+    - A hidden pair contributes exactly 0: key j hidden from query i (by any mask, the causal or
+      window bounds, kv_lengths or a -inf bias) gets nothing from row i in dK_j and dV_j, and
+      dbias is 0 there. NaN or Inf in hidden keys and values never reaches any gradient.
+    - A fully masked row (lse -inf: it sees no key, or only -inf scores) has out 0 whatever its
+      inputs hold, so its gradients are 0: dQ_i = 0 and nothing from it in dK, dV or dbias.
+    - A NaN row (a NaN or +inf score at a visible key: out, lse and weights all NaN) gives NaN
+      in dQ_i, in dK_j and dV_j of every key j it sees, and in dbias at those keys.
+    - Other NaN and Inf follow IEEE arithmetic through the formulas above (0·NaN and 0·Inf are
+      NaN, as in the forward). A NaN in a visible value v_j makes dP_ij and D_i NaN: the row's
+      dQ_i, its dbias and its share of dK are NaN, while dV = Pᵀ·dO, which holds no V, is not.
+      Where an Inf reaches a gradient, NaN or ±Inf depends on the form of the formulas
+      (P ⊙ (dP - D) meets Inf - Inf where (diag(p) - p·pᵀ)·dP does not): the spec says only
+      that it is not finite.
+
+    Args:
+        query, key, value and every option (but return_lse and return_weights): the call, as
+            `attention` takes it.
+        grad_out: dO, (B..., Hq, Lq, Dv) in out's dtype (the query's: float16 for float16),
+            finite.
+        grad_lse: dlse, (B..., Hq, Lq) in lse's dtype (the compute dtype: float32 for float16
+            and float32 inputs, float64 for float64), finite; None means 0.
+
+    Returns:
+        AttentionGradients(query, key, value, bias): the query, key and value gradients in the
+        input dtype (computed in float32 for float16), the bias gradient in the bias's dtype
+        and shape, None without a bias.
+    """
+    check_option_names("attention_backward", options, without=("return_lse", "return_weights"))
+    call = AttentionCall.check(query, key, value, **options)
+    d_out, d_lse = _checked_upstream(call, grad_out, grad_lse)
+    # 1. The forward again: weights, lse and out as `attention` computes them.
+    q, k, v = _heads_aligned(call)
+    visible = np.broadcast_to(_visible(call), call.scores_shape)
+    with np.errstate(invalid="ignore", over="ignore"):
+        weights, lse = _masked_softmax(_scores(q, k, call), visible)
+        out = _weigh(weights, v, visible)
+    # The pairs that carry a gradient: key j visible to query i, in a row that is not fully
+    # masked (a NaN row, lse NaN, carries its NaN). Every other pair contributes exactly 0.
+    carries = visible & (lse != -np.inf)[..., None]
+    p = np.where(carries, weights, 0)  # a NaN row's weights are NaN at hidden keys too
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN and Inf follow IEEE: the rules
+        # 2. dV = Pᵀ·dO (dO is finite, and P is 0 at every pair that carries nothing).
+        d_v = np.swapaxes(p, -1, -2) @ d_out
+        # 3. dP = dO·Vᵀ, NaN at the hidden keys whose value is NaN: step 4 drops them.
+        d_p = d_out @ np.swapaxes(v, -1, -2)
+        # 4. Back through the softmax, and the lse's own share.
+        D = np.sum(d_out * out, axis=-1, keepdims=True)
+        d_s = np.where(carries, p * (d_p - D + d_lse[..., None]), 0)
+        d_bias = None if call.bias is None else _summed_to_shape(d_s, call.bias.shape)
+        # 5. Back through the softcap (its slope is NaN where a hidden score is: dropped).
+        d_x = d_s
+        if call.softcap is not None:
+            d_x = np.where(carries, d_s * _softcap_slope(q, k, call), 0)
+        # 6. Back through x = scale·q·kᵀ, over the pairs that carry only, so that a NaN in a
+        # hidden key or in a fully masked row's query stays out (_weigh: 0·NaN is NaN).
+        scale = call.scale_or_default  # a Python float: the dtype is kept
+        d_q = scale * _weigh(d_x, k, carries)
+        d_k = scale * _weigh(np.swapaxes(d_x, -1, -2), q, np.swapaxes(carries, -1, -2))
+        # 7. GQA: a key/value head served G query heads, and its gradient is their sum.
+        d_k, d_v = _summed_over_groups(d_k, call), _summed_over_groups(d_v, call)
+    return AttentionGradients(
+        query=d_q.astype(call.dtype, copy=False),
+        key=d_k.astype(call.dtype, copy=False),
+        value=d_v.astype(call.dtype, copy=False),
+        bias=None if d_bias is None else d_bias.astype(call.bias.dtype, copy=False),
+    )
+
+
+def _checked_upstream(call: AttentionCall, grad_out, grad_lse) -> tuple[np.ndarray, np.ndarray]:
+    """grad_out and grad_lse checked (dtype, shape, finite) and in the compute dtype; a missing
+    grad_lse is 0."""
+    out_shape = (*call.batch_shape, call.Hq, call.Lq, call.Dv)  # (B..., Hq, Lq, Dv)
+    _check_upstream("grad_out", grad_out, out_shape, call.dtype, "out's")
+    d_out = grad_out.astype(call.compute_dtype, copy=False)
+    if grad_lse is None:
+        return d_out, np.zeros(out_shape[:-1], dtype=call.compute_dtype)
+    _check_upstream("grad_lse", grad_lse, out_shape[:-1], call.compute_dtype, "lse's")
+    return d_out, grad_lse
+
+
+def _check_upstream(name: str, x, shape: tuple[int, ...], dtype: np.dtype, whose: str) -> None:
+    """x is the gradient of an output: that output's dtype and shape, and finite."""
+    check_float_array(name, x)
+    check_same_dtype(name, x, dtype, whose)
+    if x.shape != shape:
+        raise ValueError(f"{name}.shape should be {shape} ({whose}), but got {x.shape}")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{name} should be finite, but got {x[where]} at index {where}")
+
+
+def _softcap_slope(q: np.ndarray, k: np.ndarray, call: AttentionCall) -> np.ndarray:
+    """d softcap(x)/dx = 1 - tanh²(x/softcap) at x = scale·q·kᵀ, (B..., Hq, Lq, Lk)."""
+    x = (q @ np.swapaxes(k, -1, -2)) * call.scale_or_default
+    return 1 - np.tanh(x / call.softcap) ** 2
+
+
+def _summed_to_shape(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A (B..., Hq, Lq, Lk) gradient summed over the axes a bias of `shape` is broadcast
+    along: the leading axes it does not have, and those where its size is 1."""
+    grad = grad.sum(axis=tuple(range(grad.ndim - len(shape))))
+    broadcast = tuple(axis for axis, n in enumerate(shape) if n == 1 and grad.shape[axis] != 1)
+    return grad.sum(axis=broadcast, keepdims=True)
+
+
+def _summed_over_groups(grad: np.ndarray, call: AttentionCall) -> np.ndarray:
+    """(B..., Hq, L, D) -> (B..., Hkv, L, D): query heads g·G ... g·G + G - 1 used kv head g."""
+    *batch, _, length, dim = grad.shape
+    return grad.reshape(*batch, call.Hkv, call.Hq // call.Hkv, length, dim).sum(axis=-3)

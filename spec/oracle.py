@@ -166,3 +166,129 @@ def layer(x, params, *, num_heads, num_kv_heads, **options) -> np.ndarray:
     merged = np.moveaxis(out, -3, -2).reshape(*batch, length, num_heads * Dv)
     y = merged @ params.w_o.astype(np.float64)
     return y if params.b_o is None else y + params.b_o.astype(np.float64)
+
+
+class Gradients(NamedTuple):
+    """What the definition gives for the gradients of a loss, in float64."""
+
+    query: np.ndarray  # (B..., Hq, Lq, Dk)
+    key: np.ndarray  # (B..., Hkv, Lk, Dk)
+    value: np.ndarray  # (B..., Hkv, Lk, Dv)
+    bias: np.ndarray | None  # the bias's shape; None when the call has none
+
+
+def attention_backward(query, key, value, grad_out, options, grad_lse=None) -> Gradients:
+    """The gradients of L = Σ grad_out·out + Σ grad_lse·lse for one call, in float64, row by row
+    (SPEC.md, "Gradients"): each row's fate first, then the chain rule over its visible keys.
+
+    For an ordinary row i with visible keys j (p its weights, o its output, dO_i = grad_out_i):
+        g_j   = dO_i·v_j                        ∂L/∂p_ij
+        ds    = J·g + grad_lse_i·p              J = diag(p) - p·pᵀ, ∂p_il/∂s_ij (symmetric)
+        dx    = ds / cosh²(x/c)                 x = scale·q_i·k_j; the softcap's slope (none: 1)
+        dq_i  = scale·Σ_j dx_j·k_j,   dk_j += scale·dx_j·q_i,   dv_j += p_j·dO_i
+        dbias_ij = ds_j
+    A fully masked row contributes nothing (its out is 0 whatever its inputs hold); a NaN row
+    makes dq_i NaN, and dk_j, dv_j and dbias_ij NaN at every key j it sees; a hidden key is never
+    touched by the row it is hidden from. Ordinary rows follow IEEE arithmetic through the
+    formulas above (an Inf may come out NaN here where another form gives ±Inf: the spec says
+    only "not finite" there). A key/value head's gradient is the sum over the query
+    heads that use it; the bias's is summed over the axes it is broadcast along.
+    """
+    q = query.astype(np.float64)
+    Hq = q.shape[-3]
+    k, v = _per_query_head(key, Hq), _per_query_head(value, Hq)
+    d_out = np.asarray(grad_out, dtype=np.float64)
+    d_lse = np.zeros(q.shape[:-1]) if grad_lse is None else np.asarray(grad_lse, np.float64)
+    visible = visibility(query, key, options)
+    forward = attention(query, key, value, options)
+    x = scores(query, key, {"scale": options.get("scale")})  # scale·q·kᵀ: no softcap, no bias
+    cap = options.get("softcap")
+    scale = _scale_of(options, q)
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)  # dk, dv per query head
+    ds_all = np.zeros(visible.shape)  # (B..., Hq, Lq, Lk)
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN and Inf follow IEEE: the rules
+        for row in np.ndindex(*visible.shape[:-1]):  # row = (b..., h, i)
+            head = row[:-1]
+            seen = np.flatnonzero(visible[row])
+            if forward.lse[row] == -np.inf:  # fully masked: no gradient, whatever it holds
+                continue
+            if np.isnan(forward.lse[row]):  # a NaN row: NaN wherever it reaches
+                dq[row] = np.nan
+                dk[head][seen] = np.nan
+                dv[head][seen] = np.nan
+                ds_all[row][seen] = np.nan
+                continue
+            p = forward.weights[row][seen]
+            g = v[head][seen] @ d_out[row]
+            jacobian = np.diag(p) - np.outer(p, p)
+            ds = jacobian @ g + d_lse[row] * p
+            dx = ds if cap is None else ds / np.cosh(x[row][seen] / float(cap)) ** 2
+            ds_all[row][seen] = ds
+            dq[row] = scale * (dx @ k[head][seen])
+            dk[head][seen] += scale * np.outer(dx, q[row])
+            dv[head][seen] += np.outer(p, d_out[row])
+    bias = options.get("bias")
+    with np.errstate(invalid="ignore", over="ignore"):
+        return Gradients(
+            query=dq,
+            key=_per_kv_head(dk, key.shape[-3]),
+            value=_per_kv_head(dv, key.shape[-3]),
+            bias=None if bias is None else _to_bias_shape(ds_all, np.shape(bias)),
+        )
+
+
+def _scale_of(options, q) -> float:
+    scale = options.get("scale")
+    return q.shape[-1] ** -0.5 if scale is None else float(scale)
+
+
+def _per_kv_head(grad: np.ndarray, Hkv: int) -> np.ndarray:
+    """(B..., Hq, L, D) -> (B..., Hkv, L, D): query head h used kv head h // G, G = Hq // Hkv."""
+    Hq = grad.shape[-3]
+    summed = np.zeros((*grad.shape[:-3], Hkv, *grad.shape[-2:]))
+    for h in range(Hq):
+        summed[..., h // (Hq // Hkv), :, :] += grad[..., h, :, :]
+    return summed
+
+
+def _to_bias_shape(full: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The gradient of a bias of `shape` broadcast to full's shape: full summed over every axis
+    where the bias, padded on the left with 1s, has size 1."""
+    padded = (1,) * (full.ndim - len(shape)) + tuple(shape)
+    ones = tuple(axis for axis, n in enumerate(padded) if n == 1)
+    return full.sum(axis=ones, keepdims=True).reshape(shape)
+
+
+# The cube root of float64's machine epsilon: the step of a central difference, relative to
+# the size of the entry it moves (see finite_differences).
+_STEP = float(np.finfo(np.float64).eps) ** (1 / 3)
+
+
+def finite_differences(f, x, *, where=None) -> np.ndarray:
+    """∂f/∂x by central differences in float64: f maps an array of x's shape (float64) to a
+    number, and the result has x's shape. Entries outside `where` (bool, x's shape; default
+    every entry) are not moved and come back NaN: not measured (a -inf bias entry, say).
+
+    Entry x_k moves by h_k = ε^(1/3)·max(|x_k|, 1), ε = 2^-52. A central difference
+    (f(x + h) - f(x - h)) / 2h errs by h²·|f'''|/6 (truncation) plus about ε·|f|/h (f's own
+    rounding, divided by h): the sum is smallest near h = ε^(1/3) in units of the entry's own
+    size (or 1 for entries smaller than 1), where both terms are about ε^(2/3) ≈ 4e-11 times
+    the function's scale. The step is the exact distance between the two points evaluated
+    (x_k ± h_k rounded to float64), so rounding the step costs nothing.
+    """
+    x = np.array(x, dtype=np.float64)  # a copy of its own, contiguous: a broadcast view too
+    where = np.ones(x.shape, dtype=bool) if where is None else np.broadcast_to(where, x.shape)
+    grad = np.full(x.shape, np.nan)
+    for index in np.ndindex(x.shape):
+        if not where[index]:
+            continue
+        centre = x[index]
+        h = _STEP * max(abs(centre), 1.0)
+        up, down = centre + h, centre - h
+        x[index] = up
+        f_up = float(f(x))
+        x[index] = down
+        f_down = float(f(x))
+        x[index] = centre
+        grad[index] = (f_up - f_down) / (up - down)
+    return grad

@@ -88,6 +88,78 @@ this Definition in float64: each row's fate decided first (NaN, fully masked or 
 its softmax over the visible keys alone. It is written independently of `refattn.reference`,
 which is one of the implementations the spec checks; a bug planted in the reference makes
 `refattn conform reference` fail (`tests/test_oracle.py`).
+
+## Gradients
+
+The backward pass of the Definition: given `dO = ∂L/∂out` (and optionally `dlse = ∂L/∂lse`)
+for some loss L, the gradients of L with respect to query, key, value and bias. With
+`x = scale·Q·Kᵀ`, `s = softcap(x) + bias` and `P` the softmax of `s` over the visible keys:
+
+    dV    = Pᵀ·dO                            out = P·V is linear in V
+    dP    = dO·Vᵀ                            ∂L/∂P_ij = dO_i·v_j
+    D_i   = Σ_d dO_id·out_id  (= Σ_j P_ij·dP_ij)
+    dS    = P ⊙ (dP - D) + P ⊙ dlse          the softmax's Jacobian diag(p) - p·pᵀ, row by
+                                             row, and ∂lse_i/∂s_ij = P_ij
+    dbias = dS, summed over the axes the bias is broadcast along
+    dX    = dS ⊙ (1 - tanh²(x/c))            softcap c: d/dx c·tanh(x/c) = 1 - tanh²(x/c)
+    dQ    = scale·dX·K        dK = scale·dXᵀ·Q
+
+- **dbias** is the gradient with respect to the biased scores `s` (after the softcap, which
+  the bias does not pass through), reduced to the bias's own shape: summed over the leading
+  axes it lacks and over those where its size is 1. It has the bias's dtype.
+- **GQA**: kv head `g` serves query heads `g·G … g·G + G - 1` (`G = Hq / Hkv`), so its dK and dV
+  are the sums of theirs: the gradients of MHA on K and V repeated G times, summed (ATT-H3).
+- **dtypes**: `dO` has out's dtype and shape (the query's dtype), `dlse` lse's (the compute
+  dtype: float32 for float16 and float32 inputs); both must be finite, and an error names the
+  first bad index otherwise. Gradients come back in the input dtype, computed in float32 for
+  float16 inputs.
+- **Identities** that follow: `Σ_j dS_ij = dlse_i` (adding c to every score of row i leaves
+  out unchanged and moves lse_i by c), so the rows of a full bias's gradient sum to `dlse_i`,
+  and to 0 without it; `Σ_j dV_j = Σ_i dO_i` over the rows that see a key (weights sum to 1,
+  ATT-W1); without a softcap, `Σ_j dK_j = scale·Σ_i dlse_i·q_i` over those rows (adding one
+  vector to every key shifts each row's scores, ATT-A5), 0 when only out is differentiated.
+
+### Hidden keys and fully masked rows
+
+- **A hidden pair contributes exactly 0.** When key `j` is hidden from query `i` (by a mask,
+  the causal or window bounds, kv_lengths or a `-inf` bias), row `i` adds nothing to dK_j and
+  dV_j, and dbias_ij = 0. out_i does not depend on a hidden key at all (ATT-M8), so its
+  derivative is 0, and NaN or Inf in hidden keys and values reaches no gradient.
+- **A fully masked row has zero gradients**: dQ_i = 0, and nothing from it in dK, dV or dbias,
+  whatever its query, keys, values and upstream gradients hold. Its out is 0 and its lse
+  `-inf` whatever those inputs are (ATT-W4): a constant, whose derivative is 0. It is also what
+  a split-KV backward needs (a chunk in which a row sees nothing gives it nothing), and what
+  PyTorch's math backend returns for a row it masks with `-inf` scores.
+
+### NaN and Inf in gradients
+
+The forward's rules carried through the formulas above, in IEEE arithmetic, over the visible
+pairs of rows that are not fully masked:
+
+- **A NaN row** (a NaN or `+inf` score at a visible key: out, lse and weights all NaN) gives NaN
+  in dQ_i, in dK_j and dV_j of every key j it sees, and in dbias at those keys, but not at
+  the keys hidden from it, though its forward weights are NaN there too: a hidden key's
+  gradient is 0 by the rule above.
+- **NaN in a visible value** v_j makes dP_ij and D_i NaN, so the whole row's dS: dQ_i, the
+  row's dbias and its share of dK of every key it sees are NaN. dV = Pᵀ·dO holds no V and stays
+  finite.
+- **Inf** in query, key or value makes the gradients it reaches non-finite; whether NaN or
+  `±Inf` depends on the algebraic form (`P ⊙ (dP - D)` meets `Inf - Inf` where
+  `(diag(p) - p·pᵀ)·dP` does not), and the spec does not say which. A softcap saturates: an
+  Inf in q_i caps row i's scores at `±c` with slope 0, so dQ_i = 0, while dK gets `0·Inf`,
+  NaN, from that row. Everything an Inf does not reach is as it would be without it.
+
+These are the rules IEEE arithmetic gives when every sum runs over visible pairs only; the one
+rule imposed on top, hidden pairs and fully masked rows exactly 0, is the gradient twin of
+ATT-M8 and ATT-W4. PyTorch's math backend agrees on finite inputs, fully masked rows included,
+but not on this rule: a NaN row's gradient reaches the keys hidden from it, NaN in a key hidden
+by a bool mask makes rows NaN, and a row whose every score is `-inf` sends `0·Inf` to dK.
+
+The reference computes these (`refattn.reference.attention_backward`); the spec's own float64
+statement is `refattn.spec.oracle.attention_backward`, written apart from it (row by row, each
+row's fate first, then `dS = J·dP + dlse·p` with the Jacobian over its visible keys), and
+`oracle.finite_differences` measures any gradient by central differences
+(`tests/test_backward.py` checks the reference against both, and against PyTorch autograd).
 """
 
 
