@@ -8,32 +8,18 @@ The loss whose gradients these are: L = Σ grad_out·out + Σ grad_lse·lse, the
 masked row (-inf, constant) left out.
 """
 
-import importlib.util
 import inspect
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from refattn.spec import oracle
 from refattn.spec.strategies import cases
 from refattn.spec.tolerance import mismatch
 
 from refattn.reference import AttentionGradients, attention, attention_backward
 
-
-def _this_checkouts_oracle():
-    """spec/oracle.py of this checkout, loaded by path: `refattn.spec` resolves to the installed
-    project's spec/, which may be another worktree. (Once merged: from refattn.spec import
-    oracle.)"""
-    path = Path(__file__).resolve().parents[1] / "spec" / "oracle.py"
-    found = importlib.util.spec_from_file_location("_checkout_oracle", path)
-    module = importlib.util.module_from_spec(found)
-    found.loader.exec_module(module)
-    return module
-
-
-oracle = _this_checkouts_oracle()
 NAMES = AttentionGradients._fields  # query, key, value, bias
 # float64 against float64: sums of at most a few dozen terms of size ~1, so the two orders of
 # summation differ by ~1e-15; 1e-12 leaves room and still catches any wrong term.
