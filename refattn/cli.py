@@ -48,6 +48,7 @@ def _conform(args) -> int:
             markdown_path=args.markdown,
             jobs=args.jobs,
             strict=args.strict,
+            timeout=args.timeout,
         )
     except (ImplementationNotFound, PeerNotInstalled, UsageError) as error:
         print(f"refattn conform: {error}", file=sys.stderr)
@@ -251,6 +252,7 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from refattn.spec.runner import DEFAULT_MAX_EXAMPLES, DEFAULT_SEED
+    from refattn.spec.supervisor import DEFAULT_TIMEOUT
 
     parser = argparse.ArgumentParser(
         prog="refattn", description="The executable specification of attention."
@@ -318,6 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict",
         action="store_true",
         help="a failing SHOULD fails the run too (default: reported, the run conforms)",
+    )
+    conform.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"a call that takes longer fails its invariant (default {DEFAULT_TIMEOUT:g} s)",
     )
     conform.add_argument("--json", metavar="PATH", help="also write a JSON report")
     conform.add_argument("--markdown", metavar="PATH", help="also write a Markdown report")

@@ -112,8 +112,9 @@ class Example:
 
 
 class Watched:
-    """`impl` with every call logged in `example` (and announced to `on_call`, for a supervisor
-    that times calls out), and every exception it raises wrapped in Raised, naming the call."""
+    """`impl` with every call logged in `example` (and announced to `on_call(call, example)`
+    before it is made and `on_call(None, example)` once it returns, for a supervisor that times
+    calls out), and every exception it raises wrapped in Raised, naming the call."""
 
     def __init__(self, impl, example: Example | None = None, on_call=None):
         self._impl = impl
@@ -128,7 +129,10 @@ class Watched:
         if self._on_call is not None:
             self._on_call(call, self._example)
         try:
-            return self._impl.result(call)
+            result = self._impl.result(call)
+            if self._on_call is not None:
+                self._on_call(None, self._example)  # it returned
+            return result
         except Unsupported as refusal:
             if refusal.derived:  # refattn asked for what the adapter does not claim: a bug of ours
                 raise Raised(refusal, call) from refusal

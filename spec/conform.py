@@ -10,7 +10,8 @@ from pathlib import Path
 
 from refattn.spec.registry import all_invariants
 from refattn.spec.report import as_json, markdown, table
-from refattn.spec.runner import DEFAULT_MAX_EXAMPLES, DEFAULT_SEED, FAIL, run_all
+from refattn.spec.runner import DEFAULT_MAX_EXAMPLES, DEFAULT_SEED, FAIL
+from refattn.spec.supervisor import DEFAULT_TIMEOUT, Interrupted, Settings, run_supervised
 
 from refattn.adapters import load
 
@@ -94,6 +95,8 @@ def conform(
     markdown_path=None,
     jobs=1,
     strict=False,
+    timeout=DEFAULT_TIMEOUT,
+    repro_dir=None,
     stdout=None,
     stderr=None,
 ) -> int:
@@ -101,6 +104,11 @@ def conform(
     (every MUST holds; a SHOULD that fails is reported, not required), 1 when not; with
     strict=True a failing SHOULD counts too.
 
+    Every invariant runs in a supervised worker process (refattn.spec.supervisor): a crash, or
+    a call that takes longer than `timeout` seconds, fails that invariant with its reproduction
+    and the run goes on; Ctrl-C stops it, and the reports are written all the same (exit 130).
+    Inputs too large to print in a reproduction go to .npz files in `repro_dir` (default: a
+    folder beside the Markdown or JSON report, else a temporary one).
     The table goes to stdout, progress lines and warnings to stderr (default: sys's)."""
     stdout = sys.stdout if stdout is None else stdout
     stderr = sys.stderr if stderr is None else stderr
@@ -108,6 +116,8 @@ def conform(
         raise UsageError(f"--max-examples should be at least 1, but got {max_examples}")
     if jobs < 1:
         raise UsageError(f"--jobs should be at least 1, but got {jobs}")
+    if not timeout > 0:
+        raise UsageError(f"--timeout should be a number of seconds above 0, but got {timeout}")
     for path in (json_path, markdown_path):  # fail now, not after the whole run
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -119,16 +129,30 @@ def conform(
     deviations = dict(impl.deviations)
     if deviations_file:
         deviations.update(read_deviations(deviations_file))
-    start = time.perf_counter()
-    outcomes = run_all(
-        impl,
-        invariants,
-        max_examples=max_examples,
-        seed=seed,
-        deviations=deviations,
-        progress=_progress(len(invariants), stderr),
-        jobs=jobs,
+    if repro_dir is None and (markdown_path or json_path):
+        report = Path(markdown_path or json_path)
+        repro_dir = report.parent / f"{report.stem}-repro"
+    supervised = Settings(
+        impl_name,
+        max_examples,
+        seed,
+        deviations,
+        None if repro_dir is None else str(repro_dir),
+        tuple(sys.path),
     )
+    start = time.perf_counter()
+    interrupted = False
+    try:
+        outcomes = run_supervised(
+            supervised,
+            invariants,
+            jobs=jobs,
+            timeout=timeout,
+            progress=_progress(len(invariants), stderr),
+        )
+    except Interrupted as stop:
+        outcomes, interrupted = stop.outcomes, True
+        print("interrupted: the invariants not run are NOT RUN in the report", file=stderr)
     wall = time.perf_counter() - start
     print(table(outcomes, impl.name), file=stdout)
     print(f"wall time {wall:.0f}s with {jobs} job{'s' if jobs > 1 else ''}", file=stderr)
@@ -140,12 +164,15 @@ def conform(
         "skip": skip or [],
         "deviations_file": deviations_file,
         "strict": strict,
+        "timeout_s": timeout,
     }
     if json_path:
         report = as_json(outcomes, impl, settings, deviations, wall)
         Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
     if markdown_path:
         Path(markdown_path).write_text(markdown(outcomes, impl, settings, deviations, wall))
+    if interrupted:
+        return 130
     return 1 if any(o.blocking or (strict and o.status == FAIL) for o in outcomes) else 0
 
 
@@ -155,10 +182,9 @@ def hypothesis_storage_out_of_the_way() -> None:
     folder (unless HYPOTHESIS_STORAGE_DIRECTORY says where)."""
     if os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
         return
-    from hypothesis.configuration import set_hypothesis_home_dir
-
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    set_hypothesis_home_dir(cache / "refattn" / "hypothesis")
+    # The workers (refattn.spec.supervisor) read it from the environment they inherit.
+    os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = str(cache / "refattn" / "hypothesis")
 
 
 def importable_from_here() -> None:

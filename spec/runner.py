@@ -17,6 +17,7 @@ from refattn.spec.registry import MUST, Invariant
 from refattn.spec.repro import reproduction
 
 PASS, FAIL, SKIP, DEVIATION = "PASS", "FAIL", "SKIP", "DEVIATION"
+NOT_RUN = "NOT RUN"  # a supervised run interrupted before it reached the invariant
 DEFAULT_MAX_EXAMPLES = 100
 DEFAULT_SEED = 0
 
@@ -222,16 +223,17 @@ def run_all(
     """Run each invariant in turn, calling `progress(inv, None)` before and
     `progress(inv, outcome)` after each.
 
-    jobs > 1 runs invariants in that many worker processes, each loading the implementation by
-    its name with refattn.adapters.load (so `impl.name` must be loadable); each invariant runs
-    exactly as it would here, with the same seed, and `progress(inv, outcome)` is called as
-    they finish. Results come back in the order of `invariants`.
+    jobs > 1 runs invariants in that many supervised worker processes (refattn.spec.supervisor),
+    each loading the implementation by its name (so `impl.name` must be loadable); each
+    invariant runs exactly as it would here, with the same seed, and `progress(inv, outcome)`
+    is called as they finish. Results come back in the order of `invariants`.
     """
     invariants = list(invariants)
     if jobs > 1 and len(invariants) > 1:
-        return _run_in_workers(
-            impl.name, invariants, max_examples, seed, deviations, progress, jobs
-        )
+        from refattn.spec.supervisor import Settings, run_supervised
+
+        settings = Settings(impl.name, max_examples, seed, dict(deviations or {}), None)
+        return run_supervised(settings, invariants, jobs=jobs, progress=progress)
     outcomes = []
     for inv in invariants:
         if progress:
@@ -243,46 +245,3 @@ def run_all(
         if progress:
             progress(inv, outcome)
     return outcomes
-
-
-# Submitted to the workers before the others: the invariants that call the implementation many
-# times an example (ATT-C2 decodes token by token, a new shape a step), the longest to run by far
-# where compiling a shape is what costs (jax: a third of a run). Started last, one would keep a
-# worker busy alone at the end.
-SUBMIT_FIRST = ("ATT-C2",)
-
-
-def _run_in_workers(name, invariants, max_examples, seed, deviations, progress, jobs):
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    # spawn, not fork: torch, JAX and onnxruntime keep threads that a fork would copy mid-work.
-    context = multiprocessing.get_context("spawn")
-    outcomes = {}
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        ordered = sorted(invariants, key=lambda inv: inv.id not in SUBMIT_FIRST)  # stable
-        futures = {
-            pool.submit(_run_by_name, name, inv.id, max_examples, seed, dict(deviations or {})): inv
-            for inv in ordered
-        }
-        for future in as_completed(futures):
-            inv = futures[future]
-            outcomes[inv.id] = future.result()
-            if progress:
-                progress(inv, outcomes[inv.id])
-    return [outcomes[inv.id] for inv in invariants]
-
-
-_LOADED: dict = {}  # a worker's adapters, by name: loaded once per worker
-
-
-def _run_by_name(name, inv_id, max_examples, seed, deviations) -> Outcome:
-    from refattn.spec.registry import INVARIANTS, all_invariants
-
-    from refattn.adapters import load
-
-    all_invariants()
-    if name not in _LOADED:
-        _LOADED[name] = load(name)
-    inv, impl = INVARIANTS[inv_id], _LOADED[name]
-    return run_invariant(inv, impl, max_examples=max_examples, seed=seed, deviations=deviations)

@@ -153,3 +153,30 @@ def returns_a_tuple(query, key, value, attn_mask=None, is_causal=False, scale=No
 def short_names(q, k, v, attn_mask=None, is_causal=False, scale=None):
     """Correct, with its first parameters named q, k, v: they are passed by position."""
     return _attention(q, k, v, attn_mask, is_causal, scale)
+
+
+def crashes(query, key, value, attn_mask=None, is_causal=False, scale=None):
+    """Bug: the process dies (abort, as heap corruption does) on a 1-D mask (one row of keys for
+    every query, as ATT-M3 gives)."""
+    if attn_mask is not None and np.ndim(attn_mask) == 1:
+        import os
+
+        os.abort()
+    return _attention(query, key, value, attn_mask, is_causal, scale)
+
+
+def hangs(query, key, value, attn_mask=None, is_causal=False, scale=None):
+    """Bug: never returns when causal (a deadlock, say)."""
+    if is_causal:
+        import time
+
+        time.sleep(3600)
+    return _attention(query, key, value, attn_mask, is_causal, scale)
+
+
+def slow(query, key, value, attn_mask=None, is_causal=False, scale=None):
+    """Correct, and slow: a tenth of a second a call (for interrupting a run)."""
+    import time
+
+    time.sleep(0.1)
+    return _attention(query, key, value, attn_mask, is_causal, scale)

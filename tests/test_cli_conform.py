@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -223,3 +225,52 @@ def test_jobs_give_the_same_results(capsys):
 
     assert rows(one[1]) == rows(two[1])
     assert "[ 3/3]" in two[2]
+
+
+def test_a_crash_fails_its_invariant_with_a_reproduction_and_the_run_goes_on(capsys, tmp_path):
+    report = tmp_path / "report.json"
+    args = ("sdpa_functions:crashes", "--only", "ATT-M3,ATT-D1", *FAST, "--json", str(report))
+    status, _, _ = conform(capsys, *args)
+    assert status == 1
+    results = {r["id"]: r for r in json.loads(report.read_text())["results"]}
+    assert results["ATT-D1"]["status"] == "PASS"
+    detail = results["ATT-M3"]["detail"]
+    assert results["ATT-M3"]["status"] == "FAIL"
+    assert "sdpa_functions:crashes crashed the process (SIGABRT) during impl(" in detail
+    assert "reproduce (the call it died in):" in detail
+    assert "out = crashes(data[" in detail and "attn_mask=data[" in detail
+
+
+def test_a_hang_fails_its_invariant_after_the_timeout(capsys):
+    args = ("sdpa_functions:hangs", "--only", "ATT-M1,ATT-D1", *FAST, "--timeout", "2")
+    status, out, _ = conform(capsys, *args)
+    assert status == 1
+    assert "ATT-M1 FAIL: sdpa_functions:hangs did not return within 2 s (killed) during" in out
+    assert "out = hangs(data[" in out and "is_causal=True" in out
+    assert "ATT-D1" in out and "1 PASS" in out
+
+
+COMMAND = (sys.executable, "-m", "refattn.cli", "conform")
+
+
+def test_ctrl_c_stops_the_run_and_still_writes_the_report(tmp_path):
+    report = tmp_path / "report.json"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    process = subprocess.Popen(
+        [*COMMAND, "sdpa_functions:slow", "--json", str(report), "--only", "ATT-D1,ATT-N1,ATT-W4"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # until the first invariant has finished
+        line = process.stderr.readline()
+        if "PASS" in line or "FAIL" in line:
+            break
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "interrupted" in err
+    statuses = [r["status"] for r in json.loads(report.read_text())["results"]]
+    assert statuses[0] in ("PASS", "FAIL") and "NOT RUN" in statuses
