@@ -170,10 +170,23 @@ def conform(
         report = as_json(outcomes, impl, settings, deviations, wall)
         Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
     if markdown_path:
-        Path(markdown_path).write_text(markdown(outcomes, impl, settings, deviations, wall))
+        text = markdown(
+            outcomes, impl, settings, deviations, wall, spec_md=spec_beside(markdown_path)
+        )
+        Path(markdown_path).write_text(text)
     if interrupted:
         return 130
     return 1 if any(o.blocking or (strict and o.status == FAIL) for o in outcomes) else 0
+
+
+def spec_beside(report) -> str | None:
+    """SPEC.md relative to a report written inside a refattn checkout (docs/conformance), for
+    links; None elsewhere, where such a link would lead nowhere."""
+    folder = Path(report).resolve().parent
+    for candidate in (folder, *folder.parents):
+        if (candidate / "SPEC.md").is_file() and (candidate / "spec" / "registry.py").is_file():
+            return os.path.relpath(candidate / "SPEC.md", folder)
+    return None
 
 
 def hypothesis_storage_out_of_the_way() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from refattn.spec.registry import all_invariants
 from refattn.spec.runner import DEVIATION, FAIL, PASS, SKIP, Outcome
 
 from refattn import machine
@@ -97,8 +98,12 @@ def as_json(outcomes: list[Outcome], impl, settings: dict, deviations=None, wall
     }
 
 
-def markdown(outcomes: list[Outcome], impl, settings: dict, deviations=None, wall=None) -> str:
-    """A report for docs/conformance/<impl>.md."""
+def markdown(
+    outcomes: list[Outcome], impl, settings: dict, deviations=None, wall=None, spec_md=None
+) -> str:
+    """A report for docs/conformance/<impl>.md. spec_md: the path of SPEC.md relative to the
+    report, for links to each invariant; None (a report outside the repository) writes each
+    failing invariant's statement into the report instead."""
     deviations = dict(impl.deviations if deviations is None else deviations)
     versions = ", ".join(f"{k} {v}" for k, v in impl.versions().items())
     box = machine.describe()
@@ -133,13 +138,17 @@ def markdown(outcomes: list[Outcome], impl, settings: dict, deviations=None, wal
     ]
     for o in outcomes:
         examples = str(o.examples) if o.status != SKIP else "-"
+        name = f"[{o.id}]({spec_md}#{o.id.lower()})" if spec_md else o.id
         lines.append(
-            f"| [{o.id}](../../SPEC.md#{o.id.lower()}) | {o.title} | {o.level} | "
-            f"{o.status} | {examples} | {o.seconds:.1f}s |"
+            f"| {name} | {o.title} | {o.level} | {o.status} | {examples} | {o.seconds:.1f}s |"
         )
     details = [o for o in outcomes if o.status in (FAIL, DEVIATION, SKIP)]
     if details:
         lines += ["", "## Details", ""]
+    statements = {} if spec_md else {inv.id: inv.statement for inv in all_invariants()}
     for o in details:
-        lines += [f"### {o.id} — {o.status}", "", "```", o.detail, "```", ""]
+        lines += [f"### {o.id} — {o.status}", ""]
+        if o.id in statements and o.status == FAIL:
+            lines += [f"> {statements[o.id]}", ""]
+        lines += ["```", o.detail, "```", ""]
     return "\n".join(lines).rstrip() + "\n"

@@ -170,3 +170,21 @@ def test_imported_into_a_users_file_it_still_needs_an_implementation(pytester):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "no implementation is named" in result.stderr.str()
+
+
+def test_the_pytest_route_finds_the_counterexample_the_cli_finds(spec_run, capsys):
+    """The same defaults (seed 0, the same examples): the same shrunk case from either route."""
+    from refattn.cli import main
+
+    assert main(["conform", "sdpa_functions:causal_off_by_one", "--only", "ATT-M1"]) == 1
+    cli = [line.strip() for line in capsys.readouterr().out.splitlines() if "case: Case(" in line]
+    result = spec_run(
+        "--refattn-impl",
+        "sdpa_functions:causal_off_by_one",
+        "-k",
+        "M1",
+        "--refattn-max-examples",
+        "100",
+    )
+    via_pytest = [line.strip() for line in result.stdout.lines if "case: Case(" in line]
+    assert cli and via_pytest and cli[0] == via_pytest[0].lstrip("E").strip()
