@@ -9,13 +9,15 @@
 - `refattn.merge_partials` — combine attention over disjoint key chunks.
 - `refattn.AttentionCall` — one checked call, the vocabulary every part speaks; `refattn.adapters`
   reaches any implementation with it, and `refattn.Unsupported` is what your own attention
-  function raises for an option it does not have (the spec then skips, never fails).
+  function raises for an option it does not have (the spec then skips, never fails);
+  `refattn.declare` says what your function can do beyond what its signature says.
 - `refattn.spec` — the invariants, checked against any implementation (imported on its own,
   not by `import refattn`: it pulls in hypothesis).
 """
 
 from refattn import masks, native, reference
 from refattn.adapters import Unsupported
+from refattn.adapters.function import declare
 from refattn.call import AttentionCall
 from refattn.mha import KVCache, MHAParams, multi_head_attention
 from refattn.native import attention
@@ -31,6 +33,7 @@ __all__ = [
     "Unsupported",
     "additive_attention",
     "attention",
+    "declare",
     "general_attention",
     "masks",
     "merge_partials",

@@ -19,13 +19,9 @@ from fractions import Fraction
 
 import numpy as np
 
-FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+from refattn.dtypes import FLOAT_DTYPES, NAMES, compute_dtype, finfo
+
 CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
-
-
-def compute_dtype(dtype: np.dtype) -> np.dtype:
-    """Softmax runs in at least float32: float16 inputs are computed in float32."""
-    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
 
 
 # ndarray subclasses that pass isinstance(x, np.ndarray) but would be misread: a masked array's
@@ -50,7 +46,7 @@ def check_plain_array(name: str, x, what: str = "a numpy.ndarray") -> None:
 def check_float_array(name: str, x, *, min_ndim: int = 0) -> np.ndarray:
     check_plain_array(name, x)
     if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name}.dtype should be float16, float32 or float64, but got {x.dtype}")
+        raise TypeError(f"{name}.dtype should be {NAMES}, but got {x.dtype}")
     if x.ndim < min_ndim:
         raise ValueError(
             f"{name} should have at least {min_ndim} dimensions, but got shape {x.shape}"
@@ -119,8 +115,8 @@ def check_bias(bias, target: tuple[int, ...], letters: str, dtype: np.dtype) -> 
         raise ValueError(f"bias should be finite or -inf, but got {base[where]} at index {where}")
     # A float64 bias beyond the compute dtype's range would turn into ±inf in the cast: +inf
     # makes the row NaN and -inf silently hides a key the caller meant to keep.
-    largest = float(np.finfo(dtype).max)
-    if float(np.finfo(base.dtype).max) > largest:
+    largest = float(finfo(dtype).max)
+    if float(finfo(base.dtype).max) > largest:
         with np.errstate(invalid="ignore"):
             bad = np.isfinite(base) & (np.abs(base) > largest)
     else:
@@ -247,7 +243,7 @@ def check_real(name: str, x, dtype: np.dtype, *, positive: bool = False) -> floa
     shown = _magnitude(x) if huge else str(x if overflowed else value)
     if positive and not x > 0:
         raise ValueError(f"{name} should be > 0, but got {shown}")
-    largest = float(np.finfo(dtype).max)
+    largest = float(finfo(dtype).max)
     if abs(value) > largest:
         raise ValueError(
             f"{name} should be finite in {dtype} (the compute dtype, |{name}| <= {largest:.4g}), "
@@ -255,7 +251,7 @@ def check_real(name: str, x, dtype: np.dtype, *, positive: bool = False) -> floa
         )
     if positive and float(np.asarray(value, dtype=dtype)) == 0:
         # A softcap that rounds to 0 in the compute dtype would divide by zero.
-        tiny = float(np.finfo(dtype).smallest_subnormal)
+        tiny = float(finfo(dtype).smallest_subnormal)
         raise ValueError(
             f"{name} should be > 0 in {dtype} (the compute dtype, {name} >= {tiny:.4g}), "
             f"but got {shown}"

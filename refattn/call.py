@@ -30,6 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from refattn import _checks
+from refattn.dtypes import compute_dtype
 
 MASKING = ("mask", "bias", "causal", "window", "kv_lengths")  # the options that hide keys
 
@@ -116,8 +117,8 @@ class AttentionCall:
 
     @property
     def compute_dtype(self) -> np.dtype:
-        """float64 for float64 inputs, float32 otherwise: softmax runs in at least float32."""
-        return _checks.compute_dtype(self.query.dtype)
+        """float64 for float64 inputs, float32 otherwise (float16 and bfloat16 included)."""
+        return compute_dtype(self.query.dtype)
 
     @property
     def scale_or_default(self) -> float:

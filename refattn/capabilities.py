@@ -6,7 +6,10 @@ weights, say) are drawn only when the implementation has them.
 """
 
 CAPABILITIES = {
-    "float16": "float16 inputs (computed in float32, output in float16)",
+    "float16": "float16 inputs (softmax and sums in float32, P may be rounded to float16 before "
+    "P·V, output in float16)",
+    "bfloat16": "bfloat16 inputs, ml_dtypes.bfloat16 arrays (softmax and sums in float32, P may be "
+    "rounded to bfloat16 before P·V, output in bfloat16)",
     "float32": "float32 inputs",
     "float64": "float64 inputs",
     "mask": "a bool mask broadcastable to (B..., Hq, Lq, Lk), True = may attend",

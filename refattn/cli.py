@@ -49,6 +49,9 @@ def _conform(args) -> int:
             jobs=args.jobs,
             strict=args.strict,
             timeout=args.timeout,
+            protocol=args.protocol,
+            with_=args.with_,
+            without=args.without,
         )
     except (ImplementationNotFound, PeerNotInstalled, UsageError) as error:
         print(f"refattn conform: {error}", file=sys.stderr)
@@ -315,6 +318,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="run invariants in N worker processes (default 1); results do not depend on it",
+    )
+    conform.add_argument(
+        "--protocol",
+        choices=["sdpa", "refattn"],
+        help="your function's protocol (default: read off its signature)",
+    )
+    conform.add_argument(
+        "--with",
+        dest="with_",
+        action="extend",
+        type=_ids,
+        default=[],
+        metavar="CAP[,CAP...]",
+        help="capabilities your function has beyond its signature (float16, bfloat16, ...)",
+    )
+    conform.add_argument(
+        "--without",
+        action="extend",
+        type=_ids,
+        default=[],
+        metavar="CAP[,CAP...]",
+        help="capabilities to leave out (float64, empty, ...): invariants needing them skip",
     )
     conform.add_argument(
         "--strict",

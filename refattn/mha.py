@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from refattn._checks import (
-    FLOAT_DTYPES,
     _is_int,
     _magnitude,
     check_causal,
@@ -28,6 +27,7 @@ from refattn._checks import (
     check_size,
 )
 from refattn.call import call_signature, check_option_names
+from refattn.dtypes import FLOAT_DTYPES, NAMES
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class MHAParams:
         Every size is an int >= 1. head_dim defaults to d_model // num_heads (so num_heads may
         not exceed d_model without it), value_head_dim to head_dim, num_kv_heads to num_heads,
         d_context to d_model and d_out to d_model. num_heads must be a multiple of num_kv_heads
-        (query head h uses kv head h // (num_heads // num_kv_heads)). dtype is float16,
+        (query head h uses kv head h // (num_heads // num_kv_heads)). dtype is float16, bfloat16,
         float32 or float64; seed an int >= 0.
         """
         d_model = check_count("d_model", d_model)
@@ -215,10 +215,11 @@ class KVCache:
 
 def project(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, heads: int) -> np.ndarray:
     """(B..., L, D) -> (B..., heads, L, D_head): x·W + b split into heads (head h holds columns
-    h·D_head to (h+1)·D_head of x·W + b)."""
+    h·D_head to (h+1)·D_head of x·W + b), in x's dtype (bfloat16's matmul returns float32)."""
     y = x @ w
     if b is not None:
         y = y + b
+    y = y.astype(x.dtype, copy=False)
     *batch, length, width = y.shape
     return np.moveaxis(y.reshape(*batch, length, heads, width // heads), -2, -3)
 
@@ -231,10 +232,10 @@ def _check_dtype(dtype) -> np.dtype:
         checked = np.dtype(dtype)
     except TypeError:  # not a dtype at all: "float" is one, "nope" is not
         raise TypeError(
-            f"dtype should be float16, float32 or float64, but got {type(dtype).__name__} {dtype!r}"
+            f"dtype should be {NAMES}, but got {type(dtype).__name__} {dtype!r}"
         ) from None
     if not any(checked == allowed for allowed in FLOAT_DTYPES):
-        raise TypeError(f"dtype should be float16, float32 or float64, but got {checked}")
+        raise TypeError(f"dtype should be {NAMES}, but got {checked}")
     return checked
 
 

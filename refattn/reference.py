@@ -22,7 +22,8 @@ nothing), and it is the limit of attending with an extra "null" key whose value 
 the mean of V instead (its masked scores are a large finite negative, not -inf).
 
 This module is the normative definition: it favours reading over speed, computes in float64
-when given float64, and in float32 otherwise (float16 inputs are computed in float32).
+when given float64, and in float32 otherwise (float16 and bfloat16 inputs are computed in
+float32).
 `attention_backward` gives the gradients of attention, derived from the same definition.
 """
 
@@ -47,7 +48,7 @@ def attention(query, key, value, **options):
     with the softmax taken over the keys j visible to query i, and G = Hq // Hkv.
 
     Args:
-        query: (B..., Hq, Lq, Dk) float16, float32 or float64.
+        query: (B..., Hq, Lq, Dk) float16, bfloat16 (ml_dtypes.bfloat16), float32 or float64.
         key: (B..., Hkv, Lk, Dk), same dtype and batch dims; Hq must be a multiple of Hkv.
             Query head h uses key/value head h // (Hq // Hkv) (GQA; MQA when Hkv = 1).
         value: (B..., Hkv, Lk, Dv), same dtype; Dv may differ from Dk.

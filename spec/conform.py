@@ -97,6 +97,9 @@ def conform(
     strict=False,
     timeout=DEFAULT_TIMEOUT,
     repro_dir=None,
+    protocol=None,
+    with_=(),
+    without=(),
     stdout=None,
     stderr=None,
 ) -> int:
@@ -124,7 +127,11 @@ def conform(
     if ":" in impl_name:
         importable_from_here()
     hypothesis_storage_out_of_the_way()
-    impl = load(impl_name)
+    declared = {"protocol": protocol, "with_": tuple(with_ or ()), "without": tuple(without or ())}
+    try:
+        impl = load(impl_name, **declared)
+    except (TypeError, ValueError) as error:  # a declaration that does not hold together
+        raise UsageError(str(error)) from None
     invariants = select(only, skip)
     deviations = dict(impl.deviations)
     if deviations_file:
@@ -139,6 +146,7 @@ def conform(
         deviations,
         None if repro_dir is None else str(repro_dir),
         tuple(sys.path),
+        tuple(declared.items()),
     )
     start = time.perf_counter()
     interrupted = False
@@ -165,6 +173,7 @@ def conform(
         "deviations_file": deviations_file,
         "strict": strict,
         "timeout_s": timeout,
+        "declared": {name: value for name, value in declared.items() if value},
     }
     if json_path:
         report = as_json(outcomes, impl, settings, deviations, wall)

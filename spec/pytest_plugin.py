@@ -35,6 +35,12 @@ _OPTIONS = {  # option name -> (ini name, what it is)
     ),
     "max_examples": ("refattn_max_examples", "hypothesis examples per invariant (default 100)"),
     "seed": ("refattn_seed", "hypothesis seed (default 0, as refattn conform)"),
+    "protocol": (
+        "refattn_protocol",
+        "your function's protocol, sdpa or refattn (default: read off its signature)",
+    ),
+    "with": ("refattn_with", "capabilities beyond its signature, comma-separated (bfloat16, ...)"),
+    "without": ("refattn_without", "capabilities to leave out, comma-separated (float64, ...)"),
 }
 
 
@@ -44,6 +50,9 @@ def pytest_addoption(parser):
     group.addoption("--refattn-deviations", metavar="FILE", help=_OPTIONS["deviations"][1])
     group.addoption("--refattn-max-examples", metavar="N", help=_OPTIONS["max_examples"][1])
     group.addoption("--refattn-seed", metavar="N", help=_OPTIONS["seed"][1])
+    group.addoption("--refattn-protocol", metavar="NAME", help=_OPTIONS["protocol"][1])
+    group.addoption("--refattn-with", metavar="CAP,...", help=_OPTIONS["with"][1])
+    group.addoption("--refattn-without", metavar="CAP,...", help=_OPTIONS["without"][1])
     group.addoption(
         "--refattn-strict",
         action="store_true",
@@ -65,6 +74,7 @@ class Settings:
     max_examples: int
     seed: int
     strict: bool
+    declared: dict  # load()'s protocol, with_, without
 
 
 def settings(config) -> Settings:
@@ -90,7 +100,16 @@ def settings(config) -> Settings:
         max_examples=_whole(given("max_examples"), DEFAULT_MAX_EXAMPLES, low=1),
         seed=_whole(given("seed"), DEFAULT_SEED, low=0),
         strict=config.getini("refattn_strict") if strict is None else strict,
+        declared={
+            "protocol": given("protocol")[0],
+            "with_": _names(given("with")[0]),
+            "without": _names(given("without")[0]),
+        },
     )
+
+
+def _names(text) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (text or "").split(",") if part.strip())
 
 
 def _whole(found, default: int, *, low: int) -> int:
@@ -116,7 +135,7 @@ def pytest_report_header(config):
     chosen = config.refattn_settings
     if chosen.impl is None:
         return None
-    impl = _load(chosen.impl)
+    impl = _load(chosen.impl, chosen.declared)
     lines = [
         f"refattn: checking {impl.name} against the spec, seed {chosen.seed}, "
         f"{chosen.max_examples} examples per invariant"
@@ -146,12 +165,12 @@ def _is_refattns(item) -> bool:
     return code is not None and Path(code.co_filename).resolve() == _CONFORMANCE_FILE
 
 
-def _load(name: str):
+def _load(name: str, declared: dict):
     from refattn.adapters import ImplementationNotFound, PeerNotInstalled, load
 
     try:
-        return load(name)
-    except (ImplementationNotFound, PeerNotInstalled) as error:
+        return load(name, **declared)
+    except (ImplementationNotFound, PeerNotInstalled, TypeError, ValueError) as error:
         raise pytest.UsageError(f"--refattn-impl: {error}") from None
 
 
@@ -176,7 +195,7 @@ def refattn_impl(refattn_settings):
     from refattn.adapters import PeerNotInstalled
 
     try:
-        return _load(refattn_settings.impl)
+        return _load(refattn_settings.impl, refattn_settings.declared)
     except PeerNotInstalled as error:
         pytest.skip(str(error))
 

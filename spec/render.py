@@ -29,7 +29,8 @@ Levels follow RFC 2119: an implementation that fails a **MUST** does not conform
 
 Shapes: query `(B..., Hq, Lq, Dk)`, key `(B..., Hkv, Lk, Dk)`, value `(B..., Hkv, Lk, Dv)`;
 out `(B..., Hq, Lq, Dv)` in the query's dtype, lse `(B..., Hq, Lq)`, weights
-`(B..., Hq, Lq, Lk)`. float16 inputs are computed in float32.
+`(B..., Hq, Lq, Lk)`. float16 and bfloat16 (`ml_dtypes.bfloat16` arrays) inputs are computed in
+float32; an implementation may round P to the input dtype before P·V (Tolerance model, 5).
 
 - **scale**: default `1/sqrt(Dk)` (the query/key head dim, never Dv).
 - **softcap** `c`: scores become `c·tanh(s/c)`, after the scale, before the bias and the masks.
@@ -61,8 +62,8 @@ is the limit of attending with an extra "null" key whose value is 0. Peers diffe
 ### NaN and Inf
 
 A bias of NaN or `+inf` is an error, and so is a scale, softcap or bias that is not finite in
-the compute dtype (float32 for float16 and float32 inputs). NaN and ±Inf inside query, key and
-value are allowed: they follow IEEE arithmetic through the definition, over each row's
+the compute dtype (float32 for float16, bfloat16 and float32 inputs). NaN and ±Inf inside query,
+key and value are allowed: they follow IEEE arithmetic through the definition, over each row's
 **visible** keys only. For row `i`:
 
 - **A NaN or `+inf` score at a visible key** (NaN or Inf in `q_i` or `k_j`, `Inf·0`,

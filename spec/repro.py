@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from refattn.dtypes import is_float
+
 INLINE_BYTES = 2048  # inputs up to this size are written into the snippet itself
 
 
@@ -34,7 +36,7 @@ class Reproduction:
         temporary folder by default) that the snippet loads."""
         lines = ["import numpy as np", *self.setup]
         if sum(a.nbytes for a in self.arrays.values()) <= INLINE_BYTES:
-            if any(a.dtype.kind == "f" and not np.isfinite(a).all() for a in self.arrays.values()):
+            if any(is_float(a.dtype) and not np.isfinite(a).all() for a in self.arrays.values()):
                 lines.append("nan, inf = np.nan, np.inf")
             entries = ",\n".join(f"    {k!r}: {_literal(a)}" for k, a in self.arrays.items())
             lines.append("data = {\n" + entries + ",\n}" if entries else "data = {}")
@@ -88,10 +90,16 @@ def reproduction(impl, example, failure) -> Reproduction:
             arrays[name] = np.asarray(value)
     if "got" in arrays and "against" in arrays:
         notes.append('got, against = data["got"], data["against"]  # what the check compared')
-        if failure.atol is not None:
+        if failure.atol is not None and np.ndim(failure.atol) == 0:
             notes.append(
                 'print("the check: largest difference", np.abs(np.asarray(got, float) - '
-                f'against).max(initial=0), "(allowed {failure.atol:.3g})")'
+                f'against).max(initial=0), "(allowed {float(failure.atol):.3g})")'
+            )
+        elif failure.atol is not None:  # a bound per element
+            arrays["allowed"] = np.broadcast_to(failure.atol, np.shape(failure.want)).copy()
+            notes.append(
+                'print("the check: elements beyond their bound", '
+                'int((np.abs(np.asarray(got, float) - against) > data["allowed"]).sum()))'
             )
     return Reproduction(setup, calls, notes, arrays)
 

@@ -14,7 +14,7 @@ from refattn.spec.cases import Case, MHACase
 
 from refattn.capabilities import CAPABILITIES, exclusive_pairs
 
-DTYPES = ("float64", "float32", "float16")  # shrinks toward float64: no rounding noise
+DTYPES = ("float64", "float32", "float16", "bfloat16")  # shrinks toward float64: no rounding
 SMALL = 8  # lengths and dims up to this are drawn first; larger ones exercise kernel tiles
 _FEATURE_VALUES = (False, True, "always")
 

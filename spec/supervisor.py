@@ -57,6 +57,7 @@ class Settings:
     deviations: Mapping[str, str]
     repro_dir: str | None
     sys_path: tuple[str, ...] = ()  # the parent's, so that the worker imports what it did
+    declared: tuple[tuple[str, object], ...] = ()  # load()'s protocol, with_, without
 
 
 @dataclass
@@ -228,7 +229,7 @@ def _work(conn, settings: Settings) -> None:
     from refattn.adapters import load
 
     all_invariants()
-    impl = load(settings.impl)
+    impl = load(settings.impl, **dict(settings.declared))
     careful = False
 
     def on_call(call, example):

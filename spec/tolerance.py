@@ -1,7 +1,8 @@
 r"""The numerical tolerance model: how far an implementation may be from the float64 definition.
 
-Notation: u is the unit roundoff of the compute dtype (2^-24 for float32, and for float16 inputs,
-which are computed in float32; 2^-53 for float64). For each call we bound, to first order, the
+Notation: u is the unit roundoff of the compute dtype (2^-24 for float32, and for float16 and
+bfloat16 inputs, which are computed in float32; 2^-53 for float64), u_L that of a low-precision
+input dtype (2^-11 for float16, 2^-8 for bfloat16). For each call we bound, to first order, the
 rounding error of an implementation that computes in that dtype (Higham, *Accuracy and Stability
 of Numerical Algorithms*, §3.1: a dot product of n terms errs by at most γ_n·Σ|x_i·y_i|,
 γ_n = n·u/(1 - n·u)):
@@ -27,10 +28,21 @@ of Numerical Algorithms*, §3.1: a dot product of n terms errs by at most γ_n·
 
        |Δlse_i| <= E_s + (Lk + 8)·u + u·|lse_i|
 
+5. Low precision (float16, bfloat16 inputs; the inputs are already in the dtype, so nothing is
+   lost reading them). Products are accumulated and the softmax is computed in float32 (the
+   bounds above, with u = 2^-24); an implementation may round P to the input dtype before P·V,
+   as FlashAttention kernels do, which moves o_id by at most u_L·Σ_j p_ij·|v_jd|, and rounds
+   the output to the input dtype, u_L·|o_id|:
+
+       |Δo_id| += 2·u_L·max_id (Σ_j p_ij·|v_jd| + |o_id|)
+
+   (2 for the second-order terms). One that accumulates the softmax sum or P·V in the low
+   precision dtype loses u_L at every one of Lk steps and falls outside.
+
 Each bound is multiplied by a safety factor of 4: 2 because the float64 oracle errs too
 (which matters when the implementation is float64 as well), and 2 for the second-order terms the
-first-order bound leaves out (e^δ - 1 <= 2δ while δ <= 1). float16 outputs add the final
-rounding to float16, 2^-11·max|v|. The bounds are worst cases, not statistical: any pass of an
+first-order bound leaves out (e^δ - 1 <= 2δ while δ <= 1); the low-precision term of 5 is added
+as it stands. The bounds are worst cases, not statistical: any pass of an
 implementation computing in the stated dtype stays inside them, whatever its summation order,
 tiling or thread count, so a tighter result is not demanded and a looser one is a bug.
 
@@ -47,25 +59,37 @@ from dataclasses import dataclass
 import numpy as np
 from refattn.spec import oracle
 
+from refattn.dtypes import finfo, is_float
+
 SAFETY = 4.0
-UNIT_ROUNDOFF = {"float16": 2.0**-24, "float32": 2.0**-24, "float64": 2.0**-53}
-OUTPUT_ROUNDING = {"float16": 2.0**-11, "float32": 0.0, "float64": 0.0}
+# The unit roundoff of the compute dtype, and (OUTPUT_ROUNDING) that of a low-precision input
+# and output dtype, u_L: what rounding P and the output to it costs.
+UNIT_ROUNDOFF = {
+    "float16": 2.0**-24,
+    "bfloat16": 2.0**-24,
+    "float32": 2.0**-24,
+    "float64": 2.0**-53,
+}
+OUTPUT_ROUNDING = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "float32": 0.0, "float64": 0.0}
 
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Absolute bounds, per element, for out, lse and weights of one call."""
+    """Absolute bounds, per element, for out, lse and weights of one call: `out` the largest
+    over the elements (what properties build their own bounds from), `out_each` the bound of
+    each element of out (broadcastable to its shape: the low-precision term of 5 is per element)."""
 
     out: float
     lse: float
     weights: float
     score_error: float  # E_s: kept so properties can widen a bound with their own terms
+    out_each: np.ndarray | float = 0.0
 
 
 def as_float64(query, key, value, options):
     """The call's arrays in float64 (masks and ints untouched): what the oracle is given."""
     options = {
-        name: (x.astype(np.float64) if isinstance(x, np.ndarray) and x.dtype.kind == "f" else x)
+        name: (x.astype(np.float64) if isinstance(x, np.ndarray) and is_float(x.dtype) else x)
         for name, x in options.items()
     }
     return query.astype(np.float64), key.astype(np.float64), value.astype(np.float64), options
@@ -86,7 +110,7 @@ class Expected:
         only when given); [] when every one is within its tolerance."""
         found = []
         for name, got, want, atol in (
-            ("out", out, self.out, self.tol.out),
+            ("out", out, self.out, self.tol.out_each),
             ("lse", lse, self.lse, self.tol.lse),
             ("weights", weights, self.weights, self.tol.weights),
         ):
@@ -101,11 +125,13 @@ def expect(query, key, value, **options) -> Expected:
     implementation under test), with the call's tolerance."""
     q, k, v, options = as_float64(query, key, value, options)
     out, lse, weights = oracle.attention(q, k, v, options)
-    return Expected(out, lse, weights, _tolerance(query.dtype, q, k, v, options, lse))
+    tol = _tolerance(query.dtype, q, k, v, options, lse, weights, out)
+    return Expected(out, lse, weights, tol)
 
 
-def _tolerance(dtype, q, k, v, options, lse) -> Tolerance:
-    """The bounds above, for a call on these (float64 copies of the) inputs in `dtype`."""
+def _tolerance(dtype, q, k, v, options, lse, weights, out) -> Tolerance:
+    """The bounds above, for a call on these (float64 copies of the) inputs in `dtype`, whose
+    float64 lse, weights and out are given."""
     dtype = np.dtype(dtype).name
     u = UNIT_ROUNDOFF[dtype]
     Dk, Lk = q.shape[-1], k.shape[-2]
@@ -119,13 +145,21 @@ def _tolerance(dtype, q, k, v, options, lse) -> Tolerance:
     softcap = float(options.get("softcap") or 0.0)
     score_error = (Dk + 2) * u * scale * largest_dot + 2 * u * largest_bias + 4 * u * softcap
     largest_v = _finite_max(np.abs(v))
-    weights = 2 * score_error + (Lk + 8) * u
-    out = largest_v * (2 * score_error + (2 * Lk + 16) * u)
+    weights_bound = 2 * score_error + (Lk + 8) * u
+    out_bound = largest_v * (2 * score_error + (2 * Lk + 16) * u)
     lse_bound = score_error + (Lk + 8) * u + u * _finite_max(np.abs(lse))
+    rounded = 0.0
+    if OUTPUT_ROUNDING[dtype]:  # 5: P and the output rounded to the low-precision dtype
+        v_per_head = np.repeat(np.abs(v), q.shape[-3] // max(v.shape[-3], 1), axis=-3)
+        with np.errstate(invalid="ignore"):
+            weighed = np.nan_to_num(weights, nan=0.0) @ np.nan_to_num(v_per_head, posinf=0.0)
+            rounded = 2 * OUTPUT_ROUNDING[dtype] * (weighed + np.abs(out))
+        rounded = np.where(np.isfinite(rounded), rounded, 0.0)
     return Tolerance(
-        out=SAFETY * out + OUTPUT_ROUNDING[dtype] * largest_v,
+        out=SAFETY * out_bound + _finite_max(np.asarray(rounded)),
+        out_each=SAFETY * out_bound + rounded,
         lse=SAFETY * lse_bound,
-        weights=SAFETY * weights,
+        weights=SAFETY * weights_bound,
         score_error=score_error,
     )
 
@@ -167,12 +201,13 @@ def mismatch(got, want, atol: float, *, labels=("got", "expected")) -> str | Non
         return None
     with np.errstate(invalid="ignore"):  # inf - inf where placement already matched
         error = np.where(finite, np.abs(got64 - want64), 0.0)
-    index = np.unravel_index(int(np.argmax(error)), error.shape)
-    if error[index] <= atol:
+    bound = np.broadcast_to(np.asarray(atol, dtype=np.float64), error.shape)  # one per element
+    index = np.unravel_index(int(np.argmax(error - bound)), error.shape)
+    if error[index] <= bound[index]:
         return None
     index = tuple(int(i) for i in index)
     return (
-        f"max error {error[index]:.3g} > tolerance {atol:.3g} at {index}: "
+        f"max error {error[index]:.3g} > tolerance {bound[index]:.3g} at {index}: "
         f"{said} {got64[index]!r}, {other} {want64[index]!r}"
     )
 
@@ -198,7 +233,7 @@ def expect_layer(x, params, *, num_heads, num_kv_heads, **options) -> ExpectedLa
     """
     # The layer's matmuls (x·W, o·W_o) run in x's own dtype, float16 included (only attention
     # computes float16 in float32), so their roundoff is that dtype's.
-    u = float(np.finfo(x.dtype).eps) / 2
+    u = float(finfo(x.dtype).eps) / 2
     heads = {"num_heads": num_heads, "num_kv_heads": num_kv_heads}
     y = oracle.layer(x, params, **heads, **options)
     x64 = x.astype(np.float64)

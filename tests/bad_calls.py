@@ -135,7 +135,7 @@ ATTENTION_BAD = [
         "query is big-endian",
         (q.astype(">f4"), k, v),
         TypeError,
-        ("query.dtype should be float16, float32 or float64", ">f4"),
+        ("query.dtype should be float16, bfloat16, float32 or float64", ">f4"),
     ),
     BadCall(
         "mixed float32 and float64",
@@ -969,14 +969,14 @@ MHA_PARAMS_BAD = [
         "dtype int32",
         (16, 4),
         TypeError,
-        ("dtype should be float16, float32 or float64", "int32"),
+        ("dtype should be float16, bfloat16, float32 or float64", "int32"),
         dtype=np.int32,
     ),
     _init(
         "dtype not a dtype",
         (16, 4),
         TypeError,
-        ("dtype should be float16, float32 or float64", "'nope'"),
+        ("dtype should be float16, bfloat16, float32 or float64", "'nope'"),
         dtype="nope",
     ),
     _init(

@@ -703,7 +703,7 @@ def _bad_grad_out(q, grad_out):
         (
             {"grad_out": grad_out.astype(int)},
             TypeError,
-            "grad_out.dtype should be float16, float32",
+            "grad_out.dtype should be float16, bfloat16, float32",
         ),
         (
             {"grad_out": grad_out.tolist()},

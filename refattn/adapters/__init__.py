@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from refattn.call import AttentionCall, Result, call_signature
-from refattn.capabilities import ALL, combinable
+from refattn.capabilities import ALL, Capabilities, combinable, exclusive_pairs
 
 
 class ImplementationNotFound(LookupError):
@@ -378,15 +378,33 @@ BUILTIN: dict[str, Callable[..., Adapter]] = {
 }
 
 
-def load(name: str, *, threads: int | None = None) -> Adapter:
+def load(name: str, *, threads: int | None = None, protocol=None, with_=(), without=()) -> Adapter:
     """The adapter for an implementation name (see `BUILTIN`) or `module.path:function`.
 
     threads: run it with this many threads, set the way its library offers (`threads_how`
     says how); None leaves the library's default. Some libraries read their thread settings
     when they load (OpenBLAS, OpenMP): `refattn bench` sets those in a fresh process first.
+    protocol, with_, without: what a user's function is and can do beyond what its signature
+    says (refattn.adapters.function); `without` also narrows a built-in implementation.
     """
     if name in BUILTIN:
-        return BUILTIN[name](threads=threads)
+        if protocol is not None or with_:
+            raise ImplementationNotFound(
+                f"{name} is built in: its capabilities are its adapter's; --protocol and --with "
+                "are for your own functions (--without narrows a run)"
+            )
+        impl = BUILTIN[name](threads=threads)
+        if without:
+            from dataclasses import replace
+
+            from refattn.adapters.function import check_declaration
+
+            check_declaration(without=without, where=name)
+            kept = Capabilities(
+                impl.capabilities - set(without), exclusive=exclusive_pairs(impl.capabilities)
+            )
+            impl = replace(impl, capabilities=kept)
+        return impl
     family = name.partition(":")[0]
     variants = [n for n in BUILTIN if n.startswith(family + ":")]
     if variants:  # native:avx9: a variant of a built-in, not a module path
@@ -396,7 +414,7 @@ def load(name: str, *, threads: int | None = None) -> Adapter:
     if ":" in name:
         from refattn.adapters import function
 
-        return function.adapter(name)
+        return function.adapter(name, protocol=protocol, with_=with_, without=without)
     known = ", ".join(BUILTIN)
     raise ImplementationNotFound(
         f"implementation should be one of {known}, or module.path:function, but got {name!r}"

@@ -1,4 +1,6 @@
-"""A user's attention function, named `module.path:function`, following the SDPA protocol:
+"""A user's attention function, named `module.path:function`, in one of two protocols.
+
+The SDPA protocol, that of torch.nn.functional.scaled_dot_product_attention on NumPy arrays:
 
     fn(query, key, value, attn_mask=None, is_causal=False, scale=None) -> array
 
@@ -7,18 +9,33 @@
                (B, Hq, Lq, Lk); never given together with is_causal
     is_causal  True: key j visible to query i iff j <= i (top-left)
     scale      None: 1/sqrt(Dk)
-    returns    (B, Hq, Lq, Dv), converted with numpy.asarray
+    enable_gqa (optional) passed True when key and value have fewer heads than query
+    returns    (B, Hq, Lq, Dv)
 
-That is the protocol of torch.nn.functional.scaled_dot_product_attention, on NumPy arrays. It
-gives the capabilities float32, float64, mask, bias, causal_top_left, scale, float64_options (a
-Python float scale), dv and empty.
-Keywords the function declares in its signature widen them:
+It gives the capabilities float32, float64, mask, bias, causal_top_left, scale, float64_options
+(a Python float scale), dv and empty, and gqa when the function declares enable_gqa.
 
-    enable_gqa   passed True when key and value have fewer heads than query (Hq a multiple of
-                 Hkv, query head h using kv head h // (Hq / Hkv)): capability gqa
+The refattn protocol, that of refattn.reference.attention (query, key, value in refattn's
+layout (B..., H, L, D), then keyword options with refattn's names):
 
-float16 is not part of the protocol: the spec computes float16 inputs in float32, which a plain
-NumPy function does not do unless it means to.
+    fn(query, key, value, *, mask=None, bias=None, causal=None, window=None, kv_lengths=None,
+       scale=None, softcap=None, return_lse=False, return_weights=False)
+
+Its capabilities are the options its signature names (all of them with **options): mask, bias,
+causal (both alignments), window, kv_lengths, scale, softcap, lse (return_lse), weights
+(return_weights), combined_masks when it names two masking options; and float32, float64,
+float64_options, gqa, dv and empty, which every call of the protocol can carry.
+
+A function is taken to follow the refattn protocol when its signature names a refattn option
+(mask, bias, causal, ...) and none of attn_mask and is_causal; otherwise the SDPA protocol.
+Declare what the signature cannot say with `refattn.declare` (in code) or --with/--without
+(refattn conform and the pytest plugin):
+
+    @refattn.declare(protocol="sdpa", with_=["bfloat16"], without=["float64"])
+    def sdpa(query, key, value, attn_mask=None, is_causal=False, scale=None): ...
+
+float16 and bfloat16 are never inferred: the spec computes them in float32 (P may be rounded),
+which a plain NumPy function does not do unless it means to; declare them.
 """
 
 from __future__ import annotations
@@ -26,14 +43,24 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+from dataclasses import replace
 
 import numpy as np
 
-from refattn.adapters import Adapter, ImplementationNotFound, Prepared, Snippet, returned_array
+from refattn.adapters import (
+    Adapter,
+    ImplementationNotFound,
+    Prepared,
+    Snippet,
+    reference_protocol,
+    reference_snippet,
+    returned_array,
+)
 from refattn.adapters._layout import from_4d, scores_to_4d, to_4d
-from refattn.call import AttentionCall, Result
-from refattn.capabilities import Capabilities
+from refattn.call import OPTIONS, AttentionCall, Result
+from refattn.capabilities import CAPABILITIES, Capabilities
 
+PROTOCOLS = ("sdpa", "refattn")
 PROTOCOL = ("query", "key", "value", "attn_mask", "is_causal", "scale")
 PROTOCOL_CAPABILITIES = (
     "float32",
@@ -47,6 +74,53 @@ PROTOCOL_CAPABILITIES = (
     "empty",
 )
 OPTIONAL = {"enable_gqa": "gqa"}  # keyword in the signature -> the capability it adds
+# What each protocol can carry at all: --with cannot add what the call has no way to pass.
+SDPA_EXPRESSIBLE = frozenset({*PROTOCOL_CAPABILITIES, "gqa", "float16", "bfloat16"})
+# The refattn protocol: option name -> the capabilities it gives.
+REFATTN_OPTIONS = {
+    "mask": ("mask",),
+    "bias": ("bias",),
+    "causal": ("causal_top_left", "causal_bottom_right"),
+    "window": ("window",),
+    "kv_lengths": ("kv_lengths",),
+    "scale": ("scale",),
+    "softcap": ("softcap",),
+    "return_lse": ("lse",),
+    "return_weights": ("weights",),
+}
+REFATTN_ALWAYS = ("float32", "float64", "float64_options", "gqa", "dv", "empty")
+MASKING = ("mask", "bias", "causal", "window", "kv_lengths")
+
+
+def declare(*, protocol: str | None = None, with_=(), without=()):
+    """A decorator saying what an attention function can do beyond its signature: its
+    protocol ("sdpa" or "refattn"), capabilities it has (with_) and lacks (without)."""
+    checked = check_declaration(protocol=protocol, with_=with_, without=without, where="declare")
+
+    def decorate(fn):
+        fn.__refattn__ = checked
+        return fn
+
+    return decorate
+
+
+def check_declaration(*, protocol=None, with_=(), without=(), where="declare") -> dict:
+    """A declaration checked: protocol one of PROTOCOLS, capability names known."""
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise ValueError(f"{where}: protocol should be one of {PROTOCOLS}, but got {protocol!r}")
+    for label, names in (("with", with_), ("without", without)):
+        if isinstance(names, str):
+            raise TypeError(f"{where}: {label} should be a list of capability names, not a string")
+        unknown = sorted(set(names) - set(CAPABILITIES))
+        if unknown:
+            raise ValueError(
+                f"{where}: {label} names unknown capabilities {unknown}; "
+                f"known: {', '.join(CAPABILITIES)}"
+            )
+    both = sorted(set(with_) & set(without))
+    if both:
+        raise ValueError(f"{where}: {both} both added and removed")
+    return {"protocol": protocol, "with": tuple(with_), "without": tuple(without)}
 
 
 def resolve(name: str):
@@ -93,15 +167,77 @@ def keywords(fn) -> tuple[set[str], bool]:
     return names, any(p.kind is p.VAR_KEYWORD for p in parameters)
 
 
-def adapter(name: str) -> Adapter:
-    """The adapter of the SDPA-protocol function named `name`."""
+def adapter(name: str, *, protocol=None, with_=(), without=()) -> Adapter:
+    """The adapter of the user function named `name`: its protocol and capabilities inferred
+    from its signature, then the function's own declaration (refattn.declare), then these
+    arguments (the command line's --protocol, --with, --without)."""
     fn = resolve(name)
+    declared = getattr(fn, "__refattn__", {})
+    given = check_declaration(protocol=protocol, with_=with_, without=without, where=name)
+    chosen = given["protocol"] or declared.get("protocol") or infer_protocol(fn, name)
+    base = refattn_adapter(name, fn) if chosen == "refattn" else sdpa_adapter(name, fn)
+    added = {*declared.get("with", ()), *given["with"]}
+    removed = {*declared.get("without", ()), *given["without"]}
+    if chosen == "sdpa":
+        impossible = sorted(added - SDPA_EXPRESSIBLE)
+        if impossible:
+            raise ImplementationNotFound(
+                f"{name}: the SDPA protocol has no way to pass {', '.join(impossible)}; "
+                "write the function to the refattn protocol (the reference's own signature) "
+                "to claim them"
+            )
+    capabilities = Capabilities((base.capabilities | added) - removed)
+    notes = list(base.notes)
+    if added or removed:
+        notes.append(
+            "Declared: "
+            + ", ".join([*(f"+{c}" for c in sorted(added)), *(f"-{c}" for c in sorted(removed))])
+            + "."
+        )
+    return replace(base, capabilities=capabilities, notes=tuple(notes))
+
+
+def infer_protocol(fn, name: str) -> str:
+    """ "refattn" when the signature names a refattn option and no SDPA keyword, else "sdpa"."""
+    names, _ = keywords(fn)
+    if names & set(REFATTN_OPTIONS) and not names & {"attn_mask", "is_causal"}:
+        return "refattn"
+    return "sdpa"
+
+
+def refattn_adapter(name: str, fn) -> Adapter:
+    """The adapter of a function with the refattn protocol (refattn.reference.attention's)."""
+    names, var_keyword = keywords(fn)
+    offered = set(OPTIONS) if var_keyword else names & set(OPTIONS)
+    capabilities = {c for option in offered & set(REFATTN_OPTIONS) for c in REFATTN_OPTIONS[option]}
+    capabilities |= set(REFATTN_ALWAYS)
+    if len(offered & set(MASKING)) > 1:
+        capabilities.add("combined_masks")
+    module, _, attribute = name.partition(":")
+    setup = (f"from {module} import {attribute.split('.')[0]}",)
+    notes = (
+        "refattn protocol: fn(query, key, value, **options) with refattn's layout and option "
+        "names (as refattn.reference.attention).",
+        "Options its signature takes: " + (", ".join(sorted(offered)) or "none") + ".",
+    )
+    return Adapter(
+        name,
+        reference_protocol(fn),
+        Capabilities(capabilities),
+        notes=notes,
+        snippet_of=lambda call, p: reference_snippet(call, p, attribute, setup),
+    )
+
+
+def sdpa_adapter(name: str, fn) -> Adapter:
+    """The adapter of a function with the SDPA protocol."""
     names, var_keyword = keywords(fn)
     missing = [p for p in PROTOCOL if p not in names] if not var_keyword else []
     if missing:
         raise ImplementationNotFound(
             f"{name} should take the SDPA protocol's parameters "
             f"(query, key, value by position, then attn_mask=None, is_causal=False, scale=None), "
+            f"or the refattn protocol's (query, key, value, *, mask=None, causal=None, ...), "
             f"but has no {', '.join(missing)}"
         )
     declared = {k for k in OPTIONAL if k in names}

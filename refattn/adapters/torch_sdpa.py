@@ -26,11 +26,13 @@ from refattn.adapters import Adapter, Prepared, require
 from refattn.adapters._layout import from_4d, scores_to_4d, to_4d
 from refattn.call import AttentionCall, Result
 from refattn.capabilities import Capabilities
+from refattn.dtypes import BFLOAT16
 
 BACKENDS = {None: "torch", "math": "torch-math", "flash": "torch-flash"}
 
 _COMMON = (
     "float16",
+    "bfloat16",
     "float32",
     "float64",
     "mask",
@@ -103,7 +105,7 @@ def adapter(backend: str | None, threads: int | None = None) -> Adapter:
             run = functools.partial(_forced, torch, forced, run)
 
         def output(out) -> Result:
-            out = out.numpy()
+            out = _array(torch, out)
             return Result(from_4d(out, batch) if backend == "flash" else out, None, None)
 
         return Prepared(run, output)
@@ -151,4 +153,13 @@ def _tensor(torch, x: np.ndarray):
         x = np.array(x)
     if x.ndim and x.shape[-1] == 1 and x.strides[-1] != x.itemsize:
         x = np.lib.stride_tricks.as_strided(x, strides=(*x.strides[:-1], x.itemsize))
+    if x.dtype == BFLOAT16:  # torch.from_numpy does not know ml_dtypes: the same bits, reread
+        return torch.from_numpy(x.view(np.uint16)).view(torch.bfloat16)
     return torch.from_numpy(x)
+
+
+def _array(torch, t) -> np.ndarray:
+    """A CPU tensor as a NumPy array (bfloat16 as ml_dtypes.bfloat16, the same bits)."""
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.uint16).numpy().view(BFLOAT16)
+    return t.numpy()

@@ -9,6 +9,7 @@ from refattn.spec.strategies import cases, mha_cases
 from refattn.spec.tolerance import SAFETY, expect_layer, largest_abs_dot
 from refattn.spec.tolerance import expect as reference_expect
 
+from refattn.dtypes import finfo
 from refattn.mha import multi_head_attention
 
 
@@ -70,7 +71,7 @@ def linear_in_values(impl, data):
         impl, q, k, v2, options
     ).out.astype(np.float64)
     # a·V1 + b·V2 is rounded once to the input dtype before the call: half an ulp per entry.
-    rounding = np.finfo(v1.dtype).eps / 2 * float(np.abs(mixed.astype(np.float64)).max(initial=0))
+    rounding = finfo(v1.dtype).eps / 2 * float(np.abs(mixed.astype(np.float64)).max(initial=0))
     atol = (
         reference_expect(q, k, mixed, **options).tol.out
         + 2 * rounding
@@ -175,7 +176,7 @@ def key_shift(impl, data):
     # k + c is rounded to the input dtype (half an ulp per entry): the scores move by at most
     # scale·Σ_d |q_d|·|k_d + c_d|·ulp/2, and the weights by twice that, relatively.
     scale = abs(options.get("scale", case.Dk**-0.5))
-    moved = np.finfo(k.dtype).eps / 2 * scale * largest_abs_dot(q, shifted)
+    moved = finfo(k.dtype).eps / 2 * scale * largest_abs_dot(q, shifted)
     largest_v = float(np.abs(v.astype(np.float64)).max(initial=0))
     atol = (
         reference_expect(q, shifted, v, **options).tol.out

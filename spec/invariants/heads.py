@@ -12,10 +12,9 @@ from refattn.mha import multi_head_attention
 
 
 def _single_head(impl, x, w_q, b_q, w_k, b_k, w_v, b_v):
-    """One head on its own: plain (L, D) projections, attention called on (1, L, D)."""
-    q = x @ w_q + b_q
-    k = x @ w_k + b_k
-    v = x @ w_v + b_v
+    """One head on its own: plain (L, D) projections in x's dtype (as the layer computes them),
+    attention called on (1, L, D)."""
+    q, k, v = ((x @ w + b).astype(x.dtype) for w, b in ((w_q, b_q), (w_k, b_k), (w_v, b_v)))
     return run(impl, q[..., None, :, :], k[..., None, :, :], v[..., None, :, :], {}).out[
         ..., 0, :, :
     ]
@@ -39,7 +38,7 @@ def _heads_by_hand(impl, case, x, params):
                 params.b_v[g * Dv : (g + 1) * Dv],
             )
         )
-    return np.concatenate(outs, axis=-1) @ params.w_o + params.b_o
+    return (np.concatenate(outs, axis=-1) @ params.w_o + params.b_o).astype(x.dtype)
 
 
 @invariant(
@@ -63,7 +62,7 @@ def one_head(impl, data):
         )
         @ params.w_o
         + params.b_o
-    )
+    ).astype(x.dtype)
     atol = 2 * expect_layer(x, params, num_heads=1, num_kv_heads=1).tol
     expect_close("y", layer, direct, atol)
 
