@@ -180,3 +180,25 @@ def slow(query, key, value, attn_mask=None, is_causal=False, scale=None):
 
     time.sleep(0.1)
     return _attention(query, key, value, attn_mask, is_causal, scale)
+
+
+def refattn_protocol(query, key, value, *, mask=None, causal=None, scale=None, return_lse=False):
+    """Correct, in the refattn protocol (the reference's own signature), with some options."""
+    from refattn import reference
+
+    return reference.attention(
+        query, key, value, mask=mask, causal=causal, scale=scale, return_lse=return_lse
+    )
+
+
+def _declared(query, key, value, attn_mask=None, is_causal=False, scale=None):
+    return _attention(query, key, value, attn_mask, is_causal, scale)
+
+
+def _declare():
+    import refattn
+
+    return refattn.declare(without=["float64", "empty"])(_declared)
+
+
+declared_without_float64 = _declare()

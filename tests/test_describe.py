@@ -1,0 +1,53 @@
+"""Describing an implementation: its protocol and capabilities read off its signature, declared
+in code (refattn.declare) or on the command line (--protocol, --with, --without)."""
+
+import pytest
+
+import refattn
+from refattn.adapters import ImplementationNotFound, load
+from refattn.cli import main
+
+
+def test_the_refattn_protocol_is_read_off_the_signature():
+    impl = load("sdpa_functions:refattn_protocol")
+    assert {"mask", "causal_top_left", "causal_bottom_right", "scale", "lse"} <= impl.capabilities
+    assert {"bias", "window", "kv_lengths", "softcap", "weights"}.isdisjoint(impl.capabilities)
+    assert "combined_masks" in impl.capabilities  # mask and causal together
+    assert "refattn protocol" in impl.notes[0]
+
+
+def test_a_declaration_in_code_narrows_the_capabilities():
+    impl = load("sdpa_functions:declared_without_float64")
+    assert "float64" not in impl.capabilities and "empty" not in impl.capabilities
+    assert "float32" in impl.capabilities
+    assert any("-float64" in note for note in impl.notes)
+
+
+def test_with_and_without_from_the_caller():
+    impl = load("sdpa_functions:correct", with_=("bfloat16",), without=("scale",))
+    assert "bfloat16" in impl.capabilities and "scale" not in impl.capabilities
+    with pytest.raises(ImplementationNotFound, match="SDPA protocol has no way to pass window"):
+        load("sdpa_functions:correct", with_=("window",))
+    with pytest.raises(ValueError, match="unknown capabilities \\['widow'\\]"):
+        load("sdpa_functions:correct", with_=("widow",))
+    native = load("native:scalar", without=("float64",))
+    assert "float64" not in native.capabilities and "float32" in native.capabilities
+    with pytest.raises(ImplementationNotFound, match="are for your own functions"):
+        load("native", with_=("bfloat16",))
+
+
+def test_declare_checks_what_it_is_given():
+    with pytest.raises(ValueError, match="protocol should be one of"):
+        refattn.declare(protocol="torch")
+    with pytest.raises(TypeError, match="a list of capability names, not a string"):
+        refattn.declare(with_="bfloat16")
+
+
+def test_conform_with_and_without(capsys):
+    argv = ["conform", "sdpa_functions:correct", "--only", "ATT-D1", "--max-examples", "5"]
+    assert main([*argv, "--without", "float64,empty", "--with", "float16"]) == 0
+    assert "conforms" in capsys.readouterr().out
+    assert main([*argv, "--with", "window"]) == 2
+    assert "the SDPA protocol has no way to pass window" in capsys.readouterr().err
+    assert main([*argv, "--with", "nope"]) == 2
+    assert "unknown capabilities ['nope']" in capsys.readouterr().err
