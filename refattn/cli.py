@@ -52,6 +52,7 @@ def _conform(args) -> int:
             protocol=args.protocol,
             with_=args.with_,
             without=args.without,
+            semantics=args.semantics,
         )
     except (ImplementationNotFound, PeerNotInstalled, UsageError) as error:
         print(f"refattn conform: {error}", file=sys.stderr)
@@ -340,6 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="CAP[,CAP...]",
         help="capabilities to leave out (float64, empty, ...): invariants needing them skip",
+    )
+    conform.add_argument(
+        "--semantics",
+        metavar="NAME=VALUE[,...]",
+        help="your function's choices where the spec chooses: fully_masked=zero|mean|nan, "
+        "mask_fill=NUMBER, causal_flag=top_left|bottom_right, float64=float64|float32 "
+        "(see refattn spec and SPEC.md, Semantics)",
     )
     conform.add_argument(
         "--strict",

@@ -100,6 +100,7 @@ def conform(
     protocol=None,
     with_=(),
     without=(),
+    semantics=None,
     stdout=None,
     stderr=None,
 ) -> int:
@@ -127,7 +128,12 @@ def conform(
     if ":" in impl_name:
         importable_from_here()
     hypothesis_storage_out_of_the_way()
-    declared = {"protocol": protocol, "with_": tuple(with_ or ()), "without": tuple(without or ())}
+    declared = {
+        "protocol": protocol,
+        "with_": tuple(with_ or ()),
+        "without": tuple(without or ()),
+        "semantics": semantics,
+    }
     try:
         impl = load(impl_name, **declared)
     except (TypeError, ValueError) as error:  # a declaration that does not hold together

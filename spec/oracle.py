@@ -117,9 +117,47 @@ def softmax_attention(scores_: np.ndarray, visible: np.ndarray, value) -> Attent
     return Attention(out, lse, weights)
 
 
-def attention(query, key, value, options) -> Attention:
-    """The definition for one call: out, lse and weights in float64."""
-    return softmax_attention(scores(query, key, options), visibility(query, key, options), value)
+def attention(query, key, value, options, semantics=None) -> Attention:
+    """The definition for one call: out, lse and weights in float64; under an implementation's
+    declared `semantics` (refattn.capabilities.Semantics; None: the spec's own) what its
+    choices give instead."""
+    s = scores(query, key, options)
+    if semantics is None or not semantics.differing():
+        return softmax_attention(s, visibility(query, key, options), value)
+    if semantics.fill is not None:
+        return _filled(s, query, key, value, options, semantics.fill)
+    found = softmax_attention(s, visibility(query, key, options), value)
+    if semantics.fully_masked == "nan":  # a row that sees no key: 0/0 of a plain softmax
+        empty = ~visibility(query, key, options).any(axis=-1)
+        found = Attention(
+            np.where(empty[..., None], np.nan, found.out),
+            np.where(empty, np.nan, found.lse),
+            np.where(empty[..., None], np.nan, found.weights),
+        )
+    return found
+
+
+def _filled(s, query, key, value, options, fill: float) -> Attention:
+    """Attention whose masks give hidden keys the finite score `fill` rather than hiding them
+    (as `where(mask, s, fill)` does), then a plain softmax over every key not at -inf: a key a
+    mask hides weighs exp(fill - max), 0 until scores are huge, and a row that sees no key
+    averages all its keys (lse = fill + log n); a row whose every score is -inf (a -inf bias
+    everywhere) is 0/0, NaN. The spec's NaN rules hold otherwise; a hidden key's value reaches
+    the row only where it weighs more than 0."""
+    masked_options = {n: x for n, x in options.items() if n != "bias"}
+    shown = visibility(query, key, masked_options)  # what the masks alone let through
+    filled = np.where(shown, s, fill)
+    keys = ~(filled == -np.inf)  # every key but those a -inf bias hides (NaN scores included)
+    found = softmax_attention(filled, keys, value)
+    # A row whose every key a -inf bias hides: 0/0 in a plain softmax. A row with no key at all
+    # (Lk = 0) sums nothing: 0 and -inf, as the spec's rule.
+    nothing = ~(filled > -np.inf).any(axis=-1) & ~np.isnan(filled).any(axis=-1)
+    nothing &= filled.shape[-1] > 0
+    return Attention(
+        np.where(nothing[..., None], np.nan, found.out),
+        np.where(nothing, np.nan, found.lse),
+        np.where(nothing[..., None], np.nan, found.weights),
+    )
 
 
 def merge(outs, lses) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,15 @@ from pathlib import Path
 
 from refattn.spec.conform import conform
 from refattn.spec.registry import all_invariants
-from refattn.spec.runner import DEFAULT_MAX_EXAMPLES, DEFAULT_SEED, DEVIATION, FAIL, PASS, SKIP
+from refattn.spec.runner import (
+    DEFAULT_MAX_EXAMPLES,
+    DEFAULT_SEED,
+    DEVIATION,
+    DIFFERS,
+    FAIL,
+    PASS,
+    SKIP,
+)
 
 from refattn.adapters import PeerNotInstalled, load
 
@@ -40,7 +48,7 @@ IMPLEMENTATIONS = (
 # processes halve its wall time; torch and onnxruntime use both cores already and only slow down.
 JOBS = {"jax": 2}
 
-CELL = {PASS: "PASS", FAIL: "**FAIL**", DEVIATION: "DEV", SKIP: "–"}
+CELL = {PASS: "PASS", FAIL: "**FAIL**", DIFFERS: "DIFFERS", DEVIATION: "DEV", SKIP: "–"}
 FINDINGS = "findings.md"  # hand-written: each published FAIL, checked by a direct call
 
 

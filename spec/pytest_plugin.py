@@ -41,6 +41,11 @@ _OPTIONS = {  # option name -> (ini name, what it is)
     ),
     "with": ("refattn_with", "capabilities beyond its signature, comma-separated (bfloat16, ...)"),
     "without": ("refattn_without", "capabilities to leave out, comma-separated (float64, ...)"),
+    "semantics": (
+        "refattn_semantics",
+        "your function's choices where the spec chooses, "
+        "name=value,... (fully_masked=mean, mask_fill=-1e9, ...)",
+    ),
 }
 
 
@@ -53,6 +58,7 @@ def pytest_addoption(parser):
     group.addoption("--refattn-protocol", metavar="NAME", help=_OPTIONS["protocol"][1])
     group.addoption("--refattn-with", metavar="CAP,...", help=_OPTIONS["with"][1])
     group.addoption("--refattn-without", metavar="CAP,...", help=_OPTIONS["without"][1])
+    group.addoption("--refattn-semantics", metavar="NAME=VALUE,...", help=_OPTIONS["semantics"][1])
     group.addoption(
         "--refattn-strict",
         action="store_true",
@@ -104,6 +110,7 @@ def settings(config) -> Settings:
             "protocol": given("protocol")[0],
             "with_": _names(given("with")[0]),
             "without": _names(given("without")[0]),
+            "semantics": given("semantics")[0],
         },
     )
 
@@ -141,6 +148,7 @@ def pytest_report_header(config):
         f"{chosen.max_examples} examples per invariant"
         + (", SHOULD required (strict)" if chosen.strict else ""),
         f"refattn: capabilities {', '.join(sorted(impl.capabilities))}",
+        f"refattn: semantics {impl.semantics}",
     ]
     if chosen.deviations is not None:
         lines.append(f"refattn: deviations from {chosen.deviations}")

@@ -8,7 +8,7 @@ from refattn.spec import tolerance
 from refattn.spec.pictures import MASK_PICTURES
 from refattn.spec.registry import SECTIONS, Invariant
 
-from refattn.capabilities import CAPABILITIES
+from refattn.capabilities import CAPABILITIES, SEMANTICS
 
 PREAMBLE = """\
 # The refattn specification of attention
@@ -169,6 +169,25 @@ def _tolerance_section() -> str:
     return "## Tolerance model\n\n" + doc + "\n"
 
 
+def _semantics_section() -> str:
+    lines = [
+        "## Semantics",
+        "",
+        "Where the spec chooses and implementations legitimately choose otherwise, an",
+        "implementation declares its choice (`refattn.declare(semantics=...)`, `--semantics`).",
+        "Every invariant then expects what that choice gives, and the one that states the spec's",
+        "own choice reports DIFFERS (it checks the declared choice instead): a choice costs one",
+        "line of the report and hides nothing else.",
+        "",
+        "| semantics | choices | stated by | what it means |",
+        "|---|---|---|---|",
+    ]
+    for name, (what, choices, invariant) in SEMANTICS.items():
+        listed = " \\| ".join(choices) if choices else "a finite number"
+        lines.append(f"| `{name}` | {listed} | {invariant} | {what} |")
+    return "\n".join(lines) + "\n"
+
+
 def _capabilities_section() -> str:
     lines = [
         "## Capabilities",
@@ -204,7 +223,13 @@ def _invariant_markdown(inv: Invariant) -> str:
 
 
 def markdown(invariants: list[Invariant]) -> str:
-    parts = [PREAMBLE, _tolerance_section(), _capabilities_section(), "## Invariants\n"]
+    parts = [
+        PREAMBLE,
+        _tolerance_section(),
+        _capabilities_section(),
+        _semantics_section(),
+        "## Invariants\n",
+    ]
     index = ["| ID | title | level |", "|---|---|---|"]
     index += [f"| [{i.id}](#{i.id.lower()}) | {i.title} | {i.level} |" for i in invariants]
     parts.append("\n".join(index) + "\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from refattn.spec.registry import all_invariants
-from refattn.spec.runner import DEVIATION, FAIL, PASS, SKIP, Outcome
+from refattn.spec.runner import DEVIATION, DIFFERS, FAIL, PASS, SKIP, Outcome
 
 from refattn import machine
 from refattn.capabilities import CAPABILITIES, exclusive_pairs
@@ -28,7 +28,10 @@ def _rows(outcomes: list[Outcome]) -> list[tuple[str, ...]]:
 
 
 def summary(outcomes: list[Outcome]) -> str:
-    counts = {s: sum(o.status == s for o in outcomes) for s in (PASS, FAIL, DEVIATION, SKIP)}
+    statuses = (PASS, FAIL, DIFFERS, DEVIATION, SKIP)
+    counts = {s: sum(o.status == s for o in outcomes) for s in statuses}
+    if not counts[DIFFERS]:
+        del counts[DIFFERS]  # a line only when semantics are declared
     must_failed = sum(o.blocking for o in outcomes)
     verdict = "conforms" if not must_failed else f"does NOT conform ({must_failed} MUST failed)"
     return f"{verdict}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
@@ -43,7 +46,7 @@ def table(outcomes: list[Outcome], impl_name: str) -> str:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
-    details = [o for o in outcomes if o.status in (FAIL, DEVIATION, SKIP)]
+    details = [o for o in outcomes if o.status in (FAIL, DIFFERS, DEVIATION, SKIP)]
     if details:
         lines.append("")
     for o in details:
@@ -73,6 +76,7 @@ def as_json(outcomes: list[Outcome], impl, settings: dict, deviations=None, wall
         "implementation": impl.name,
         "versions": impl.versions(),
         "capabilities": sorted(impl.capabilities),
+        "semantics": getattr(impl, "semantics", None) and impl.semantics.differing(),
         "exclusive_pairs": sorted(sorted(p) for p in exclusive_pairs(impl.capabilities)),
         "declared_deviations": dict(impl.deviations if deviations is None else deviations),
         "notes": list(getattr(impl, "notes", ())),
@@ -120,6 +124,7 @@ def markdown(
         "- settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()),
         f"- run: {datetime.now(timezone.utc):%Y-%m-%d}, {_duration(total, wall, settings)}",
         f"- capabilities: {capability_text(impl.capabilities)}",
+        f"- semantics: {getattr(impl, 'semantics', 'the spec')}",
         f"- not claimed: {', '.join(lacking) or 'none'}",
     ]
     notes = list(getattr(impl, "notes", ()))
@@ -142,7 +147,7 @@ def markdown(
         lines.append(
             f"| {name} | {o.title} | {o.level} | {o.status} | {examples} | {o.seconds:.1f}s |"
         )
-    details = [o for o in outcomes if o.status in (FAIL, DEVIATION, SKIP)]
+    details = [o for o in outcomes if o.status in (FAIL, DIFFERS, DEVIATION, SKIP)]
     if details:
         lines += ["", "## Details", ""]
     statements = {} if spec_md else {inv.id: inv.statement for inv in all_invariants()}

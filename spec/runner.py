@@ -16,7 +16,10 @@ from refattn.spec.checking import Example, Failure, Raised, Refused, Watched
 from refattn.spec.registry import MUST, Invariant
 from refattn.spec.repro import reproduction
 
+from refattn.capabilities import SEMANTICS
+
 PASS, FAIL, SKIP, DEVIATION = "PASS", "FAIL", "SKIP", "DEVIATION"
+DIFFERS = "DIFFERS"  # the implementation's declared semantics is not the spec's, and holds
 NOT_RUN = "NOT RUN"  # a supervised run interrupted before it reached the invariant
 DEFAULT_MAX_EXAMPLES = 100
 DEFAULT_SEED = 0
@@ -137,7 +140,8 @@ def run_invariant(
     missing = missing_capabilities(inv, impl)
     if missing:
         reason = f"needs {', '.join(missing)}, which {impl.name} does not provide"
-        return Outcome(inv.id, inv.title, inv.level, SKIP, 0, 0.0, reason)
+        status, reason = _semantics_line(inv, impl, SKIP, reason)
+        return Outcome(inv.id, inv.title, inv.level, status, 0, 0.0, reason)
     examples = 0
 
     def count():
@@ -167,11 +171,30 @@ def run_invariant(
         status = FAIL
         detail = _failure_text(error, report, impl, inv, repro_dir)
     seconds = time.perf_counter() - start
+    status, detail = _semantics_line(inv, impl, status, detail)
     declared = (deviations or {}).get(inv.id)
     if declared is not None:
         observed = "observed: " + (detail.splitlines()[0] if status == FAIL else "it passed")
         status, detail = DEVIATION, f"declared: {declared}\n{observed}\n{detail}".rstrip()
     return Outcome(inv.id, inv.title, inv.level, status, examples, seconds, detail)
+
+
+def _semantics_line(inv: Invariant, impl, status: str, detail: str) -> tuple[str, str]:
+    """The invariant that states the spec's own choice where the implementation declares
+    another (refattn.capabilities.SEMANTICS) says so: DIFFERS when the implementation does what
+    it declares (checked by the same property, under its semantics), FAIL when it does not."""
+    semantics = getattr(impl, "semantics", None)
+    for name, value in (semantics.differing() if semantics else {}).items():
+        if semantics.invariant_of(name) != inv.id:
+            continue
+        what = f"declared {name}={value}: {SEMANTICS[name][0]}"
+        if status == PASS:
+            return DIFFERS, f"{what}; it does what it declares".rstrip()
+        if status == SKIP and name == "causal_flag":
+            return DIFFERS, f"{what}; ATT-M2 checks its flag as bottom-right"
+        if status == FAIL:
+            return status, f"{detail}\n  (checked under the {what})"
+    return status, detail
 
 
 def _refused_text(refusals: Refusals, examples: int) -> str:

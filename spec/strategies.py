@@ -196,6 +196,18 @@ def cases(
     return case.replace(magnitude=magnitude, seed=seed)
 
 
+def seen_rows(query, key, options, impl) -> np.ndarray:
+    """The rows a property compares: every row under the spec's own semantics; under another
+    declared fully masked semantics (the mean of V, NaN), only the rows that see some key, since
+    what the others return is that semantics', checked where it is stated (ATT-W4)."""
+    from refattn.spec import oracle
+
+    seeing = oracle.visibility(query, key, options).any(axis=-1)
+    if impl.semantics.fully_masked == "zero" and impl.semantics.fill is None:
+        return np.ones(seeing.shape, dtype=bool)
+    return seeing
+
+
 def option_float(x: float, case: Case, impl) -> float:
     """A scale or softcap for `case` as `impl` can take it: rounded to a float32 number for a
     float64 call to an implementation whose options are 32-bit floats (no float64_options),

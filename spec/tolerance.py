@@ -54,7 +54,7 @@ the projections x·W + b and of the output projection (`expect_layer`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from refattn.spec import oracle
@@ -84,6 +84,11 @@ class Tolerance:
     weights: float
     score_error: float  # E_s: kept so properties can widen a bound with their own terms
     out_each: np.ndarray | float = 0.0
+    lse_each: np.ndarray | float | None = None  # per row where it differs from `lse`
+
+    def __post_init__(self):
+        if self.lse_each is None:
+            object.__setattr__(self, "lse_each", self.lse)
 
 
 def as_float64(query, key, value, options):
@@ -111,7 +116,7 @@ class Expected:
         found = []
         for name, got, want, atol in (
             ("out", out, self.out, self.tol.out_each),
-            ("lse", lse, self.lse, self.tol.lse),
+            ("lse", lse, self.lse, self.tol.lse_each),
             ("weights", weights, self.weights, self.tol.weights),
         ):
             problem = None if got is None else mismatch(got, want, atol)
@@ -120,12 +125,21 @@ class Expected:
         return found
 
 
-def expect(query, key, value, **options) -> Expected:
+def expect(query, key, value, semantics=None, **options) -> Expected:
     """The spec's float64 out, lse and weights for this call (refattn.spec.oracle, never the
-    implementation under test), with the call's tolerance."""
+    implementation under test), with the call's tolerance; under an implementation's declared
+    `semantics`, what its choices give (float64 computed in float32: float32's tolerance; a
+    row that sees no key and is the mean of V without a declared mask_fill: its lse, which
+    depends on the fill, is not held to a value)."""
     q, k, v, options = as_float64(query, key, value, options)
-    out, lse, weights = oracle.attention(q, k, v, options)
-    tol = _tolerance(query.dtype, q, k, v, options, lse, weights, out)
+    out, lse, weights = oracle.attention(q, k, v, options, semantics)
+    dtype = query.dtype
+    if semantics is not None and semantics.float64 == "float32" and dtype == np.float64:
+        dtype = np.dtype(np.float32)
+    tol = _tolerance(dtype, q, k, v, options, lse, weights, out)
+    if semantics is not None and semantics.fully_masked == "mean" and semantics.mask_fill is None:
+        unseen = ~oracle.visibility(q, k, options).any(axis=-1)
+        tol = replace(tol, lse_each=np.where(unseen, np.inf, tol.lse))
     return Expected(out, lse, weights, tol)
 
 

@@ -51,3 +51,34 @@ def test_conform_with_and_without(capsys):
     assert "the SDPA protocol has no way to pass window" in capsys.readouterr().err
     assert main([*argv, "--with", "nope"]) == 2
     assert "unknown capabilities ['nope']" in capsys.readouterr().err
+
+
+def test_a_declared_semantics_costs_one_line(capsys):
+    """finite_mask masks with -1e9: declared, ATT-W4 says it differs and nothing else fails
+    because of it (without the declaration W4 fails, tests/test_buggy_functions.py)."""
+    argv = ["conform", "sdpa_functions:finite_mask", "--max-examples", "20"]
+    argv += ["--only", "ATT-W4,ATT-W3,ATT-M3,ATT-M4,ATT-S3,ATT-N1,ATT-N2,ATT-C1"]
+    assert main([*argv, "--semantics", "mask_fill=-1e9"]) == 0
+    out = capsys.readouterr().out
+    assert "ATT-W4 DIFFERS: declared mask_fill=-1e9" in out or "ATT-W4 DIFFERS: declared" in out
+    assert "0 FAIL" in out
+
+
+def test_a_causal_flag_that_means_bottom_right():
+    impl = load("sdpa_functions:correct", semantics={"causal_flag": "bottom_right"})
+    assert "causal_bottom_right" in impl.capabilities
+    assert "causal_top_left" not in impl.capabilities
+    from refattn.spec.registry import INVARIANTS, all_invariants
+    from refattn.spec.runner import DIFFERS, FAIL, run_invariant
+
+    all_invariants()
+    assert run_invariant(INVARIANTS["ATT-M1"], impl).status == DIFFERS
+    # its flag is passed for bottom-right calls: a top-left function fails them
+    assert run_invariant(INVARIANTS["ATT-M2"], impl, max_examples=50).status == FAIL
+
+
+def test_semantics_are_checked():
+    with pytest.raises(ValueError, match="fully_masked should be one of"):
+        refattn.declare(semantics={"fully_masked": "average"})
+    with pytest.raises(ValueError, match="semantics has no \\['masked'\\]"):
+        load("sdpa_functions:correct", semantics="masked=zero")

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from refattn.call import AttentionCall, Result, call_signature
-from refattn.capabilities import ALL, Capabilities, combinable, exclusive_pairs
+from refattn.capabilities import ALL, Capabilities, Semantics, combinable, exclusive_pairs
 
 
 class ImplementationNotFound(LookupError):
@@ -114,6 +114,7 @@ class Adapter:
     name: str
     prepare: Callable[[AttentionCall], Prepared] = field(repr=False)
     capabilities: frozenset = ALL
+    semantics: Semantics = field(default_factory=Semantics)  # where the spec chooses: its choices
     deviations: Mapping[str, str] = field(default_factory=dict)
     packages: tuple[str, ...] = ()  # distributions whose versions the reports show
     notes: tuple[str, ...] = ()  # how the implementation is called; why a capability is not claimed
@@ -378,20 +379,23 @@ BUILTIN: dict[str, Callable[..., Adapter]] = {
 }
 
 
-def load(name: str, *, threads: int | None = None, protocol=None, with_=(), without=()) -> Adapter:
+def load(
+    name: str, *, threads: int | None = None, protocol=None, with_=(), without=(), semantics=None
+) -> Adapter:
     """The adapter for an implementation name (see `BUILTIN`) or `module.path:function`.
 
     threads: run it with this many threads, set the way its library offers (`threads_how`
     says how); None leaves the library's default. Some libraries read their thread settings
     when they load (OpenBLAS, OpenMP): `refattn bench` sets those in a fresh process first.
-    protocol, with_, without: what a user's function is and can do beyond what its signature
-    says (refattn.adapters.function); `without` also narrows a built-in implementation.
+    protocol, with_, without, semantics: what a user's function is and can do beyond what its
+    signature says (refattn.adapters.function); `without` also narrows a built-in one.
     """
     if name in BUILTIN:
-        if protocol is not None or with_:
+        if protocol is not None or with_ or semantics is not None:
             raise ImplementationNotFound(
-                f"{name} is built in: its capabilities are its adapter's; --protocol and --with "
-                "are for your own functions (--without narrows a run)"
+                f"{name} is built in: its capabilities and semantics are its adapter's; "
+                "--protocol, --with and --semantics are for your own functions (--without "
+                "narrows a run)"
             )
         impl = BUILTIN[name](threads=threads)
         if without:
@@ -414,7 +418,9 @@ def load(name: str, *, threads: int | None = None, protocol=None, with_=(), with
     if ":" in name:
         from refattn.adapters import function
 
-        return function.adapter(name, protocol=protocol, with_=with_, without=without)
+        return function.adapter(
+            name, protocol=protocol, with_=with_, without=without, semantics=semantics
+        )
     known = ", ".join(BUILTIN)
     raise ImplementationNotFound(
         f"implementation should be one of {known}, or module.path:function, but got {name!r}"

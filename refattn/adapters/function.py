@@ -58,7 +58,7 @@ from refattn.adapters import (
 )
 from refattn.adapters._layout import from_4d, scores_to_4d, to_4d
 from refattn.call import OPTIONS, AttentionCall, Result
-from refattn.capabilities import CAPABILITIES, Capabilities
+from refattn.capabilities import CAPABILITIES, Capabilities, Semantics
 
 PROTOCOLS = ("sdpa", "refattn")
 PROTOCOL = ("query", "key", "value", "attn_mask", "is_causal", "scale")
@@ -92,10 +92,13 @@ REFATTN_ALWAYS = ("float32", "float64", "float64_options", "gqa", "dv", "empty")
 MASKING = ("mask", "bias", "causal", "window", "kv_lengths")
 
 
-def declare(*, protocol: str | None = None, with_=(), without=()):
+def declare(*, protocol: str | None = None, with_=(), without=(), semantics=None):
     """A decorator saying what an attention function can do beyond its signature: its
-    protocol ("sdpa" or "refattn"), capabilities it has (with_) and lacks (without)."""
+    protocol ("sdpa" or "refattn"), capabilities it has (with_) and lacks (without), and its
+    semantics where the spec chooses (a dict: fully_masked, mask_fill, causal_flag, float64;
+    see refattn.capabilities.SEMANTICS)."""
     checked = check_declaration(protocol=protocol, with_=with_, without=without, where="declare")
+    checked["semantics"] = Semantics.of(semantics)
 
     def decorate(fn):
         fn.__refattn__ = checked
@@ -167,7 +170,7 @@ def keywords(fn) -> tuple[set[str], bool]:
     return names, any(p.kind is p.VAR_KEYWORD for p in parameters)
 
 
-def adapter(name: str, *, protocol=None, with_=(), without=()) -> Adapter:
+def adapter(name: str, *, protocol=None, with_=(), without=(), semantics=None) -> Adapter:
     """The adapter of the user function named `name`: its protocol and capabilities inferred
     from its signature, then the function's own declaration (refattn.declare), then these
     arguments (the command line's --protocol, --with, --without)."""
@@ -175,7 +178,11 @@ def adapter(name: str, *, protocol=None, with_=(), without=()) -> Adapter:
     declared = getattr(fn, "__refattn__", {})
     given = check_declaration(protocol=protocol, with_=with_, without=without, where=name)
     chosen = given["protocol"] or declared.get("protocol") or infer_protocol(fn, name)
-    base = refattn_adapter(name, fn) if chosen == "refattn" else sdpa_adapter(name, fn)
+    meant = Semantics.of(semantics if semantics is not None else declared.get("semantics"))
+    if chosen == "refattn":
+        base = refattn_adapter(name, fn)
+    else:
+        base = sdpa_adapter(name, fn, meant.causal_flag)
     added = {*declared.get("with", ()), *given["with"]}
     removed = {*declared.get("without", ()), *given["without"]}
     if chosen == "sdpa":
@@ -194,7 +201,9 @@ def adapter(name: str, *, protocol=None, with_=(), without=()) -> Adapter:
             + ", ".join([*(f"+{c}" for c in sorted(added)), *(f"-{c}" for c in sorted(removed))])
             + "."
         )
-    return replace(base, capabilities=capabilities, notes=tuple(notes))
+    if meant.differing():
+        notes.append(f"Declared semantics: {meant}.")
+    return replace(base, capabilities=capabilities, semantics=meant, notes=tuple(notes))
 
 
 def infer_protocol(fn, name: str) -> str:
@@ -229,8 +238,8 @@ def refattn_adapter(name: str, fn) -> Adapter:
     )
 
 
-def sdpa_adapter(name: str, fn) -> Adapter:
-    """The adapter of a function with the SDPA protocol."""
+def sdpa_adapter(name: str, fn, causal_flag: str = "top_left") -> Adapter:
+    """The adapter of a function with the SDPA protocol, whose is_causal aligns `causal_flag`."""
     names, var_keyword = keywords(fn)
     missing = [p for p in PROTOCOL if p not in names] if not var_keyword else []
     if missing:
@@ -241,7 +250,10 @@ def sdpa_adapter(name: str, fn) -> Adapter:
             f"but has no {', '.join(missing)}"
         )
     declared = {k for k in OPTIONAL if k in names}
-    capabilities = Capabilities({*PROTOCOL_CAPABILITIES, *(OPTIONAL[k] for k in declared)})
+    claimed = {*PROTOCOL_CAPABILITIES, *(OPTIONAL[k] for k in declared)}
+    if causal_flag == "bottom_right":  # its flag means the other alignment
+        claimed = (claimed - {"causal_top_left"}) | {"causal_bottom_right"}
+    capabilities = Capabilities(claimed)
     notes = [
         "SDPA protocol: fn(query, key, value, attn_mask=None, is_causal=False, scale=None) on "
         "NumPy (B, H, L, D) arrays; batch dims are flattened into B.",
@@ -254,7 +266,7 @@ def sdpa_adapter(name: str, fn) -> Adapter:
         scores = call.mask if call.mask is not None else call.bias
         keywords = {
             "attn_mask": None if scores is None else scores_to_4d(scores, batch),
-            "is_causal": call.causal == "top_left",
+            "is_causal": call.causal == causal_flag,
             "scale": call.scale,
         }
         if "enable_gqa" in declared:

@@ -34,7 +34,7 @@ def convex_hull(impl, data):
     high = np.where(seen, v64, -np.inf).max(axis=-2)
     rows = visible.any(axis=-1)
     out = run(impl, q, k, v, options).out.astype(np.float64)
-    atol = reference_expect(q, k, v, **options).tol.out
+    atol = reference_expect(q, k, v, impl.semantics, **options).tol.out
     outside = rows[..., None] & ((out < low - atol) | (out > high + atol))
     if outside.any():
         i = tuple(int(n) for n in np.argwhere(outside)[0])
@@ -73,10 +73,10 @@ def linear_in_values(impl, data):
     # a·V1 + b·V2 is rounded once to the input dtype before the call: half an ulp per entry.
     rounding = finfo(v1.dtype).eps / 2 * float(np.abs(mixed.astype(np.float64)).max(initial=0))
     atol = (
-        reference_expect(q, k, mixed, **options).tol.out
+        reference_expect(q, k, mixed, impl.semantics, **options).tol.out
         + 2 * rounding
-        + abs(a) * reference_expect(q, k, v1, **options).tol.out
-        + abs(b) * reference_expect(q, k, v2, **options).tol.out
+        + abs(a) * reference_expect(q, k, v1, impl.semantics, **options).tol.out
+        + abs(b) * reference_expect(q, k, v2, impl.semantics, **options).tol.out
     )
     expect_close(
         "out",
@@ -114,7 +114,7 @@ def query_permutation(impl, data):
     order = np.array(data.draw(st.permutations(range(case.Lq)), label="query order"), dtype=int)
     permuted = run(impl, q[..., order, :], k, v, _permute(options, -2, order)).out
     original = run(impl, q, k, v, options).out
-    atol = 2 * reference_expect(q, k, v, **options).tol.out
+    atol = 2 * reference_expect(q, k, v, impl.semantics, **options).tol.out
     expect_close(
         "out",
         permuted,
@@ -144,7 +144,7 @@ def key_value_permutation(impl, data):
     order = np.array(data.draw(st.permutations(range(case.Lk)), label="key order"), dtype=int)
     permuted = run(impl, q, k[..., order, :], v[..., order, :], _permute(options, -1, order)).out
     original = run(impl, q, k, v, options).out
-    atol = 2 * reference_expect(q, k, v, **options).tol.out
+    atol = 2 * reference_expect(q, k, v, impl.semantics, **options).tol.out
     expect_close(
         "out",
         permuted,
@@ -179,8 +179,8 @@ def key_shift(impl, data):
     moved = finfo(k.dtype).eps / 2 * scale * largest_abs_dot(q, shifted)
     largest_v = float(np.abs(v.astype(np.float64)).max(initial=0))
     atol = (
-        reference_expect(q, shifted, v, **options).tol.out
-        + reference_expect(q, k, v, **options).tol.out
+        reference_expect(q, shifted, v, impl.semantics, **options).tol.out
+        + reference_expect(q, k, v, impl.semantics, **options).tol.out
         + SAFETY * 2 * moved * largest_v
     )
     expect_close(
@@ -208,7 +208,7 @@ def self_is_cross(impl, data):
     x, _, _, options = case.build()
     aliased = run(impl, x, x, x, options).out
     copies = run(impl, x.copy(), x.copy(), x.copy(), options).out
-    atol = 2 * reference_expect(x, x, x, **options).tol.out
+    atol = 2 * reference_expect(x, x, x, impl.semantics, **options).tol.out
     expect_close(
         "out",
         aliased,

@@ -111,7 +111,7 @@ def gqa_is_repeated_mha(impl, data):
     group = case.Hq // case.Hkv
     grouped = run(impl, q, k, v, options).out
     repeated = run(impl, q, np.repeat(k, group, axis=-3), np.repeat(v, group, axis=-3), options).out
-    atol = 2 * reference_expect(q, k, v, **options).tol.out
+    atol = 2 * reference_expect(q, k, v, impl.semantics, **options).tol.out
     expect_close(
         "out",
         grouped,
@@ -150,7 +150,7 @@ def batch_independent(impl, data):
     index = tuple(data.draw(st.integers(0, size - 1), label="element") for size in case.batch)
     together = run(impl, q, k, v, options).out
     alone = run(impl, q[index], k[index], v[index], _element_options(options, full, index)).out
-    atol = 2 * reference_expect(q, k, v, **options).tol.out
+    atol = 2 * reference_expect(q, k, v, impl.semantics, **options).tol.out
     expect_close(
         f"out of element {index}",
         together[index],
@@ -165,8 +165,8 @@ def batch_independent(impl, data):
     for x in (q2, k2, v2):
         x[others] = rng.standard_normal(x[others].shape)
     changed = run(impl, q2, k2, v2, options).out
-    want = reference_expect(q, k, v, **options)
-    atol = want.tol.out + reference_expect(q2, k2, v2, **options).tol.out
+    want = reference_expect(q, k, v, impl.semantics, **options)
+    atol = want.tol.out + reference_expect(q2, k2, v2, impl.semantics, **options).tol.out
     expect_unchanged(
         f"out of element {index}",
         changed[index],

@@ -72,7 +72,7 @@ def score_variance(impl, data):
 def default_scale_uses_dk(impl, data):
     case = data.draw(cases(impl.capabilities, dv="always", scale=False), label="case")
     q, k, v, options = case.build()
-    want = reference_expect(q, k, v, **options)
+    want = reference_expect(q, k, v, impl.semantics, **options)
     got = run(impl, q, k, v, options).out
     expect_close(
         "out",
@@ -104,7 +104,8 @@ def scale_zero_is_mean(impl, data):
     v64 = np.repeat(v.astype(np.float64), case.Hq // case.Hkv, axis=-3)
     counts = visible.sum(axis=-1, keepdims=True)
     mean = (visible / np.maximum(counts, 1)) @ v64
-    want = reference_expect(q, k, v, **options)
+    want = reference_expect(q, k, v, impl.semantics, **options)
+    mean = np.where(counts > 0, mean, want.out)  # a row that sees nothing: 0, or its semantics
     # |scale·s| <= δ moves each weight by a factor within e^{±2δ} of uniform.
     delta = scale * float(np.abs(oracle.scores(q, k, {"scale": 1.0})).max(initial=0))
     atol = want.tol.out + math.expm1(2 * delta) * float(np.abs(v64).max(initial=0))
@@ -157,7 +158,7 @@ def large_scale_selects_argmax(impl, data):
     best = np.argmax(dots, axis=-1)
     v64 = np.repeat(v.astype(np.float64), case.Hq // case.Hkv, axis=-3)
     chosen = np.take_along_axis(v64, best[..., None], axis=-2)  # (B..., Hq, Lq, Dv)
-    want = reference_expect(q, k, v, **options)
+    want = reference_expect(q, k, v, impl.semantics, **options)
     atol = want.tol.out + case.Lk * math.exp(-SELECT_MARGIN) * 2 * float(np.abs(v64).max())
     got = run(impl, q, k, v, options).out
     expect_close(
