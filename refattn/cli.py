@@ -53,6 +53,8 @@ def _conform(args) -> int:
             with_=args.with_,
             without=args.without,
             semantics=args.semantics,
+            framework=args.framework,
+            device=args.device,
         )
     except (ImplementationNotFound, PeerNotInstalled, UsageError) as error:
         print(f"refattn conform: {error}", file=sys.stderr)
@@ -348,6 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="your function's choices where the spec chooses: fully_masked=zero|mean|nan, "
         "mask_fill=NUMBER, causal_flag=top_left|bottom_right, float64=float64|float32 "
         "(see refattn spec and SPEC.md, Semantics)",
+    )
+    conform.add_argument(
+        "--framework",
+        choices=["numpy", "torch", "jax"],
+        help="the arrays your function takes and returns (default numpy)",
+    )
+    conform.add_argument(
+        "--device", help="where its arrays live: cpu (the default), cuda, cuda:1, mps ..."
     )
     conform.add_argument(
         "--strict",

@@ -101,6 +101,8 @@ def conform(
     with_=(),
     without=(),
     semantics=None,
+    framework=None,
+    device=None,
     stdout=None,
     stderr=None,
 ) -> int:
@@ -133,6 +135,8 @@ def conform(
         "with_": tuple(with_ or ()),
         "without": tuple(without or ()),
         "semantics": semantics,
+        "framework": framework,
+        "device": device,
     }
     try:
         impl = load(impl_name, **declared)

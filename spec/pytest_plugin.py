@@ -46,6 +46,8 @@ _OPTIONS = {  # option name -> (ini name, what it is)
         "your function's choices where the spec chooses, "
         "name=value,... (fully_masked=mean, mask_fill=-1e9, ...)",
     ),
+    "framework": ("refattn_framework", "the arrays your function takes: numpy, torch or jax"),
+    "device": ("refattn_device", "where its arrays live: cpu (the default), cuda, mps, ..."),
 }
 
 
@@ -59,6 +61,8 @@ def pytest_addoption(parser):
     group.addoption("--refattn-with", metavar="CAP,...", help=_OPTIONS["with"][1])
     group.addoption("--refattn-without", metavar="CAP,...", help=_OPTIONS["without"][1])
     group.addoption("--refattn-semantics", metavar="NAME=VALUE,...", help=_OPTIONS["semantics"][1])
+    group.addoption("--refattn-framework", metavar="NAME", help=_OPTIONS["framework"][1])
+    group.addoption("--refattn-device", metavar="DEVICE", help=_OPTIONS["device"][1])
     group.addoption(
         "--refattn-strict",
         action="store_true",
@@ -111,6 +115,8 @@ def settings(config) -> Settings:
             "with_": _names(given("with")[0]),
             "without": _names(given("without")[0]),
             "semantics": given("semantics")[0],
+            "framework": given("framework")[0],
+            "device": given("device")[0],
         },
     )
 

@@ -202,3 +202,37 @@ def _declare():
 
 
 declared_without_float64 = _declare()
+
+
+def torch_sdpa(query, key, value, attn_mask=None, is_causal=False, scale=None, enable_gqa=False):
+    """PyTorch's SDPA itself, on torch tensors: checked with --framework torch (no wrapper)."""
+    import torch
+
+    assert isinstance(query, torch.Tensor), f"got {type(query).__name__}, not a torch.Tensor"
+    with torch.no_grad():
+        return torch.nn.functional.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=attn_mask,
+            is_causal=is_causal,
+            scale=scale,
+            enable_gqa=enable_gqa,
+        )
+
+
+def jax_arrays(query, key, value, *, mask=None, scale=None):
+    """Attention in jax.numpy on JAX arrays, refattn protocol: checked with --framework jax."""
+    import jax
+    import jax.numpy as jnp
+
+    assert isinstance(query, jax.Array), f"got {type(query).__name__}, not a jax.Array"
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    s = jnp.einsum("...id,...jd->...ij", query, key) * scale
+    if mask is not None:
+        s = jnp.where(mask, s, -jnp.inf)
+    top = jnp.max(s, axis=-1, keepdims=True)
+    top = jnp.where(jnp.isfinite(top), top, 0)
+    e = jnp.exp(s - top)
+    total = e.sum(axis=-1, keepdims=True)
+    return (e / jnp.where(total > 0, total, 1)) @ value

@@ -82,3 +82,23 @@ def test_semantics_are_checked():
         refattn.declare(semantics={"fully_masked": "average"})
     with pytest.raises(ValueError, match="semantics has no \\['masked'\\]"):
         load("sdpa_functions:correct", semantics="masked=zero")
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_a_torch_tensor_function_runs_with_no_wrapper(device, capsys):
+    torch = pytest.importorskip("torch")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    argv = ["conform", "sdpa_functions:torch_sdpa", "--framework", "torch", "--device", device]
+    argv += ["--only", "ATT-N1,ATT-D1,ATT-M4", "--max-examples", "20", "--with", "bfloat16"]
+    assert main(argv) == 0
+    assert "conforms: 3 PASS" in capsys.readouterr().out
+    impl = load("sdpa_functions:torch_sdpa", framework="torch", device=device)
+    assert any(f"Called with torch arrays on {device}" in note for note in impl.notes)
+
+
+def test_a_jax_array_function(capsys):
+    pytest.importorskip("jax")
+    argv = ["conform", "sdpa_functions:jax_arrays", "--framework", "jax", "--without", "float64"]
+    argv += ["--only", "ATT-N1,ATT-W4,ATT-D1", "--max-examples", "15"]
+    assert main(argv) == 0, capsys.readouterr().out

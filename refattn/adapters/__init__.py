@@ -380,18 +380,27 @@ BUILTIN: dict[str, Callable[..., Adapter]] = {
 
 
 def load(
-    name: str, *, threads: int | None = None, protocol=None, with_=(), without=(), semantics=None
+    name: str,
+    *,
+    threads: int | None = None,
+    protocol=None,
+    with_=(),
+    without=(),
+    semantics=None,
+    framework=None,
+    device=None,
 ) -> Adapter:
     """The adapter for an implementation name (see `BUILTIN`) or `module.path:function`.
 
     threads: run it with this many threads, set the way its library offers (`threads_how`
     says how); None leaves the library's default. Some libraries read their thread settings
     when they load (OpenBLAS, OpenMP): `refattn bench` sets those in a fresh process first.
-    protocol, with_, without, semantics: what a user's function is and can do beyond what its
-    signature says (refattn.adapters.function); `without` also narrows a built-in one.
+    protocol, with_, without, semantics, framework, device: what a user's function is, takes
+    and can do beyond what its signature says (refattn.adapters.function); `without` also
+    narrows a built-in one.
     """
     if name in BUILTIN:
-        if protocol is not None or with_ or semantics is not None:
+        if protocol is not None or with_ or semantics is not None or framework or device:
             raise ImplementationNotFound(
                 f"{name} is built in: its capabilities and semantics are its adapter's; "
                 "--protocol, --with and --semantics are for your own functions (--without "
@@ -419,7 +428,13 @@ def load(
         from refattn.adapters import function
 
         return function.adapter(
-            name, protocol=protocol, with_=with_, without=without, semantics=semantics
+            name,
+            protocol=protocol,
+            with_=with_,
+            without=without,
+            semantics=semantics,
+            framework=framework,
+            device=device,
         )
     known = ", ".join(BUILTIN)
     raise ImplementationNotFound(

@@ -52,11 +52,12 @@ from refattn.adapters import (
     ImplementationNotFound,
     Prepared,
     Snippet,
-    reference_protocol,
     reference_snippet,
     returned_array,
+    returned_result,
 )
 from refattn.adapters._layout import from_4d, scores_to_4d, to_4d
+from refattn.adapters.frameworks import FRAMEWORKS, converter, to_numpy
 from refattn.call import OPTIONS, AttentionCall, Result
 from refattn.capabilities import CAPABILITIES, Capabilities, Semantics
 
@@ -92,13 +93,25 @@ REFATTN_ALWAYS = ("float32", "float64", "float64_options", "gqa", "dv", "empty")
 MASKING = ("mask", "bias", "causal", "window", "kv_lengths")
 
 
-def declare(*, protocol: str | None = None, with_=(), without=(), semantics=None):
+def declare(
+    *,
+    protocol: str | None = None,
+    with_=(),
+    without=(),
+    semantics=None,
+    framework=None,
+    device=None,
+):
     """A decorator saying what an attention function can do beyond its signature: its
     protocol ("sdpa" or "refattn"), capabilities it has (with_) and lacks (without), and its
     semantics where the spec chooses (a dict: fully_masked, mask_fill, causal_flag, float64;
-    see refattn.capabilities.SEMANTICS)."""
+    see refattn.capabilities.SEMANTICS), and the arrays it takes and returns: framework "numpy"
+    (the default), "torch" or "jax", on `device` ("cuda", "mps", ...; default the CPU)."""
     checked = check_declaration(protocol=protocol, with_=with_, without=without, where="declare")
     checked["semantics"] = Semantics.of(semantics)
+    if framework is not None and framework not in FRAMEWORKS:
+        raise ValueError(f"declare: framework should be one of {FRAMEWORKS}, but got {framework!r}")
+    checked["framework"], checked["device"] = framework, device
 
     def decorate(fn):
         fn.__refattn__ = checked
@@ -170,7 +183,9 @@ def keywords(fn) -> tuple[set[str], bool]:
     return names, any(p.kind is p.VAR_KEYWORD for p in parameters)
 
 
-def adapter(name: str, *, protocol=None, with_=(), without=(), semantics=None) -> Adapter:
+def adapter(
+    name: str, *, protocol=None, with_=(), without=(), semantics=None, framework=None, device=None
+) -> Adapter:
     """The adapter of the user function named `name`: its protocol and capabilities inferred
     from its signature, then the function's own declaration (refattn.declare), then these
     arguments (the command line's --protocol, --with, --without)."""
@@ -179,10 +194,13 @@ def adapter(name: str, *, protocol=None, with_=(), without=(), semantics=None) -
     given = check_declaration(protocol=protocol, with_=with_, without=without, where=name)
     chosen = given["protocol"] or declared.get("protocol") or infer_protocol(fn, name)
     meant = Semantics.of(semantics if semantics is not None else declared.get("semantics"))
+    framework = framework or declared.get("framework") or "numpy"
+    device = device or declared.get("device")
+    convert = converter(framework, device)
     if chosen == "refattn":
-        base = refattn_adapter(name, fn)
+        base = refattn_adapter(name, fn, convert)
     else:
-        base = sdpa_adapter(name, fn, meant.causal_flag)
+        base = sdpa_adapter(name, fn, meant.causal_flag, convert)
     added = {*declared.get("with", ()), *given["with"]}
     removed = {*declared.get("without", ()), *given["without"]}
     if chosen == "sdpa":
@@ -203,6 +221,8 @@ def adapter(name: str, *, protocol=None, with_=(), without=(), semantics=None) -
         )
     if meant.differing():
         notes.append(f"Declared semantics: {meant}.")
+    if framework != "numpy":
+        notes.append(f"Called with {framework} arrays on {device or 'the CPU'}; outputs read back.")
     return replace(base, capabilities=capabilities, semantics=meant, notes=tuple(notes))
 
 
@@ -214,8 +234,9 @@ def infer_protocol(fn, name: str) -> str:
     return "sdpa"
 
 
-def refattn_adapter(name: str, fn) -> Adapter:
-    """The adapter of a function with the refattn protocol (refattn.reference.attention's)."""
+def refattn_adapter(name: str, fn, convert=lambda x: x) -> Adapter:
+    """The adapter of a function with the refattn protocol (refattn.reference.attention's),
+    whose arrays `convert` takes to the function's framework."""
     names, var_keyword = keywords(fn)
     offered = set(OPTIONS) if var_keyword else names & set(OPTIONS)
     capabilities = {c for option in offered & set(REFATTN_OPTIONS) for c in REFATTN_OPTIONS[option]}
@@ -229,17 +250,32 @@ def refattn_adapter(name: str, fn) -> Adapter:
         "names (as refattn.reference.attention).",
         "Options its signature takes: " + (", ".join(sorted(offered)) or "none") + ".",
     )
+
+    def prepare(call: AttentionCall) -> Prepared:
+        inputs = [convert(x) for x in (call.query, call.key, call.value)]
+        options = {n: convert(x) for n, x in call.options().items()}
+        run = functools.partial(fn, *inputs, **options)
+        return Prepared(run, lambda returned: returned_result(call, _read_back(returned)))
+
     return Adapter(
         name,
-        reference_protocol(fn),
+        prepare,
         Capabilities(capabilities),
         notes=notes,
         snippet_of=lambda call, p: reference_snippet(call, p, attribute, setup),
     )
 
 
-def sdpa_adapter(name: str, fn, causal_flag: str = "top_left") -> Adapter:
-    """The adapter of a function with the SDPA protocol, whose is_causal aligns `causal_flag`."""
+def _read_back(returned):
+    """What a function returned, its arrays as NumPy arrays (tuples kept as tuples)."""
+    if isinstance(returned, tuple | list):
+        return tuple(None if x is None else to_numpy(x) for x in returned)
+    return None if returned is None else to_numpy(returned)
+
+
+def sdpa_adapter(name: str, fn, causal_flag: str = "top_left", convert=lambda x: x) -> Adapter:
+    """The adapter of a function with the SDPA protocol, whose is_causal aligns `causal_flag`
+    and whose arrays `convert` takes to the function's framework."""
     names, var_keyword = keywords(fn)
     missing = [p for p in PROTOCOL if p not in names] if not var_keyword else []
     if missing:
@@ -275,9 +311,16 @@ def sdpa_adapter(name: str, fn, causal_flag: str = "top_left") -> Adapter:
 
     def prepare(call: AttentionCall) -> Prepared:
         arrays, keywords = arguments(call)
+        arrays = [convert(x) for x in arrays]
+        keywords = {n: convert(x) for n, x in keywords.items()}
         run = functools.partial(fn, *arrays, **keywords)
         batch = call.batch_shape
-        return Prepared(run, lambda out: Result(from_4d(returned_array(out), batch), None, None))
+
+        def output(out) -> Result:
+            out = returned_array(None if out is None else _read_back(out))
+            return Result(from_4d(out, batch), None, None)
+
+        return Prepared(run, output)
 
     module, _, attribute = name.partition(":")
     setup = (f"from {module} import {attribute.split('.')[0]}",)
