@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -127,8 +128,6 @@ def conform(
     for path in (json_path, markdown_path):  # fail now, not after the whole run
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if ":" in impl_name:
-        importable_from_here()
     hypothesis_storage_out_of_the_way()
     declared = {
         "protocol": protocol,
@@ -138,10 +137,12 @@ def conform(
         "framework": framework,
         "device": device,
     }
-    try:
-        impl = load(impl_name, **declared)
-    except (TypeError, ValueError) as error:  # a declaration that does not hold together
-        raise UsageError(str(error)) from None
+    with importable_from_here(":" in impl_name):
+        try:
+            impl = load(impl_name, **declared)
+        except (TypeError, ValueError) as error:  # a declaration that does not hold together
+            raise UsageError(str(error)) from None
+        sys_path = tuple(sys.path)
     invariants = select(only, skip)
     deviations = dict(impl.deviations)
     if deviations_file:
@@ -155,7 +156,7 @@ def conform(
         seed,
         deviations,
         None if repro_dir is None else str(repro_dir),
-        tuple(sys.path),
+        sys_path,
         tuple(declared.items()),
     )
     start = time.perf_counter()
@@ -219,9 +220,20 @@ def hypothesis_storage_out_of_the_way() -> None:
     os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = str(cache / "refattn" / "hypothesis")
 
 
-def importable_from_here() -> None:
+@contextlib.contextmanager
+def importable_from_here(wanted: bool):
     """Put the current directory first on sys.path, as `python -m` does, so that a user's
-    package in the project folder imports (`refattn conform mypkg.attention:sdpa`)."""
+    package in the project folder imports (`refattn conform mypkg.attention:sdpa`); only while
+    the implementation loads. The workers are started with the path as it was and put the
+    folder first themselves once refattn is imported (refattn.spec.supervisor): started with
+    it, a checkout of refattn would have them import the unbuilt source tree in place of the
+    installed package that the parent runs."""
     here = os.getcwd()
-    if here not in sys.path and "" not in sys.path:
+    added = wanted and here not in sys.path and "" not in sys.path
+    if added:
         sys.path.insert(0, here)
+    try:
+        yield
+    finally:
+        if added:
+            sys.path.remove(here)

@@ -56,7 +56,7 @@ class Settings:
     seed: int
     deviations: Mapping[str, str]
     repro_dir: str | None
-    sys_path: tuple[str, ...] = ()  # the parent's, so that the worker imports what it did
+    sys_path: tuple[str, ...] = ()  # the parent's as it loaded the implementation
     declared: tuple[tuple[str, object], ...] = ()  # load()'s protocol, with_, without
 
 
@@ -220,6 +220,8 @@ def _work(conn, settings: Settings) -> None:
     import sys
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # refattn is imported by now (this function is in it), so the user's folder first on the
+    # path cannot shadow it (refattn.spec.conform.importable_from_here).
     for entry in reversed(settings.sys_path):
         if entry not in sys.path:
             sys.path.insert(0, entry)

@@ -140,6 +140,27 @@ def test_a_users_package_imports_from_the_folder_conform_runs_in(tmp_path):
     assert not (tmp_path / ".hypothesis").exists(), "refattn conform leaves no .hypothesis/"
 
 
+def test_a_refattn_folder_where_conform_runs_does_not_shadow_the_installed_package(tmp_path):
+    """Run in a checkout of refattn (its source tree unbuilt), the workers still import the
+    installed package that the command itself runs: the folder goes last on sys.path."""
+    (tmp_path / "refattn").mkdir()
+    (tmp_path / "refattn" / "__init__.py").write_text("raise ImportError('the source tree')\n")
+    (tmp_path / "user_attention.py").write_text(
+        Path(__file__).with_name("sdpa_functions.py").read_text()
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [Path(sys.executable).with_name("refattn"), "conform", "user_attention:correct", *ONLY_D1],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "user_attention:correct conforms" in done.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -267,6 +288,7 @@ def test_ctrl_c_stops_the_run_and_still_writes_the_report(tmp_path):
     process = subprocess.Popen(
         [*COMMAND, "sdpa_functions:slow", "--json", str(report), "--only", "ATT-D1,ATT-N1,ATT-W4"],
         env=env,
+        cwd=tmp_path,  # `-m` puts the folder first: from the checkout, the unbuilt source tree
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -48,12 +48,15 @@ def test_no_library_module_imports_the_spec(path):
 @pytest.mark.parametrize(
     "module", ["refattn", "refattn.pictures", "refattn.bench", "refattn.spec.tolerance"]
 )
-def test_importing_does_not_load_hypothesis_or_the_invariants(module):
+def test_importing_does_not_load_hypothesis_or_the_invariants(module, tmp_path):
     code = (
         f"import sys, {module}\n"
         "loaded = [m for m in sys.modules if m.split('.')[0] == 'hypothesis' "
         "or m.startswith('refattn.spec.invariants')]\n"
         "print(loaded)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # Run from elsewhere: from the checkout, `-c` would import the source tree, not the package.
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
     assert done.stdout.strip() == "[]", f"import {module} loads {done.stdout.strip()}"
