@@ -392,11 +392,13 @@ static void FN(merge_row)(const FN(plan) *p, int64_t row) {
         p->lse[row] = total == 0 ? -INFINITY : total;
         return;
     }
+    /* Every chunk is merged, also one whose max is -inf (it saw only -inf scores or NaN ones):
+       it weighs exp(-inf - top) = 0, but its NaN sum (a NaN score) or NaN accumulator (0·Inf,
+       a value of Inf at a -inf score) reaches the row, as in the unsplit sum. */
     REAL total = 0;
     for (int64_t d = 0; d < Dv; d++) out[d] = 0;
     for (int64_t s = 0; s < nsplit; s++) {
         const REAL *chunk = part + s * (Dv + 2);
-        if (chunk[0] == -INFINITY) continue; /* saw nothing: weighs exp(-inf) = 0 */
         const REAL weight = chunk[0] == top ? 1 : EXP(chunk[0] - top);
         total += weight * chunk[1];
         for (int64_t d = 0; d < Dv; d++) out[d] += weight * chunk[2 + d];

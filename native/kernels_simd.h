@@ -136,15 +136,19 @@ static void scores_rows(float *s, int64_t lds, const float *q, int64_t ldq, cons
 }
 
 static void softmax(float *s, int64_t n, float *mx, float *sum, float *alpha) {
-    /* pass 1: the tile's max, and the row's new running max */
+    /* pass 1: the tile's max, and the row's new running max. vmax(x, top) keeps top where x is
+       NaN: the max is that of the other scores wherever a NaN sits, as in the scalar kernel,
+       and pass 2 makes the sum NaN (exp(NaN - shift) is NaN). (vmax(top, x) took a NaN into
+       top and dropped it at the next max: a tile of finite keys with a NaN at some positions
+       then looked fully masked.) */
     const vec ninf = vset1(-INFINITY);
     vec top = ninf, top2 = ninf; /* two chains of max, so they overlap */
     int64_t j = 0;
     for (; j + 2 * VW <= n; j += 2 * VW) { /* whole vectors unmasked: vmaskmov is slow on AMD */
-        top = vmax(top, vload(s + j));
-        top2 = vmax(top2, vload(s + j + VW));
+        top = vmax(vload(s + j), top);
+        top2 = vmax(vload(s + j + VW), top2);
     }
-    for (; j < n; j += VW) top = vmax(top, vload_part_or(ninf, vlanes(imin(VW, n - j)), s + j));
+    for (; j < n; j += VW) top = vmax(vload_part_or(ninf, vlanes(imin(VW, n - j)), s + j), top);
     const float tile = vreduce_max(vmax(top, top2)), old = *mx;
     const float now = tile > old ? tile : old;
 
