@@ -124,7 +124,8 @@ static void scores_rows(float *s, int64_t lds, const float *q, int64_t ldq, cons
                 if (t >= count) break;
                 const float *kr = k + (j0 + t) * ldk;
                 int64_t d0 = 0;
-                for (; d0 + VW <= Dk; d0 += VW) acc[t] = vfmadd(vload(qr + d0), vload(kr + d0), acc[t]);
+                for (; d0 + VW <= Dk; d0 += VW)
+                    acc[t] = vfmadd(vload(qr + d0), vload(kr + d0), acc[t]);
                 if (d0 < Dk) {
                     const vmask dmask = vlanes(Dk - d0);
                     acc[t] = vfmadd(vload_part(dmask, qr + d0), vload_part(dmask, kr + d0), acc[t]);

@@ -61,7 +61,9 @@ INLINE vmask vwhole(void) { return (vmask)0xFFFF; }
 INLINE vmask vif(uint8_t on) { return (vmask)(-(int)on); }
 /* The lanes of k from p, 0 elsewhere (nothing is read there); or `fill` elsewhere. */
 INLINE vec vload_part(vmask k, const float *p) { return _mm512_maskz_loadu_ps(k, p); }
-INLINE vec vload_part_or(vec fill, vmask k, const float *p) { return _mm512_mask_loadu_ps(fill, k, p); }
+INLINE vec vload_part_or(vec fill, vmask k, const float *p) {
+    return _mm512_mask_loadu_ps(fill, k, p);
+}
 INLINE void vstore_part(float *p, vmask k, vec x) { _mm512_mask_storeu_ps(p, k, x); }
 /* acc + x in the lanes of k, acc elsewhere; a·b + c in the lanes of k, c elsewhere. */
 INLINE vec vadd_part(vec acc, vmask k, vec x) { return _mm512_mask_add_ps(acc, k, acc, x); }
