@@ -2,7 +2,10 @@
 
    The Python wrapper has already checked the call (refattn._checks) and says exactly what is
    wrong; the checks here are the last line, so that no call can make the kernel read or write
-   out of bounds. They return REFATTN_EINVAL without saying more. */
+   out of bounds. They return REFATTN_EINVAL without saying more.
+
+   Threads: how many a call may have is decided here, once (refattn_threads); the driver takes
+   fewer when the call has fewer work items. */
 #include <stddef.h>
 
 #ifdef _OPENMP
@@ -10,6 +13,15 @@
 #endif
 
 #include "internal.h"
+
+/* A call never asks OpenMP for more than THREADS_PER_CPU threads per CPU this process may run
+   on (its affinity mask, omp_get_num_procs), whatever num_threads or OMP_NUM_THREADS say. The
+   kernel computes without waiting on anything, so threads beyond the CPUs only take turns on
+   them, and each costs a stack (8 MiB of address space by default): libgomp exits the process
+   when it cannot create one ("Thread creation failed"), with no error to return. Twice the
+   CPUs leaves room to oversubscribe on purpose (the thread-count tests run 3 threads on 2
+   CPUs) and keeps the stacks to two per CPU. */
+#define THREADS_PER_CPU 2
 
 #ifndef REFATTN_BUILD_FLAGS
 #define REFATTN_BUILD_FLAGS "unknown"
@@ -39,7 +51,7 @@ int refattn_attention(const refattn_call *c) {
     if (c->kv_lengths)
         for (int64_t b = 0; b < c->B; b++)
             if (c->kv_lengths[b] < 0 || c->kv_lengths[b] > c->Lk) return REFATTN_EINVAL;
-    int threads = c->num_threads > 0 ? c->num_threads : refattn_max_threads();
+    const int threads = refattn_threads(c->num_threads);
     if (c->dtype == REFATTN_FLOAT32) return refattn_flash_f32(c, c->isa, threads);
     return refattn_flash_f64(c, threads);
 }
@@ -57,10 +69,13 @@ int refattn_isa_best(void) {
     return REFATTN_ISA_SCALAR;
 }
 
-int refattn_max_threads(void) {
+int refattn_threads(int num_threads) {
 #ifdef _OPENMP
-    return omp_get_max_threads();
+    const int cap = THREADS_PER_CPU * omp_get_num_procs(); /* the CPUs of this thread's mask */
+    const int want = num_threads > 0 ? num_threads : omp_get_max_threads();
+    return want < 1 ? 1 : (want > cap ? cap : want);
 #else
+    (void)num_threads;
     return 1;
 #endif
 }

@@ -7,9 +7,15 @@
   split depends on the shapes alone; SPEC.md, ATT-N3).
 - KeyboardInterrupt during a long call: the call finishes (the GIL is released, so Python sees
   the signal when it returns), the interrupt is raised, and the next call is right.
+- More threads than is sensible (num_threads=1024, OMP_NUM_THREADS=3000) under a 4 GiB
+  address-space limit: at most two threads per CPU, never libgomp's "Thread creation failed".
+
+The scenarios that can hang or end the process run in a subprocess of their own session, killed
+with everything it forked when it overruns its timeout.
 """
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,6 +29,29 @@ from refattn import native
 
 ISAS = native.available_isas()
 THREADS, CALLS = 8, 200
+SANITIZED = "-fsanitize" in native.info()["build"]
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _scenario(code: str, *, timeout: float = 120, **env) -> subprocess.CompletedProcess:
+    """Run code in a fresh Python in a session of its own; past the timeout, kill the session
+    (the scenario's forked children too) and fail: a hang is a failure, not a stuck run."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=tempfile.gettempdir(),  # import the installed refattn, not a source tree in cwd
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the scenario hung for {timeout} s; stdout:\n{out}\nstderr:\n{err}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _jobs(count: int = 24, seed: int = 0) -> list:
@@ -150,3 +179,46 @@ def test_keyboard_interrupt_during_a_long_call_leaves_the_core_working():
     )
     assert run.returncode == 0, run.stderr
     assert "interrupted after" in run.stdout and "next calls ok" in run.stdout, run.stdout
+
+
+# Under AddressSanitizer an address-space limit cannot be used (its shadow memory reserves
+# terabytes): the count of threads the call started is checked all the same.
+_LIMIT = "" if SANITIZED else "resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))"
+_MANY_THREADS = f"""
+    import os, resource
+    import numpy as np
+    from refattn import native
+
+    q = np.random.default_rng(0).standard_normal((1, 4096, 10, 8)).astype(np.float32)
+    want = native.attention(q, q, q, num_threads=1)  # 4096 work items: room for 4096 threads
+    before = len(os.listdir("/proc/self/task"))
+    {_LIMIT}
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="counts threads in /proc/self/task")
+@pytest.mark.parametrize(
+    ("call", "env"),
+    [("num_threads=1024", {}), ("", {"OMP_NUM_THREADS": "3000"})],
+    ids=["num_threads=1024", "OMP_NUM_THREADS=3000"],
+)
+def test_more_threads_than_sensible_are_capped(call, env):
+    """Asked for 1024 threads, or 3000 by OMP_NUM_THREADS, under a 4 GiB address-space limit
+    (8 MiB of stack each): libgomp used to print "Thread creation failed" and exit(1). The call
+    runs on at most two threads per CPU, gives the same bits, and says so in info()."""
+    code = (
+        _MANY_THREADS
+        + f"""
+    got = native.attention(q, q, q, {call})
+    started = len(os.listdir("/proc/self/task")) - before
+    print(native.info()["threads"], started, np.array_equal(got, want))
+    """
+    )
+    run = _scenario(code, **env)
+    assert run.returncode == 0, run.stderr
+    threads, started, same = run.stdout.split()
+    cap = 2 * CPUS
+    assert int(started) <= cap - 1, f"expected at most {cap} threads, {started} were started"
+    assert same == "True", "a different result on fewer threads"
+    if env:  # the default is capped too
+        assert int(threads) == cap, f"info() says {threads} threads, expected {cap}"
