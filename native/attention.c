@@ -5,11 +5,17 @@
    out of bounds. They return REFATTN_EINVAL without saying more.
 
    Threads: how many a call may have is decided here, once (refattn_threads); the driver takes
-   fewer when the call has fewer work items. */
+   fewer when the call has fewer work items, and tells refattn_team_starts before it starts a
+   team. The one state kept across calls is whether a team has run in this process, for the
+   fork rule below. */
 #include <stddef.h>
 
 #ifdef _OPENMP
 #include <omp.h>
+#if !defined(_WIN32)
+#include <pthread.h>
+#define REFATTN_FORK_RULE 1
+#endif
 #endif
 
 #include "internal.h"
@@ -69,8 +75,41 @@ int refattn_isa_best(void) {
     return REFATTN_ISA_SCALAR;
 }
 
+/* Fork. libgomp's threads do not survive fork(), and a child that starts a team from the pool
+   its parent left (the threads of the parent's last team, which the child does not have) waits
+   for them forever. So once a team of 2 or more has run in this process, a child forked from
+   it runs every call on the calling thread (as PyTorch does: a pthread_atfork child handler
+   sets a flag, and the child uses one thread). A child forked before any team keeps threads.
+   Flags, not locks: a fork can come from any thread at any time. */
+#ifdef REFATTN_FORK_RULE
+static int team_started; /* a team of 2 or more threads has run (or is about to) */
+static int forked;       /* this process was forked after that: one thread per call */
+static pthread_once_t fork_handler_once = PTHREAD_ONCE_INIT;
+
+static void child_after_fork(void) {
+    if (__atomic_load_n(&team_started, __ATOMIC_RELAXED))
+        __atomic_store_n(&forked, 1, __ATOMIC_RELAXED);
+}
+
+static void register_fork_handler(void) { pthread_atfork(NULL, NULL, child_after_fork); }
+#endif
+
+void refattn_team_starts(int64_t threads) {
+#ifdef REFATTN_FORK_RULE
+    if (threads < 2 || __atomic_load_n(&team_started, __ATOMIC_ACQUIRE)) return;
+    /* registered before the first team starts, so that no fork after it goes unseen */
+    pthread_once(&fork_handler_once, register_fork_handler);
+    __atomic_store_n(&team_started, 1, __ATOMIC_RELEASE);
+#else
+    (void)threads;
+#endif
+}
+
 int refattn_threads(int num_threads) {
 #ifdef _OPENMP
+#ifdef REFATTN_FORK_RULE
+    if (__atomic_load_n(&forked, __ATOMIC_RELAXED)) return 1;
+#endif
     const int cap = THREADS_PER_CPU * omp_get_num_procs(); /* the CPUs of this thread's mask */
     const int want = num_threads > 0 ? num_threads : omp_get_max_threads();
     return want < 1 ? 1 : (want > cap ? cap : want);

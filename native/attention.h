@@ -87,8 +87,9 @@ int refattn_isa_best(void);
 
 /* The threads a call asking for num_threads runs on at most; num_threads <= 0 asks for
    OpenMP's default (omp_get_max_threads: OMP_NUM_THREADS, else one per CPU). Never more than
-   2 per CPU this process may run on (its affinity mask: omp_get_num_procs); 1 in a build
-   without OpenMP. A call takes fewer when it has fewer work items, or little work. */
+   2 per CPU this process may run on (its affinity mask: omp_get_num_procs); 1 in a process
+   forked after this one ran a team of threads (libgomp's threads do not survive fork), and 1
+   in a build without OpenMP. A call takes fewer when it has fewer work items, or little work. */
 int refattn_threads(int num_threads);
 
 /* The _OPENMP date of the OpenMP the core was built with (e.g. 201511), 0 without OpenMP. */

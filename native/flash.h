@@ -517,6 +517,7 @@ static int FN(flash)(const refattn_call *c, const OPS *ops, int num_threads) {
     const int heaviest_first = c->causal != REFATTN_CAUSAL_NONE || p.wl >= 0 || p.wr >= 0;
     const int64_t nsplit = p.nsplit, nqt = p.nqt;
 
+    refattn_team_starts(threads);
 #pragma omp parallel num_threads((int)threads) if (threads > 1)
     {
         FN(work) w;

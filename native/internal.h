@@ -81,6 +81,10 @@ extern const refattn_ops_f32 *const refattn_avx2_ops;
    state the OS saves.) Cached after the first call. */
 int refattn_cpu_has(int isa);
 
+/* A driver is about to start a team of `threads` (the fork rule of attention.c: from the
+   first team of 2 or more, a child forked from this process runs on one thread). */
+void refattn_team_starts(int64_t threads);
+
 /* The drivers, one per dtype; `call` has been checked by refattn_attention. */
 int refattn_flash_f32(const refattn_call *call, int isa, int num_threads);
 int refattn_flash_f64(const refattn_call *call, int num_threads);

@@ -22,7 +22,9 @@ Extra arguments:
         than it has work items: a larger count, from here or from OMP_NUM_THREADS, is reduced
         without a word (results are the same bit for bit whatever the thread count; each
         thread past that would only cost a stack, and libgomp ends the process when it cannot
-        create one). info()["threads"] says how many a call may take.
+        create one). In a process forked after a call ran on two threads or more, every call
+        runs on one thread: libgomp's threads do not survive fork (README, "Threads and fork").
+        info()["threads"] says how many a call may take.
     isa: "avx512", "avx2" or "scalar", the SIMD kernels for this call (float32; float64 always
         runs portable C); default REFATTN_ISA (read at import), else the fastest this CPU runs.
 """

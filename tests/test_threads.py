@@ -7,6 +7,8 @@
   split depends on the shapes alone; SPEC.md, ATT-N3).
 - KeyboardInterrupt during a long call: the call finishes (the GIL is released, so Python sees
   the signal when it returns), the interrupt is raised, and the next call is right.
+- fork() after a multi-threaded call: the child's calls run on one thread and give the same
+  bits (libgomp's pool would hang it), through a multiprocessing fork pool and a bare fork.
 - More threads than is sensible (num_threads=1024, OMP_NUM_THREADS=3000) under a 4 GiB
   address-space limit: at most two threads per CPU, never libgomp's "Thread creation failed".
 
@@ -179,6 +181,88 @@ def test_keyboard_interrupt_during_a_long_call_leaves_the_core_working():
     )
     assert run.returncode == 0, run.stderr
     assert "interrupted after" in run.stdout and "next calls ok" in run.stdout, run.stdout
+
+
+# A call with work for two threads: (1, 8, 300, 32) has 8 heads × 4 query tiles of 96 rows.
+_FORK_CALL = """
+    import os, time
+    import numpy as np
+    from refattn import native
+
+    def call(seed):
+        rng = np.random.default_rng(seed)
+        q = rng.standard_normal((1, 8, 300, 32)).astype(np.float32)
+        return native.attention(q, q, q, num_threads=2, return_lse=True)
+
+    def same(a, b):
+        return all(np.array_equal(x, y) for x, y in zip(a, b))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_fork_pool_after_a_multithreaded_call():
+    """A multiprocessing pool with the fork start method (what torch's DataLoader workers do)
+    after a call on two threads: the workers' calls run on one thread and give the same bits,
+    and the parent keeps its threads."""
+    code = (
+        _FORK_CALL
+        + """
+    import multiprocessing
+
+    def work(seed):
+        return call(seed), native.info()["threads"]
+
+    if __name__ == "__main__":
+        threads = native.info()["threads"]
+        want = [call(seed) for seed in range(4)]  # two threads: libgomp's pool exists now
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            got = pool.map_async(work, range(4)).get(timeout=60)
+        assert all(same(g, w) for (g, _), w in zip(got, want)), "the workers' results differ"
+        assert [t for _, t in got] == [1] * 4, got
+        assert native.info()["threads"] == threads and same(call(0), want[0])
+        print("pool ok")
+    """
+    )
+    run = _scenario(code)
+    assert run.returncode == 0 and "pool ok" in run.stdout, run.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_bare_fork_after_a_multithreaded_call():
+    """os.fork() after a call on two threads: the child (and its own child) compute the same
+    bits on one thread; a child forked before any multi-threaded call keeps its threads."""
+    code = (
+        _FORK_CALL
+        + """
+    def child(check):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os._exit(0 if check() else 1)
+            except BaseException:
+                os._exit(2)
+        for _ in range(600):  # 60 s, then the child is taken as hung
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.1)
+        os.kill(pid, 9)
+        return "hung"
+
+    threads = native.info()["threads"]
+    status = child(lambda: native.info()["threads"] == threads)
+    assert status == 0, f"a child forked before any team: {status}"
+    want = call(0)  # two threads: libgomp's pool exists now
+    status = child(lambda: same(call(0), want) and native.info()["threads"] == 1)
+    assert status == 0, f"a child forked after a team: {status}"
+    status = child(lambda: child(lambda: same(call(0), want)) == 0)
+    assert status == 0, f"a child's child: {status}"
+    assert same(call(0), want) and native.info()["threads"] == threads
+    print("fork ok")
+    """
+    )
+    run = _scenario(code)
+    assert run.returncode == 0 and "fork ok" in run.stdout, run.stderr
 
 
 # Under AddressSanitizer an address-space limit cannot be used (its shadow memory reserves
