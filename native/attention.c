@@ -57,6 +57,7 @@ int refattn_attention(const refattn_call *c) {
     if (c->kv_lengths)
         for (int64_t b = 0; b < c->B; b++)
             if (c->kv_lengths[b] < 0 || c->kv_lengths[b] > c->Lk) return REFATTN_EINVAL;
+    if (c->Dv == 0 && !c->lse && !c->weights) return REFATTN_OK; /* out is empty: no work */
     const int threads = refattn_threads(c->num_threads);
     if (c->dtype == REFATTN_FLOAT32) return refattn_flash_f32(c, c->isa, threads);
     return refattn_flash_f64(c, threads);

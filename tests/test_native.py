@@ -261,6 +261,24 @@ def test_zero_sizes():
     assert mismatch(lse, reference.attention(q, k, v, return_lse=True)[1], 1e-5) is None
 
 
+def test_empty_output_is_no_work():
+    """Dv = 0 with neither lse nor weights asked for: nothing to compute, and the call returns at
+    once. 2²¹ queries against 2²¹ keys from stride-0 views (4.4·10¹² scores, many minutes of
+    work here) must finish well inside the subprocess's timeout."""
+    code = """
+        import numpy as np
+        from refattn import native
+        L = 1 << 21
+        x = np.broadcast_to(np.ones((1, 1, 1, 8), dtype=np.float32), (1, 1, L, 8))
+        v = np.broadcast_to(np.ones((1, 1, 1, 0), dtype=np.float32), (1, 1, L, 0))
+        out = native.attention(x, x, v, causal="bottom_right", num_threads=1)
+        print(out.shape, out.dtype)
+    """
+    run = _python(code)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "(1, 1, 2097152, 0) float32", run.stdout
+
+
 @pytest.mark.skipif(not SIMD, reason="needs a SIMD path to run in reasonable time")
 def test_more_than_two_to_the_31_scores():
     """Lq·Lk > 2³¹: indexing is 64-bit. Rows across the range are checked against NumPy."""
