@@ -72,7 +72,7 @@ typedef struct refattn_call {
     int64_t window_right;      /* ... and j <= i + offset + window_right; -1: unbounded */
     double scale;              /* multiplies q·k */
     double softcap;            /* > 0: scores become softcap·tanh(scores/softcap); 0: none */
-    int num_threads;           /* <= 0: OpenMP's default (omp_get_max_threads) */
+    int num_threads;           /* <= 0: OpenMP's default; at most refattn_threads() */
     int isa;                   /* REFATTN_ISA_*, for float32; float64 always runs portable C */
 } refattn_call;
 
@@ -85,8 +85,12 @@ int refattn_isa_supported(int isa);
 /* The fastest instruction set refattn_isa_supported accepts. */
 int refattn_isa_best(void);
 
-/* OpenMP's default thread count (1 in a build without OpenMP). */
-int refattn_max_threads(void);
+/* The threads a call asking for num_threads runs on at most; num_threads <= 0 asks for
+   OpenMP's default (omp_get_max_threads: OMP_NUM_THREADS, else one per CPU). Never more than
+   2 per CPU this process may run on (its affinity mask: omp_get_num_procs); 1 in a process
+   forked after this one ran a team of threads (libgomp's threads do not survive fork), and 1
+   in a build without OpenMP. A call takes fewer when it has fewer work items, or little work. */
+int refattn_threads(int num_threads);
 
 /* The _OPENMP date of the OpenMP the core was built with (e.g. 201511), 0 without OpenMP. */
 int refattn_openmp_version(void);

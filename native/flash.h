@@ -85,27 +85,16 @@ static void FN(scalar_scores)(REAL *s, int64_t lds, const REAL *q, int64_t ldq, 
 }
 
 static void FN(scalar_softmax)(REAL *s, int64_t n, REAL *mx, REAL *sum, REAL *alpha) {
-    /* pass 1: the tile's max, and the row's new running max */
+    /* pass 1: the tile's max, and the row's new running max; a NaN score is passed over here
+       and makes the sum NaN in pass 2 */
     REAL top = -INFINITY;
     for (int64_t j = 0; j < n; j++) top = s[j] > top ? s[j] : top;
     REAL old = *mx, now = top > old ? top : old;
-    if (now == -INFINITY) {
-        /* Nothing visible so far: shift by 0, as the reference does, so that hidden keys
-           weigh exp(-inf) = 0 rather than exp(-inf - -inf) = NaN; a NaN score still makes
-           the row NaN. The accumulator holds nothing to rescale. */
-        REAL total = 0;
-        for (int64_t j = 0; j < n; j++) {
-            s[j] = isnan(s[j]) ? s[j] : 0;
-            total += s[j];
-        }
-        *sum += total;
-        *alpha = 1;
-        return;
-    }
-    /* pass 2: p = exp(s - max) and their sum */
+    /* pass 2: p = exp(s - shift) and their sum */
+    const REAL shift = SOFTMAX_SHIFT(now);
     REAL total = 0;
     for (int64_t j = 0; j < n; j++) {
-        s[j] = EXP(s[j] - now);
+        s[j] = EXP(s[j] - shift);
         total += s[j];
     }
     REAL a = now == old ? 1 : EXP(old - now); /* old = -inf: exp(-inf) = 0, nothing to keep */
@@ -171,6 +160,28 @@ typedef struct FN(work) {
     REAL *mx, *sum;   /* running max and sum per row, (bq) */
     REAL *alpha;      /* rescale factor per row for the tile, (bq) */
 } FN(work);
+
+/* One thread's tiles laid out from `mine`, each piece 64-byte aligned: with mine NULL, only
+   the size in bytes (w is not touched); otherwise w's pointers too. The one statement of the
+   layout, for sizing the block and for carving it. */
+static size_t FN(work_layout)(FN(work) *w, char *mine, int64_t Dk, int64_t Dv, int64_t bq,
+                              int64_t bk) {
+    size_t at = 0;
+#define PIECE(field, type, count)                                                              \
+    do {                                                                                       \
+        if (mine) w->field = (type *)(mine + at);                                              \
+        at += round_up(sizeof(type) * (size_t)(count));                                        \
+    } while (0)
+    PIECE(kp, REAL, Dk * bk);
+    PIECE(s, REAL, bq * bk);
+    PIECE(vis, uint8_t, bq * bk);
+    PIECE(o, REAL, bq * Dv);
+    PIECE(mx, REAL, bq);
+    PIECE(sum, REAL, bq);
+    PIECE(alpha, REAL, bq);
+#undef PIECE
+    return at;
+}
 
 /* The keys query i of batch b may see under the structural masks: [*lo, *hi), both ends in
    [0, Lk]; a row that sees no key gets the empty [end, end). Both ends grow with i (each is a
@@ -381,11 +392,13 @@ static void FN(merge_row)(const FN(plan) *p, int64_t row) {
         p->lse[row] = total == 0 ? -INFINITY : total;
         return;
     }
+    /* Every chunk is merged, also one whose max is -inf (it saw only -inf scores or NaN ones):
+       it weighs exp(-inf - top) = 0, but its NaN sum (a NaN score) or NaN accumulator (0·Inf,
+       a value of Inf at a -inf score) reaches the row, as in the unsplit sum. */
     REAL total = 0;
     for (int64_t d = 0; d < Dv; d++) out[d] = 0;
     for (int64_t s = 0; s < nsplit; s++) {
         const REAL *chunk = part + s * (Dv + 2);
-        if (chunk[0] == -INFINITY) continue; /* saw nothing: weighs exp(-inf) = 0 */
         const REAL weight = chunk[0] == top ? 1 : EXP(chunk[0] - top);
         total += weight * chunk[1];
         for (int64_t d = 0; d < Dv; d++) out[d] += weight * chunk[2 + d];
@@ -463,11 +476,7 @@ static int FN(flash)(const refattn_call *c, const OPS *ops, int num_threads) {
 
     /* Allocate everything before the parallel region, so a failure is one clean return. */
     const int64_t bq = p.bq, bk = p.bk;
-    const size_t per_thread = round_up(sizeof(REAL) * (size_t)(c->Dk * bk)) +
-                              round_up(sizeof(REAL) * (size_t)(bq * bk)) +
-                              round_up((size_t)(bq * bk)) +
-                              round_up(sizeof(REAL) * (size_t)(bq * Dv)) +
-                              3 * round_up(sizeof(REAL) * (size_t)bq);
+    const size_t per_thread = FN(work_layout)(NULL, NULL, c->Dk, Dv, bq, bk);
     const int need_lse = c->weights != NULL || p.nsplit > 1;
     const size_t lse_bytes = need_lse && !c->lse ? round_up(sizeof(REAL) * (size_t)rows) : 0;
     size_t part_bytes = 0;
@@ -508,23 +517,11 @@ static int FN(flash)(const refattn_call *c, const OPS *ops, int num_threads) {
     const int heaviest_first = c->causal != REFATTN_CAUSAL_NONE || p.wl >= 0 || p.wr >= 0;
     const int64_t nsplit = p.nsplit, nqt = p.nqt;
 
+    refattn_team_starts(threads);
 #pragma omp parallel num_threads((int)threads) if (threads > 1)
     {
-        char *mine = base + (size_t)THREAD_ID() * per_thread;
         FN(work) w;
-        w.kp = (REAL *)mine;
-        mine += round_up(sizeof(REAL) * (size_t)(c->Dk * bk));
-        w.s = (REAL *)mine;
-        mine += round_up(sizeof(REAL) * (size_t)(bq * bk));
-        w.vis = (uint8_t *)mine;
-        mine += round_up((size_t)(bq * bk));
-        w.o = (REAL *)mine;
-        mine += round_up(sizeof(REAL) * (size_t)(bq * Dv));
-        w.mx = (REAL *)mine;
-        mine += round_up(sizeof(REAL) * (size_t)bq);
-        w.sum = (REAL *)mine;
-        mine += round_up(sizeof(REAL) * (size_t)bq);
-        w.alpha = (REAL *)mine;
+        FN(work_layout)(&w, base + (size_t)THREAD_ID() * per_thread, c->Dk, Dv, bq, bk);
 
         for (int64_t g0 = 0; g0 < BHkv; g0 += p.kv_group) {
             const int64_t g1 = min64(BHkv, g0 + p.kv_group), Dk = c->Dk;

@@ -3,7 +3,9 @@
    The driver (flash.h, instantiated for float32 and float64) walks tiles of queries and keys
    and keeps the online softmax; the tile kernels below do the arithmetic of one tile. Each
    instruction set provides one table of tile kernels; the scalar table is written in plain C
-   beside the driver, and every SIMD table is checked against it.
+   beside the driver, the SIMD tables come from one body (kernels_simd.h) over a header of
+   vector operations per instruction set (vec_avx512.h, vec_avx2.h), and every SIMD table is
+   checked against the scalar one.
 
    Legend: B batch, Hq/Hkv heads, Lq/Lk lengths, Dk/Dv head dims; in a tile, m query rows
    (m <= bq) against n keys (n <= bk). */
@@ -48,6 +50,14 @@
 REFATTN_DECLARE_OPS(float, refattn_ops_f32)
 REFATTN_DECLARE_OPS(double, refattn_ops_f64)
 
+/* The shift of a row's exponentials p = exp(s - shift) in every softmax kernel (the scalar ones
+   and the SIMD body), given the row's running max `now` after a tile: `now` itself, or 0 while
+   it is -inf (the row has seen only hidden keys and -inf scores so far). Shifting by 0 is what
+   the reference does there: every score is then -inf and weighs exp(-inf) = 0 rather than
+   exp(-inf - -inf) = NaN, and the accumulator holds nothing to rescale; a NaN score still
+   makes the row NaN (exp(NaN) is NaN). Type-generic: float and double. */
+#define SOFTMAX_SHIFT(now) ((now) == -INFINITY ? 0 : (now))
+
 /* The vector exp of the SIMD kernels, one set of constants for every ISA: exp(x) = 2^n · e^r
    with n = round(x · EXP_LOG2E), r = x - n·EXP_LN2_HI - n·EXP_LN2_LO (ln 2 in two parts, so r
    is exact to a few ulps), and e^r = 1 + r + r²·(C1 + C2·r + C3·r² + C4·r³ + C5·r⁴ + C6·r⁵),
@@ -70,6 +80,10 @@ extern const refattn_ops_f32 *const refattn_avx2_ops;
 /* Does this CPU, with this OS, run the instruction set? (CPUID, and XGETBV for the register
    state the OS saves.) Cached after the first call. */
 int refattn_cpu_has(int isa);
+
+/* A driver is about to start a team of `threads` (the fork rule of attention.c: from the
+   first team of 2 or more, a child forked from this process runs on one thread). */
+void refattn_team_starts(int64_t threads);
 
 /* The drivers, one per dtype; `call` has been checked by refattn_attention. */
 int refattn_flash_f32(const refattn_call *call, int isa, int num_threads);

@@ -15,8 +15,16 @@ strides, never copied B·H times), call the C core (the GIL is released meanwhil
 status into an exception (MemoryError when it cannot allocate its working memory).
 
 Extra arguments:
-    num_threads: threads for this call; default the REFATTN_NUM_THREADS environment variable,
-        else OpenMP's default (OMP_NUM_THREADS, else every core).
+    num_threads: threads for this call, from 1 to 1024; default the REFATTN_NUM_THREADS
+        environment variable, else OpenMP's default (OMP_NUM_THREADS, else every core). A
+        call never runs on more than two threads per CPU this process may run on (its
+        affinity mask, os.sched_getaffinity; the C core asks omp_get_num_procs), nor on more
+        than it has work items: a larger count, from here or from OMP_NUM_THREADS, is reduced
+        without a word (results are the same bit for bit whatever the thread count; each
+        thread past that would only cost a stack, and libgomp ends the process when it cannot
+        create one). In a process forked after a call ran on two threads or more, every call
+        runs on one thread: libgomp's threads do not survive fork (README, "Threads and fork").
+        info()["threads"] says how many a call may take.
     isa: "avx512", "avx2" or "scalar", the SIMD kernels for this call (float32; float64 always
         runs portable C); default REFATTN_ISA (read at import), else the fastest this CPU runs.
 """
@@ -256,10 +264,11 @@ def attention(query, key, value, *, num_threads=None, isa=None, **options):
 
 
 def info() -> dict:
-    """What the native core runs with: ISA in use and available, threads, OpenMP, build."""
+    """What the native core runs with: ISA in use and available, threads (the most a call
+    with the default num_threads takes here), OpenMP, build."""
     openmp = lib.refattn_openmp_version()
     try:
-        threads = _threads(None) or lib.refattn_max_threads()
+        threads = lib.refattn_threads(_threads(None))
     except ValueError as error:
         threads = f"error: {error}"
     return {

@@ -17,7 +17,10 @@ Four targets, each a hypothesis strategy and a check:
                                                 seed each run
     pytest tests/test_fuzz.py                   the slices in the default run and in CI:
                                                 REFATTN_FUZZ_SLICE cases of each (default: 150,
-                                                60, 40, 200, see SLICE), derandomized
+                                                60, 40, 200, see SLICE), derandomized; and the
+                                                sweep of the split-K path, a NaN or -inf key at
+                                                every position of a tile, in every tile of a
+                                                chunk
 
 Run both under the sanitizer build (README, "Sanitizers") to catch memory errors that do not
 change a result. Each attention case also checks that the call left its inputs untouched. A
@@ -145,6 +148,18 @@ def _broadcastable_shape(draw, target, label):
     return tuple(dims)
 
 
+# Split-K: with few query tiles and Lk >= 1024 the native core splits the keys into chunks (512
+# keys, or 384 for some Lk with tiles of 128 or 64) of tiles of 256 (AVX-512), 128 (AVX2) or 64
+# keys (scalar, and float64), each chunk with its own running max and sum.
+TILE_KEYS = (64, 128, 256)
+
+
+def poison_tiles(k: np.ndarray, period: int, offset: int, value, *, dim: int) -> None:
+    """k[..., j, dim] = value at keys j = offset, offset + period, … below 512: the same
+    in-tile position of every tile of the first chunk when period is the kernel's tile."""
+    k[..., offset : min(512, k.shape[-2]) : period, dim] = value
+
+
 @st.composite
 def fuzz_calls(draw) -> FuzzCall:
     """Returns a strategy for native calls over the whole option space, ~1 in 8 of them bad."""
@@ -154,7 +169,8 @@ def fuzz_calls(draw) -> FuzzCall:
     batch = tuple(draw(st.lists(st.integers(0, 3), max_size=2), label="batch"))
     Hkv = draw(st.integers(1, 3), label="Hkv")
     Hq = Hkv * draw(st.integers(1, 3), label="G")
-    if draw(st.integers(0, 9), label="decode") == 9:  # few queries, many keys: split-K
+    decode = draw(st.integers(0, 9), label="decode") == 9
+    if decode:  # few queries, many keys: split-K
         Lq, Lk = draw(st.integers(1, 2)), draw(st.integers(1024, 1400))
         batch = batch[:1]
     else:
@@ -170,6 +186,22 @@ def fuzz_calls(draw) -> FuzzCall:
     q = _values(draw, rng, (*batch, Hq, Lq, Dk), dtype, magnitude, scores_specials, "query")
     k = _values(draw, rng, (*batch, Hkv, Lk, Dk), dtype, magnitude, scores_specials, "key")
     v = _values(draw, rng, (*batch, Hkv, Lk, Dv), dtype, magnitude, v_specials, "value")
+    poison = None
+    if decode and scores_specials:  # the same in-tile position of every tile of a chunk
+        poison = draw(
+            st.one_of(
+                st.none(),
+                st.tuples(
+                    st.sampled_from(TILE_KEYS),
+                    st.integers(0, max(TILE_KEYS) - 1),
+                    st.sampled_from(scores_specials),
+                ),
+            ),
+            label="split poison",
+        )
+        if poison is not None:
+            period, offset, value = poison
+            poison_tiles(k, period, offset % period, value, dim=int(rng.integers(Dk)))
     layouts = [draw(st.sampled_from(LAYOUTS), label=f"{n} layout") for n in ("q", "k", "v")]
     q, k, v = (lay_out(x, lay) for x, lay in zip((q, k, v), layouts, strict=True))
 
@@ -236,6 +268,7 @@ def fuzz_calls(draw) -> FuzzCall:
         "v": v.shape,
         "layouts": layouts,
         "specials": (scores_specials, v_specials),
+        "split poison": poison,
         "options": {n: getattr(o, "shape", o) for n, o in options.items()},
         "native": native_options,
         "bad": getattr(bad, "__name__", None),
@@ -904,6 +937,38 @@ def _fuzz(target: str, cases: int, *, derandomize: bool) -> None:
 def test_fuzz_slice(target):
     """The slice of each fuzz target in the default run (and in CI, under the sanitizers)."""
     _fuzz(target, int(os.environ.get("REFATTN_FUZZ_SLICE", SLICE[target])), derandomize=True)
+
+
+@pytest.mark.parametrize(
+    ("isa", "dtype"),
+    [*((isa, "float32") for isa in ISAS), (None, "float64")],  # float64: the scalar kernels
+)
+@pytest.mark.parametrize("value", [np.nan, -np.inf], ids=["nan", "-inf"])
+def test_fuzz_split_poison_every_tile_position(isa, dtype, value):
+    """The split path with a special key at in-tile position t of every tile of the first
+    chunk, for every tile size and every t, the second chunk clean: each call checked like a
+    fuzz case. 16 query heads at a time, one position each (16 tiles: still split into two
+    chunks of 512 keys). A -inf key component scores ±inf, with a value of Inf at one key."""
+    rng = np.random.default_rng(12)
+    H, Lk, D = 16, 1024, 8
+    q = rng.standard_normal((1, H, 1, D)).astype(dtype)
+    clean_k = rng.standard_normal((1, H, Lk, D)).astype(dtype)
+    v = rng.standard_normal((1, H, Lk, D)).astype(dtype)
+    if value == -np.inf:
+        v[:, :, 5, 2] = np.inf  # 0·Inf where the key at 5 scores -inf
+    flags = {"isa": isa, "num_threads": 2, "return_lse": True, "return_weights": False}
+    for period in TILE_KEYS:
+        for t0 in range(0, period, H):
+            k = clean_k.copy()
+            for h in range(H):
+                poison_tiles(k[:, h], period, t0 + h, value, dim=h % D)
+            story = {
+                "q": q.shape,
+                "k": k.shape,
+                "dtype": dtype,
+                "split poison": (period, t0, value),
+            }
+            check_call(FuzzCall((q, k, v), {}, flags, story))
 
 
 @pytest.mark.fuzz

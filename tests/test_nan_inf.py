@@ -173,3 +173,38 @@ def test_hidden_nan_and_inf_never_reach_a_row(impl, dtype):
     q[0, 1] = np.nan
     out, lse, weights = _call(impl, q, k, v, kv_lengths=np.array(0))
     assert np.all(out == 0) and np.all(lse == -np.inf) and np.all(weights == 0)
+
+
+# Split-K decoding: one query row against 2048 keys splits them into 4 chunks of 512 in the
+# native core, each with its own running max, sum and accumulator, merged at the end. The rules
+# above hold there too, whichever chunk a NaN or Inf sits in.
+SPLIT_LK = 2048
+
+
+@pytest.mark.parametrize(("impl", "dtype"), IMPLS)
+def test_split_keys_nan_in_a_whole_chunk_makes_the_row_nan(impl, dtype):
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((3, 1, D)).astype(dtype)
+    k = rng.standard_normal((3, SPLIT_LK, D)).astype(dtype)
+    v = rng.standard_normal((3, SPLIT_LK, D)).astype(dtype)
+    k[0, :512] = np.nan  # every key of the first chunk of head 0
+    k[1, 1024:1536, 5] = np.nan  # every key of the third chunk of head 1
+    out, lse, weights = _call(impl, q, k, v)
+    assert np.isnan(out[:2]).all() and np.isnan(lse[:2]).all() and np.isnan(weights[:2]).all()
+    assert np.isfinite(out[2]).all() and np.isfinite(lse[2]).all()
+
+
+@pytest.mark.parametrize(("impl", "dtype"), IMPLS)
+def test_split_keys_zero_times_inf_in_a_chunk_reaches_its_component(impl, dtype):
+    rng = np.random.default_rng(2)
+    q = np.abs(rng.standard_normal((2, 1, D))).astype(dtype)
+    k = np.abs(rng.standard_normal((2, SPLIT_LK, D))).astype(dtype)
+    v = rng.standard_normal((2, SPLIT_LK, D)).astype(dtype)
+    k[0, :512, 0] = -np.inf  # head 0: the first chunk scores -inf, the others are finite
+    v[0, 100, 3] = np.inf  # weight 0 times Inf: NaN in component 3
+    k[1, :, 0] = -np.inf  # head 1: every key scores -inf: fully masked, whatever V holds
+    v[1, 100, 3], v[1, 1500, 4] = np.inf, np.nan
+    out, lse, weights = _call(impl, q, k, v)
+    assert np.isnan(out[0, 0, 3]) and np.isfinite(np.delete(out[0, 0], 3)).all()
+    assert np.isfinite(lse[0]).all() and np.all(weights[0, 0, :512] == 0)
+    assert np.all(out[1] == 0) and lse[1, 0] == -np.inf and np.all(weights[1] == 0)

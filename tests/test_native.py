@@ -175,6 +175,38 @@ def test_decode_split_nan_and_poison(isa):
     assert np.isnan(out[0, 1]).all() and np.array_equal(out[0, 0], clean[0, 0])
 
 
+# Keys per tile of each kernel table (float64 runs the scalar one); with 1 query row and up to
+# 16 heads, 2048 keys are split into chunks of 512, each of 2, 4 or 8 tiles.
+TILE_KEYS = {"avx512": 256, "avx2": 128, "scalar": 64}
+SPLIT_KERNELS = [
+    *(pytest.param(isa, np.float32, id=f"{isa}-float32") for isa in ISAS),
+    pytest.param("scalar", np.float64, id="float64"),
+]
+
+
+@pytest.mark.parametrize(("isa", "dtype"), SPLIT_KERNELS)
+def test_decode_split_nan_at_every_tile_position(isa, dtype):
+    """A NaN key at in-tile position t of every tile of a split-K chunk, the other chunks
+    finite: the row is NaN, for every t. The SIMD tile max once lost a NaN at some positions
+    (243 of 256 for AVX-512, 127 of 128 for AVX2), so the chunk looked fully masked and the
+    merge left it out: a finite row."""
+    bk, H = TILE_KEYS[isa], 16  # one head per position, 16 at a time
+    q, k, v = _arrays((1, H, 1, 8), (1, H, 2048, 8), 8, dtype=dtype, seed=11)
+    finite = []
+    for t0 in range(0, bk, H):
+        poisoned = k.copy()
+        for h in range(H):
+            poisoned[0, h, t0 + h : 512 : bk, h % 8] = np.nan  # position t0 + h of each tile
+        out, lse = native.attention(q, poisoned, v, isa=isa, return_lse=True)
+        finite += [
+            t0 + h for h in range(H) if not (np.isnan(out[0, h]).all() and np.isnan(lse[0, h]))
+        ]
+    assert finite == [], (
+        f"expected NaN rows, got finite ones at in-tile positions {finite} of {bk}: "
+        f"q (1, {H}, 1, 8), k (1, {H}, 2048, 8) {np.dtype(dtype).name}, isa={isa!r}"
+    )
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize(
     ("shape_q", "shape_k"),
@@ -227,6 +259,24 @@ def test_zero_sizes():
     out, lse = native.attention(q, k, v, return_lse=True)
     assert out.shape == (2, 3, 0)
     assert mismatch(lse, reference.attention(q, k, v, return_lse=True)[1], 1e-5) is None
+
+
+def test_empty_output_is_no_work():
+    """Dv = 0 with neither lse nor weights asked for: nothing to compute, and the call returns at
+    once. 2²¹ queries against 2²¹ keys from stride-0 views (4.4·10¹² scores, many minutes of
+    work here) must finish well inside the subprocess's timeout."""
+    code = """
+        import numpy as np
+        from refattn import native
+        L = 1 << 21
+        x = np.broadcast_to(np.ones((1, 1, 1, 8), dtype=np.float32), (1, 1, L, 8))
+        v = np.broadcast_to(np.ones((1, 1, 1, 0), dtype=np.float32), (1, 1, L, 0))
+        out = native.attention(x, x, v, causal="bottom_right", num_threads=1)
+        print(out.shape, out.dtype)
+    """
+    run = _python(code)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "(1, 1, 2097152, 0) float32", run.stdout
 
 
 @pytest.mark.skipif(not SIMD, reason="needs a SIMD path to run in reasonable time")

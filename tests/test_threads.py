@@ -7,9 +7,17 @@
   split depends on the shapes alone; SPEC.md, ATT-N3).
 - KeyboardInterrupt during a long call: the call finishes (the GIL is released, so Python sees
   the signal when it returns), the interrupt is raised, and the next call is right.
+- fork() after a multi-threaded call: the child's calls run on one thread and give the same
+  bits (libgomp's pool would hang it), through a multiprocessing fork pool and a bare fork.
+- More threads than is sensible (num_threads=1024, OMP_NUM_THREADS=3000) under a 4 GiB
+  address-space limit: at most two threads per CPU, never libgomp's "Thread creation failed".
+
+The scenarios that can hang or end the process run in a subprocess of their own session, killed
+with everything it forked when it overruns its timeout.
 """
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,6 +31,29 @@ from refattn import native
 
 ISAS = native.available_isas()
 THREADS, CALLS = 8, 200
+SANITIZED = "-fsanitize" in native.info()["build"]
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _scenario(code: str, *, timeout: float = 120, **env) -> subprocess.CompletedProcess:
+    """Run code in a fresh Python in a session of its own; past the timeout, kill the session
+    (the scenario's forked children too) and fail: a hang is a failure, not a stuck run."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=tempfile.gettempdir(),  # import the installed refattn, not a source tree in cwd
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the scenario hung for {timeout} s; stdout:\n{out}\nstderr:\n{err}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _jobs(count: int = 24, seed: int = 0) -> list:
@@ -150,3 +181,128 @@ def test_keyboard_interrupt_during_a_long_call_leaves_the_core_working():
     )
     assert run.returncode == 0, run.stderr
     assert "interrupted after" in run.stdout and "next calls ok" in run.stdout, run.stdout
+
+
+# A call with work for two threads: (1, 8, 300, 32) has 8 heads × 4 query tiles of 96 rows.
+_FORK_CALL = """
+    import os, time
+    import numpy as np
+    from refattn import native
+
+    def call(seed):
+        rng = np.random.default_rng(seed)
+        q = rng.standard_normal((1, 8, 300, 32)).astype(np.float32)
+        return native.attention(q, q, q, num_threads=2, return_lse=True)
+
+    def same(a, b):
+        return all(np.array_equal(x, y) for x, y in zip(a, b))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_fork_pool_after_a_multithreaded_call():
+    """A multiprocessing pool with the fork start method (what torch's DataLoader workers do)
+    after a call on two threads: the workers' calls run on one thread and give the same bits,
+    and the parent keeps its threads."""
+    code = (
+        _FORK_CALL
+        + """
+    import multiprocessing
+
+    def work(seed):
+        return call(seed), native.info()["threads"]
+
+    if __name__ == "__main__":
+        threads = native.info()["threads"]
+        want = [call(seed) for seed in range(4)]  # two threads: libgomp's pool exists now
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            got = pool.map_async(work, range(4)).get(timeout=60)
+        assert all(same(g, w) for (g, _), w in zip(got, want)), "the workers' results differ"
+        assert [t for _, t in got] == [1] * 4, got
+        assert native.info()["threads"] == threads and same(call(0), want[0])
+        print("pool ok")
+    """
+    )
+    run = _scenario(code)
+    assert run.returncode == 0 and "pool ok" in run.stdout, run.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_bare_fork_after_a_multithreaded_call():
+    """os.fork() after a call on two threads: the child (and its own child) compute the same
+    bits on one thread; a child forked before any multi-threaded call keeps its threads."""
+    code = (
+        _FORK_CALL
+        + """
+    def child(check):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os._exit(0 if check() else 1)
+            except BaseException:
+                os._exit(2)
+        for _ in range(600):  # 60 s, then the child is taken as hung
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.1)
+        os.kill(pid, 9)
+        return "hung"
+
+    threads = native.info()["threads"]
+    status = child(lambda: native.info()["threads"] == threads)
+    assert status == 0, f"a child forked before any team: {status}"
+    want = call(0)  # two threads: libgomp's pool exists now
+    status = child(lambda: same(call(0), want) and native.info()["threads"] == 1)
+    assert status == 0, f"a child forked after a team: {status}"
+    status = child(lambda: child(lambda: same(call(0), want)) == 0)
+    assert status == 0, f"a child's child: {status}"
+    assert same(call(0), want) and native.info()["threads"] == threads
+    print("fork ok")
+    """
+    )
+    run = _scenario(code)
+    assert run.returncode == 0 and "fork ok" in run.stdout, run.stderr
+
+
+# Under AddressSanitizer an address-space limit cannot be used (its shadow memory reserves
+# terabytes): the count of threads the call started is checked all the same.
+_LIMIT = "" if SANITIZED else "resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))"
+_MANY_THREADS = f"""
+    import os, resource
+    import numpy as np
+    from refattn import native
+
+    q = np.random.default_rng(0).standard_normal((1, 4096, 10, 8)).astype(np.float32)
+    want = native.attention(q, q, q, num_threads=1)  # 4096 work items: room for 4096 threads
+    before = len(os.listdir("/proc/self/task"))
+    {_LIMIT}
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="counts threads in /proc/self/task")
+@pytest.mark.parametrize(
+    ("call", "env"),
+    [("num_threads=1024", {}), ("", {"OMP_NUM_THREADS": "3000"})],
+    ids=["num_threads=1024", "OMP_NUM_THREADS=3000"],
+)
+def test_more_threads_than_sensible_are_capped(call, env):
+    """Asked for 1024 threads, or 3000 by OMP_NUM_THREADS, under a 4 GiB address-space limit
+    (8 MiB of stack each): libgomp used to print "Thread creation failed" and exit(1). The call
+    runs on at most two threads per CPU, gives the same bits, and says so in info()."""
+    code = (
+        _MANY_THREADS
+        + f"""
+    got = native.attention(q, q, q, {call})
+    started = len(os.listdir("/proc/self/task")) - before
+    print(native.info()["threads"], started, np.array_equal(got, want))
+    """
+    )
+    run = _scenario(code, **env)
+    assert run.returncode == 0, run.stderr
+    threads, started, same = run.stdout.split()
+    cap = 2 * CPUS
+    assert int(started) <= cap - 1, f"expected at most {cap} threads, {started} were started"
+    assert same == "True", "a different result on fewer threads"
+    if env:  # the default is capped too
+        assert int(threads) == cap, f"info() says {threads} threads, expected {cap}"

@@ -1,0 +1,268 @@
+/* kernels_simd.h: the SIMD tile kernels, float32, one body for every instruction set.
+
+   What it does: the tile kernels of internal.h over the vector operations of a vec_*.h header
+   (a vector of VW floats, masks, exp, reductions, a VW × VW transpose) and its blocking
+   constants (MR, NP, WIDE, BQ, BK, FEW_ROWS):
+     pack_keys    transposes keys into panels of VW (kp[panel][d][VW]), so that
+     scores       computes a block of MR query rows × NP·VW keys held in MR·NP accumulators,
+                  one broadcast query element times NP key vectors per step of d;
+     scores_rows  scores for 1–FEW_ROWS query rows straight from unpacked key rows (decode);
+     softmax      does one row: vector max, vectorised exp, vector sum;
+     weigh        accumulates p·V into a block of MR rows × NP vectors of value columns (1–2
+                  rows × WIDE vectors).
+   What it does not do: decide anything about masks or tiles (the driver does), choose between
+   instruction sets (each kernels_<isa>.c includes its vec header, then this body, inside its
+   own target pragma, and refattn_cpu_has is asked before any of it runs), or differ between
+   them: every intended difference stands in the vec header.
+
+   Legend: m query rows against n keys; Dk, Dv head dims; r row, j key, d dim; VW lanes. */
+
+static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* Kernel tables: one function per block shape, so that ROWS and VECS are constants and every
+   accumulator of a block stays in a register. UPTO(N, F, X) expands to F(X, 1) … F(X, N), and
+   ROWS(N, F) to F(1) … F(N) (two families: a macro cannot expand inside itself). */
+#define CAT(a, b) CAT_(a, b)
+#define CAT_(a, b) a##b
+#define UPTO(N, F, X) CAT(UPTO_, N)(F, X)
+#define UPTO_1(F, X) F(X, 1)
+#define UPTO_2(F, X) UPTO_1(F, X) F(X, 2)
+#define UPTO_3(F, X) UPTO_2(F, X) F(X, 3)
+#define UPTO_4(F, X) UPTO_3(F, X) F(X, 4)
+#define UPTO_5(F, X) UPTO_4(F, X) F(X, 5)
+#define UPTO_6(F, X) UPTO_5(F, X) F(X, 6)
+#define UPTO_7(F, X) UPTO_6(F, X) F(X, 7)
+#define UPTO_8(F, X) UPTO_7(F, X) F(X, 8)
+#define ROWS(N, F) CAT(ROWS_, N)(F)
+#define ROWS_1(F) F(1)
+#define ROWS_2(F) ROWS_1(F) F(2)
+#define ROWS_3(F) ROWS_2(F) F(3)
+#define ROWS_4(F) ROWS_3(F) F(4)
+#define ROWS_5(F) ROWS_4(F) F(5)
+#define ROWS_6(F) ROWS_5(F) F(6)
+#define ROWS_7(F) ROWS_6(F) F(7)
+#define ROWS_8(F) ROWS_7(F) F(8)
+
+/* kp[panel][d][VW]: key VW·panel + t at kp[panel·Dk·VW + d·VW + t]; keys past n are 0. */
+static void pack_keys(float *kp, const float *k, int64_t ldk, int64_t n, int64_t Dk) {
+    for (int64_t j0 = 0; j0 < n; j0 += VW) {
+        const int64_t count = imin(VW, n - j0);
+        float *panel = kp + (j0 / VW) * Dk * VW;
+        for (int64_t d0 = 0; d0 < Dk; d0 += VW) {
+            const int64_t dims = imin(VW, Dk - d0);
+            const vmask dmask = vlanes(dims);
+            vec rows[VW];
+            UNROLL for (int t = 0; t < VW; t++)
+                rows[t] = t < count ? vload_part(dmask, k + (j0 + t) * ldk + d0) : vzero();
+            vtranspose(rows);
+            /* t runs over constants: a variable index would keep rows[] in memory */
+            UNROLL for (int t = 0; t < VW; t++)
+                if (t < dims) vstore(panel + (d0 + t) * VW, rows[t]);
+        }
+    }
+}
+
+/* s (ROWS, VW·PANELS) = scale · q (ROWS, Dk) · kp panels */
+INLINE void scores_block(float *s, int64_t lds, const float *q, int64_t ldq, const float *kp,
+                         int64_t Dk, float scale, const int ROWS, const int PANELS) {
+    vec acc[MR][NP];
+    UNROLL for (int r = 0; r < ROWS; r++) UNROLL for (int v = 0; v < PANELS; v++)
+        acc[r][v] = vzero();
+    for (int64_t d = 0; d < Dk; d++) {
+        vec key[NP];
+        UNROLL for (int v = 0; v < PANELS; v++) key[v] = vload(kp + (v * Dk + d) * VW);
+        UNROLL for (int r = 0; r < ROWS; r++) {
+            const vec qd = vbroadcast(q + r * ldq + d);
+            UNROLL for (int v = 0; v < PANELS; v++) acc[r][v] = vfmadd(qd, key[v], acc[r][v]);
+        }
+    }
+    const vec sc = vset1(scale);
+    UNROLL for (int r = 0; r < ROWS; r++) UNROLL for (int v = 0; v < PANELS; v++)
+        vstore(s + r * lds + v * VW, vmul(acc[r][v], sc));
+}
+
+typedef void (*scores_fn)(float *, int64_t, const float *, int64_t, const float *, int64_t, float);
+#define SCORES(R, P)                                                                            \
+    static void scores_##R##x##P(float *s, int64_t lds, const float *q, int64_t ldq,            \
+                                 const float *kp, int64_t Dk, float scale) {                    \
+        scores_block(s, lds, q, ldq, kp, Dk, scale, R, P);                                      \
+    }
+#define SCORES_ROW(R) UPTO(NP, SCORES, R)
+ROWS(MR, SCORES_ROW)
+#define SCORES_NAME(R, P) scores_##R##x##P,
+#define SCORES_ENTRY(R) {UPTO(NP, SCORES_NAME, R)},
+static const scores_fn scores_table[MR][NP] = {ROWS(MR, SCORES_ENTRY)};
+
+static void scores(float *s, int64_t lds, const float *q, int64_t ldq, const float *kp, int64_t m,
+                   int64_t n, int64_t Dk, float scale) {
+    const int64_t panels = (n + VW - 1) / VW;
+    for (int64_t p0 = 0; p0 < panels; p0 += NP) {
+        const int64_t np = imin(NP, panels - p0);
+        for (int64_t r0 = 0; r0 < m; r0 += MR) {
+            const int64_t mr = imin(MR, m - r0);
+            scores_table[mr - 1][np - 1](s + r0 * lds + p0 * VW, lds, q + r0 * ldq, ldq,
+                                         kp + p0 * Dk * VW, Dk, scale);
+        }
+    }
+}
+
+/* s (m, n) = scale · q (m, Dk) · kᵀ straight from the key rows, for decode-sized tiles: per
+   row and VW keys, one accumulator per key along d (whole vectors, the tail of Dk masked),
+   then vsum_each turns the VW partial vectors into VW dot products. Reads each key row once
+   per query row and packs nothing. */
+static void scores_rows(float *s, int64_t lds, const float *q, int64_t ldq, const float *k,
+                        int64_t ldk, int64_t m, int64_t n, int64_t Dk, float scale) {
+    const vec sc = vset1(scale);
+    for (int64_t r = 0; r < m; r++) {
+        const float *qr = q + r * ldq;
+        for (int64_t j0 = 0; j0 < n; j0 += VW) {
+            const int64_t count = imin(VW, n - j0);
+            vec acc[VW];
+            UNROLL for (int t = 0; t < VW; t++) acc[t] = vzero();
+            /* key by key, each row read front to back: the order memory streams best in */
+            UNROLL for (int t = 0; t < VW; t++) {
+                if (t >= count) break;
+                const float *kr = k + (j0 + t) * ldk;
+                int64_t d0 = 0;
+                for (; d0 + VW <= Dk; d0 += VW)
+                    acc[t] = vfmadd(vload(qr + d0), vload(kr + d0), acc[t]);
+                if (d0 < Dk) {
+                    const vmask dmask = vlanes(Dk - d0);
+                    acc[t] = vfmadd(vload_part(dmask, qr + d0), vload_part(dmask, kr + d0), acc[t]);
+                }
+            }
+            vstore(s + r * lds + j0, vmul(vsum_each(acc), sc));
+        }
+    }
+}
+
+static void softmax(float *s, int64_t n, float *mx, float *sum, float *alpha) {
+    /* pass 1: the tile's max, and the row's new running max. vmax(x, top) keeps top where x is
+       NaN: the max is that of the other scores wherever a NaN sits, as in the scalar kernel,
+       and pass 2 makes the sum NaN (exp(NaN - shift) is NaN). (vmax(top, x) took a NaN into
+       top and dropped it at the next max: a tile of finite keys with a NaN at some positions
+       then looked fully masked.) */
+    const vec ninf = vset1(-INFINITY);
+    vec top = ninf, top2 = ninf; /* two chains of max, so they overlap */
+    int64_t j = 0;
+    for (; j + 2 * VW <= n; j += 2 * VW) { /* whole vectors unmasked: vmaskmov is slow on AMD */
+        top = vmax(vload(s + j), top);
+        top2 = vmax(vload(s + j + VW), top2);
+    }
+    for (; j < n; j += VW) top = vmax(vload_part_or(ninf, vlanes(imin(VW, n - j)), s + j), top);
+    const float tile = vreduce_max(vmax(top, top2)), old = *mx;
+    const float now = tile > old ? tile : old;
+
+    /* pass 2: p = exp(s - shift) and their sum; masked stores only at the tail (they are slow
+       on AMD's Zen 4 too) */
+    const vec shift = vset1(SOFTMAX_SHIFT(now));
+    vec total = vzero();
+    j = 0;
+    for (; j + VW <= n; j += VW) {
+        const vec p = vexp(vsub(vload(s + j), shift));
+        vstore(s + j, p);
+        total = vadd(total, p);
+    }
+    if (j < n) {
+        const vmask k = vlanes(n - j);
+        const vec p = vexp(vsub(vload_part(k, s + j), shift));
+        vstore_part(s + j, k, p);
+        total = vadd_part(total, k, p);
+    }
+    /* old = -inf: 0, nothing to keep */
+    const float a = now == old ? 1.0f : vlane0(vexp(vset1(old - now)));
+    *sum = *sum * a + vreduce_add(total);
+    *mx = now;
+    *alpha = a;
+}
+
+/* o (ROWS, VW·VECS) = alpha ⊙ o + p (ROWS, n) · v (n, VW·VECS); the last vector holds the
+   lanes of `tail`. CAREFUL: keys with vis 0 are left out (the old accumulator is kept, not
+   multiplied by 0: a NaN value of a hidden key must not reach the row). */
+INLINE void weigh_block(float *o, int64_t ldo, const float *p, int64_t ldp, const uint8_t *vis,
+                        int64_t ldvis, const float *alpha, const float *v, int64_t ldv, int64_t n,
+                        vmask tail, const int ROWS, const int VECS, const int CAREFUL) {
+    vec acc[MR][WIDE];
+    vmask cols[WIDE];
+    UNROLL for (int c = 0; c < VECS; c++) cols[c] = c == VECS - 1 ? tail : vwhole();
+    UNROLL for (int r = 0; r < ROWS; r++) {
+        UNROLL for (int c = 0; c < VECS; c++) {
+            acc[r][c] = vload_part(cols[c], o + r * ldo + c * VW);
+            if (alpha[r] != 1.0f) acc[r][c] = vmul(acc[r][c], vset1(alpha[r]));
+        }
+    }
+    for (int64_t j = 0; j < n; j++) {
+        vec val[WIDE];
+        UNROLL for (int c = 0; c < VECS; c++) val[c] = vload_part(cols[c], v + j * ldv + c * VW);
+        UNROLL for (int r = 0; r < ROWS; r++) {
+            const vec pj = vbroadcast(p + r * ldp + j);
+            if (CAREFUL) {
+                const vmask seen = vif(vis[r * ldvis + j]);
+                UNROLL for (int c = 0; c < VECS; c++)
+                    acc[r][c] = vfmadd_part(seen, pj, val[c], acc[r][c]);
+            } else {
+                UNROLL for (int c = 0; c < VECS; c++) acc[r][c] = vfmadd(pj, val[c], acc[r][c]);
+            }
+        }
+    }
+    UNROLL for (int r = 0; r < ROWS; r++) UNROLL for (int c = 0; c < VECS; c++)
+        vstore_part(o + r * ldo + c * VW, cols[c], acc[r][c]);
+}
+
+/* Blocks of WIDE_ROWS rows or fewer (decode) take up to WIDE vectors of columns, the others
+   up to NP: WEIGH_VECS_R is the count for blocks of R rows. */
+#define WIDE_ROWS 2
+#define WEIGH_VECS_1 WIDE
+#define WEIGH_VECS_2 WIDE
+#define WEIGH_VECS_3 NP
+#define WEIGH_VECS_4 NP
+#define WEIGH_VECS_5 NP
+#define WEIGH_VECS_6 NP
+#define WEIGH_VECS_7 NP
+#define WEIGH_VECS_8 NP
+typedef void (*weigh_fn)(float *, int64_t, const float *, int64_t, const uint8_t *, int64_t,
+                         const float *, const float *, int64_t, int64_t, vmask);
+#define WEIGH_FN(R, V, C)                                                                       \
+    static void weigh_##R##x##V##_##C(float *o, int64_t ldo, const float *p, int64_t ldp,       \
+                                      const uint8_t *vis, int64_t ldvis, const float *alpha,    \
+                                      const float *v, int64_t ldv, int64_t n, vmask tail) {     \
+        weigh_block(o, ldo, p, ldp, vis, ldvis, alpha, v, ldv, n, tail, R, V, C);               \
+    }
+#define WEIGH(R, V) WEIGH_FN(R, V, 0) WEIGH_FN(R, V, 1)
+#define WEIGH_ROW(R) UPTO(CAT(WEIGH_VECS_, R), WEIGH, R)
+ROWS(MR, WEIGH_ROW)
+#define WEIGH_NAME_0(R, V) weigh_##R##x##V##_0,
+#define WEIGH_NAME_1(R, V) weigh_##R##x##V##_1,
+#define WEIGH_ENTRY_0(R) {UPTO(CAT(WEIGH_VECS_, R), WEIGH_NAME_0, R)},
+#define WEIGH_ENTRY_1(R) {UPTO(CAT(WEIGH_VECS_, R), WEIGH_NAME_1, R)},
+static const weigh_fn weigh_table[2][MR][WIDE] = {{ROWS(MR, WEIGH_ENTRY_0)},
+                                                  {ROWS(MR, WEIGH_ENTRY_1)}};
+
+static void weigh(float *o, int64_t ldo, const float *p, int64_t ldp, const uint8_t *vis,
+                  int64_t ldvis, const float *alpha, const float *v, int64_t ldv, int64_t m,
+                  int64_t n, int64_t Dv) {
+    const int careful = vis != NULL;
+    for (int64_t r0 = 0; r0 < m; r0 += MR) {
+        const int64_t mr = imin(MR, m - r0);
+        /* one or two rows (decode) take up to WIDE vectors: one pass over the value rows */
+        const int64_t block = (mr <= WIDE_ROWS ? WIDE : NP) * VW;
+        for (int64_t c0 = 0; c0 < Dv; c0 += block) {
+            const int64_t width = imin(block, Dv - c0), vecs = (width + VW - 1) / VW;
+            const int64_t last = width - (vecs - 1) * VW; /* columns in the last vector, 1..VW */
+            weigh_table[careful][mr - 1][vecs - 1](
+                o + r0 * ldo + c0, ldo, p + r0 * ldp, ldp, careful ? vis + r0 * ldvis : NULL,
+                ldvis, alpha + r0, v + c0, ldv, n, vlanes(last));
+        }
+    }
+}
+
+static const refattn_ops_f32 ops = {
+    .bq = BQ,
+    .bk = BK,
+    .pack_keys = pack_keys,
+    .scores = scores,
+    .few_rows = FEW_ROWS,
+    .scores_rows = scores_rows,
+    .softmax = softmax,
+    .weigh = weigh,
+};
