@@ -289,6 +289,8 @@ def test_ctrl_c_stops_the_run_and_still_writes_the_report(tmp_path):
         [*COMMAND, "sdpa_functions:slow", "--json", str(report), "--only", "ATT-D1,ATT-N1,ATT-W4"],
         env=env,
         cwd=tmp_path,  # `-m` puts the folder first: from the checkout, the unbuilt source tree
+        # A shell's background job starts with SIGINT ignored, and Python keeps that: undo it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
