@@ -1,0 +1,289 @@
+"""The mutation suite: `refattn conform` at its defaults catches realistic kernel bugs it was
+never shown (tests/mutants), and leaves correct kernels alone.
+
+Each MUST-level mutant must FAIL a MUST invariant at the CLI's defaults (100 examples, seed 0).
+To keep it quick its expected invariants run first and the hunt stops at the first MUST
+FAIL; only if they all pass do the other MUST invariants run, and the summary says the
+expected ID was wrong. SHOULD-level mutants must fail their SHOULD invariant and no MUST one.
+Controls must pass every invariant (PASS or SKIP).
+
+The default run takes a sample (mutants.SAMPLE, mutants.SAMPLE_CONTROLS); `pytest -m mutants`
+runs the rest. The known survivors (mutants.SURVIVORS) are strict xfails. A summary table
+(mutant, class, expected, killed by, examples) is printed at the end of the module, and
+written as JSON to $REFATTN_MUTANTS_JSON when that is set.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib
+import inspect
+import json
+import os
+import time
+from pathlib import Path
+
+import mutants
+import pytest
+from hypothesis.errors import HypothesisException
+from refattn.spec.registry import INVARIANTS, MUST, SHOULD, all_invariants
+from refattn.spec.runner import (
+    DEFAULT_MAX_EXAMPLES,
+    DEFAULT_SEED,
+    FAIL,
+    PASS,
+    SKIP,
+    run_invariant,
+)
+
+from refattn.adapters import load
+
+ORDERED = all_invariants()
+REGISTRY = mutants.registry()
+RESULTS: list[dict] = []  # one row per mutant hunted, for the summary
+
+
+@dataclasses.dataclass
+class Hunt:
+    """What running a mutant against the spec gave."""
+
+    name: str
+    killed_by: str | None  # the first invariant that failed, None if it survived
+    first_failing_example: int | None  # 1-based, in the invariant that killed it
+    examples: int  # examples run in total, shrinking included
+    tried: list[str]  # invariants run, in order
+    expected_was_wrong: bool  # killed, but not by an expected invariant
+    seconds: float
+    detail: str  # the failure's first lines
+
+
+def _counted(inv):
+    """inv with its check wrapped to note at which example it first failed."""
+    state = {"examples": 0, "first_failure": None}
+
+    def check(impl, data):
+        state["examples"] += 1
+        try:
+            inv.check(impl, data)
+        except HypothesisException:
+            raise  # hypothesis' own control flow (unsatisfied filters), not a failure
+        except Exception:
+            if state["first_failure"] is None:
+                state["first_failure"] = state["examples"]
+            raise
+
+    return dataclasses.replace(inv, check=check), state
+
+
+def run_counted(inv, impl, seed=DEFAULT_SEED):
+    """run_invariant at the CLI's defaults; (outcome, 1-based first failing example)."""
+    counted, state = _counted(inv)
+    outcome = run_invariant(counted, impl, max_examples=DEFAULT_MAX_EXAMPLES, seed=seed)
+    return outcome, state["first_failure"]
+
+
+def hunt(name: str, expected, *, level=MUST, seed=DEFAULT_SEED) -> Hunt:
+    """Run `expected` first, then (if none failed) every other invariant of `level`, and
+    stop at the first that fails."""
+    impl = load(name)
+    start = time.perf_counter()
+    order = [INVARIANTS[i] for i in expected if INVARIANTS[i].level == level]
+    order += [inv for inv in ORDERED if inv.level == level and inv.id not in expected]
+    tried, examples = [], 0
+    for inv in order:
+        outcome, first = run_counted(inv, impl, seed)
+        tried.append(inv.id)
+        examples += outcome.examples
+        if outcome.status == FAIL:
+            return Hunt(
+                name,
+                inv.id,
+                first,
+                examples,
+                tried,
+                inv.id not in expected,
+                time.perf_counter() - start,
+                "\n".join(outcome.detail.splitlines()[:2]),
+            )
+    return Hunt(name, None, None, examples, tried, False, time.perf_counter() - start, "")
+
+
+def _record(hunt_: Hunt, bug_class: str, expected, level: str) -> None:
+    RESULTS.append(
+        {
+            "mutant": hunt_.name,
+            "class": bug_class,
+            "level": level,
+            "expected": list(expected),
+            "killed_by": hunt_.killed_by,
+            "first_failing_example": hunt_.first_failing_example,
+            "examples": hunt_.examples,
+            "expected_was_wrong": hunt_.expected_was_wrong,
+            "tried": hunt_.tried,
+            "seconds": round(hunt_.seconds, 1),
+            "detail": hunt_.detail,
+        }
+    )
+
+
+def _params(names, sample):
+    """pytest params: the sample unmarked, the rest behind the `mutants` marker, survivors
+    as strict xfails with their reason."""
+    params = []
+    for name in names:
+        marks = [] if name in sample else [pytest.mark.mutants]
+        if name in mutants.SURVIVORS:
+            marks.append(pytest.mark.xfail(strict=True, reason=mutants.SURVIVORS[name]))
+        params.append(pytest.param(name, marks=marks, id=name.removeprefix("mutants.")))
+    return params
+
+
+MUST_MUTANTS = [n for n, (_, _, level) in REGISTRY.items() if level == MUST]
+SHOULD_MUTANTS = [n for n, (_, _, level) in REGISTRY.items() if level == SHOULD]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def summary(request):
+    """Print the table of what was hunted at the end of the module (and write the JSON)."""
+    yield
+    if not RESULTS:
+        return
+    path = os.environ.get("REFATTN_MUTANTS_JSON")
+    if path:
+        Path(path).write_text(json.dumps(RESULTS, indent=1) + "\n")
+    reporter = request.config.pluginmanager.getplugin("terminalreporter")
+    if reporter is None:
+        return
+    reporter.write_line("")
+    reporter.write_line(
+        f"{'mutant':52} {'class':14} {'expected':15} {'killed by':10} {'at':>4} {'examples':>8}"
+        f" {'s':>6}"
+    )
+    for row in RESULTS:
+        killed = row["killed_by"] or "SURVIVED"
+        if row["expected_was_wrong"]:
+            killed += "!"
+        at = row["first_failing_example"] or "-"
+        reporter.write_line(
+            f"{row['mutant'].removeprefix('mutants.'):52} {row['class']:14} "
+            f"{','.join(row['expected']):15} {killed:10} {at!s:>4} {row['examples']:>8} "
+            f"{row['seconds']:>6.1f}"
+        )
+    killed = sum(1 for row in RESULTS if row["killed_by"])
+    reporter.write_line(f"killed {killed} of {len(RESULTS)} ('!': not by an expected invariant)")
+
+
+@pytest.mark.parametrize("name", _params(MUST_MUTANTS, mutants.SAMPLE))
+def test_must_mutant_fails_conform(name):
+    """A MUST-level mutant fails a MUST invariant at the CLI's defaults."""
+    bug_class, expected, level = REGISTRY[name]
+    result = hunt(name, expected)
+    _record(result, bug_class, expected, level)
+    assert result.killed_by is not None, (
+        f"{name} passes every MUST invariant at {DEFAULT_MAX_EXAMPLES} examples, seed "
+        f"{DEFAULT_SEED} (expected {', '.join(expected)} to catch it)"
+    )
+
+
+@pytest.mark.parametrize("name", _params(SHOULD_MUTANTS, ()))
+def test_should_mutant_fails_its_should_invariant(name):
+    """A SHOULD-level mutant fails the SHOULD invariant it is written against."""
+    bug_class, expected, level = REGISTRY[name]
+    result = hunt(name, expected, level=SHOULD)
+    _record(result, bug_class, expected, level)
+    assert result.killed_by in expected, f"{name}: expected {expected} to fail, got {result}"
+
+
+@pytest.mark.mutants
+@pytest.mark.parametrize("name", SHOULD_MUTANTS, ids=lambda n: n.removeprefix("mutants."))
+def test_should_mutant_passes_every_must(name):
+    """A SHOULD-level mutant is SHOULD-level: no MUST invariant catches it."""
+    impl = load(name)
+    failed = [
+        inv.id for inv in ORDERED if inv.level == MUST and run_counted(inv, impl)[0].status == FAIL
+    ]
+    assert not failed, f"{name} fails MUST invariants {failed}: it is a MUST-level mutant"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            n,
+            marks=[] if n in mutants.SAMPLE_CONTROLS else [pytest.mark.mutants],
+            id=n.removeprefix("mutants."),
+        )
+        for n in mutants.CONTROLS
+    ],
+)
+def test_control_passes_every_invariant(name):
+    """A correct kernel written differently from the reference: PASS or SKIP, never FAIL."""
+    impl = load(name)
+    outcomes = [run_invariant(inv, impl) for inv in ORDERED]
+    failed = [f"{o.id}: {o.detail.splitlines()[0]}" for o in outcomes if o.status == FAIL]
+    assert not failed, f"{name} (correct) fails:\n" + "\n".join(failed)
+    assert {o.status for o in outcomes} <= {PASS, SKIP}
+    assert {o.id for o in outcomes if o.status == PASS} >= {"ATT-N1", "ATT-W4", "ATT-M1"}
+
+
+# The bookkeeping of the suite: cheap, in every run.
+
+
+def _module(name):
+    return importlib.import_module(name.partition(":")[0])
+
+
+def test_every_kernel_is_registered_and_documented():
+    """Every public function of a mutant module is in its MUTANTS table, and its docstring
+    says the bug, what it imitates and what catches it."""
+    for module_name in mutants.MODULES:
+        module = importlib.import_module(f"mutants.{module_name}")
+        public = {
+            name
+            for name, fn in inspect.getmembers(module, inspect.isfunction)
+            if not name.startswith("_") and fn.__module__ == module.__name__
+        }
+        assert public == set(module.MUTANTS), (
+            f"mutants.{module_name}: {public ^ set(module.MUTANTS)}"
+        )
+        for name in public:
+            doc = inspect.getdoc(getattr(module, name)) or ""
+            for part in ("Bug:", "Imitates:", "Caught by:"):
+                assert part in doc, f"mutants.{module_name}.{name}: docstring lacks {part!r}"
+
+
+def test_tables_name_real_invariants_at_their_level():
+    """Expected IDs exist; a MUST-level mutant expects some MUST invariant, a SHOULD-level one
+    only SHOULD invariants."""
+    assert len(REGISTRY) >= 60
+    for name, (_, expected, level) in REGISTRY.items():
+        assert expected and all(i in INVARIANTS for i in expected), (name, expected)
+        levels = {INVARIANTS[i].level for i in expected}
+        assert (MUST in levels) if level == MUST else (levels == {SHOULD}), (name, levels)
+
+
+def test_sample_survivors_and_controls_are_known():
+    """The sample spreads over the classes and holds no survivor; survivors and controls are
+    names that load."""
+    assert set(mutants.SAMPLE) <= set(MUST_MUTANTS)
+    assert not set(mutants.SAMPLE) & set(mutants.SURVIVORS)
+    assert len({REGISTRY[n][0] for n in mutants.SAMPLE}) >= min(6, len(mutants.SAMPLE))
+    assert set(mutants.SURVIVORS) <= set(MUST_MUTANTS)
+    assert set(mutants.SAMPLE_CONTROLS) <= set(mutants.CONTROLS)
+    for name in [*mutants.CONTROLS, *REGISTRY]:
+        assert load(name).name == name
+
+
+def test_mutants_do_not_import_refattn():
+    """The mutants are a user's code the spec has never seen: none imports refattn."""
+    folder = Path(mutants.__file__).parent
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            assert not any(n.split(".")[0] == "refattn" for n in names), (path.name, names)
