@@ -25,8 +25,10 @@ import time
 from pathlib import Path
 
 import mutants
+import numpy as np
 import pytest
 from hypothesis.errors import HypothesisException
+from refattn.spec import oracle
 from refattn.spec.registry import INVARIANTS, MUST, SHOULD, all_invariants
 from refattn.spec.runner import (
     DEFAULT_MAX_EXAMPLES,
@@ -36,8 +38,12 @@ from refattn.spec.runner import (
     SKIP,
     run_invariant,
 )
+from refattn.spec.tolerance import mismatch
 
 from refattn.adapters import load
+
+# The mutants compute NaN and Inf on purpose (and by mistake): NumPy's warnings say nothing.
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 ORDERED = all_invariants()
 REGISTRY = mutants.registry()
@@ -227,6 +233,74 @@ def test_control_passes_every_invariant(name):
     assert {o.id for o in outcomes if o.status == PASS} >= {"ATT-N1", "ATT-W4", "ATT-M1"}
 
 
+# SPEC.md's NaN and Inf rules, which no conform invariant draws: hand-made calls, checked
+# against the spec's oracle. The controls follow them; the mutants that break only these
+# rules survive `refattn conform`, and fail here (what an invariant of the rules would do).
+
+
+def _rule_cases():
+    """(what, query, key, value, options): one call per rule, float64, Lk = 70 (two tiles
+    of 64, one split of 48 and a tail)."""
+    rng = np.random.default_rng(0)
+
+    def qkv():
+        return (rng.standard_normal((1, 2, 4, 8)), *rng.standard_normal((2, 1, 2, 70, 8)))
+
+    cases = []
+    q, k, v = qkv()
+    q[0, 0, 1, 3] = np.nan
+    cases.append(("a NaN query makes its row NaN", q, k, v, {}))
+    q, k, v = qkv()
+    q[...] = np.abs(q)
+    k[0, 0, 40] = np.abs(k[0, 0, 40])
+    k[0, 0, 40, 2] = np.inf
+    cases.append(("a +inf score at a visible key makes the row NaN", q, k, v, {}))
+    q, k, v = qkv()
+    v[0, 1, 10, 3] = np.nan
+    v[0, 1, 11, 5] = np.inf
+    cases.append(("NaN and Inf in a visible value reach their component", q, k, v, {}))
+    q, k, v = qkv()
+    mask = np.ones((4, 70), dtype=bool)
+    mask[:, 5] = False
+    mask[2] = False
+    k[..., 5, :] = np.nan
+    v[..., 5, :] = np.inf
+    q[0, 0, 2] = np.nan
+    options = {"attn_mask": mask}
+    cases.append(("hidden NaN and Inf, and a NaN query in a fully masked row", q, k, v, options))
+    return cases
+
+
+def _breaks_rules(name):
+    """The rules `name` breaks: [] for a kernel that follows them all."""
+    fn = getattr(_module(name), name.partition(":")[2])
+    broken = []
+    for what, q, k, v, options in _rule_cases():
+        mask = options.get("attn_mask")
+        want = oracle.attention(q, k, v, {} if mask is None else {"mask": mask}).out
+        got = fn(q, k, v, **options)
+        if mismatch(got, want, 1e-12):
+            broken.append(what)
+    return broken
+
+
+@pytest.mark.parametrize("name", mutants.CONTROLS, ids=lambda n: n.removeprefix("mutants."))
+def test_controls_follow_the_nan_and_inf_rules(name):
+    assert _breaks_rules(name) == []
+
+
+RULE_BREAKERS = (  # mutants that break a NaN or Inf rule of SPEC.md, which no invariant draws
+    "mutants.nan_handling:plus_inf_score_selects_key",
+    "mutants.nan_handling:output_nan_to_num",
+    "mutants.nan_handling:additive_log_mask",
+)
+
+
+@pytest.mark.parametrize("name", RULE_BREAKERS, ids=lambda n: n.removeprefix("mutants."))
+def test_rule_breakers_fail_the_rules(name):
+    assert _breaks_rules(name)
+
+
 # The bookkeeping of the suite: cheap, in every run.
 
 
@@ -287,3 +361,40 @@ def test_mutants_do_not_import_refattn():
             else:
                 continue
             assert not any(n.split(".")[0] == "refattn" for n in names), (path.name, names)
+
+
+def main(argv=None) -> int:
+    """`python tests/test_mutants.py [--seeds 0-4] [NAME ...]`: hunt mutants (default: the
+    survivors) at several seeds, one line per mutant and seed."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("names", nargs="*", help="mutants.<module>:<fn> (default: SURVIVORS)")
+    parser.add_argument("--seeds", default="0-4", help="a range a-b or a list a,b,c")
+    args = parser.parse_args(argv)
+    if "-" in args.seeds:
+        low, high = map(int, args.seeds.split("-"))
+        seeds = list(range(low, high + 1))
+    else:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    for name in args.names or list(mutants.SURVIVORS):
+        _, expected, level = REGISTRY[name]
+        kills = 0
+        for seed in seeds:
+            result = hunt(name, expected, level=level, seed=seed)
+            kills += result.killed_by is not None
+            first_line = result.detail.splitlines()[0] if result.detail else ""
+            print(
+                f"{name} seed {seed}: {result.killed_by or 'SURVIVED'}"
+                f" (example {result.first_failing_example}, {result.examples} examples,"
+                f" {result.seconds:.0f} s) {first_line}",
+                flush=True,
+            )
+        print(f"{name}: killed at {kills} of {len(seeds)} seeds", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -81,8 +81,9 @@ def weigh(p, v, visible):
 
 def safe_max(m):
     """The row maximum to shift by: 0 where a row has seen no key yet (max -inf), so that
-    exp(-inf - shift) is 0 and never exp(-inf + inf) = NaN."""
-    return np.where(np.isfinite(m), m, 0)
+    exp(-inf - shift) is 0 and never exp(-inf + inf) = NaN. A NaN or +inf max is kept: the
+    row is NaN (SPEC.md, NaN and Inf)."""
+    return np.where(m == -np.inf, 0, m)
 
 
 def normalise(acc, total):

@@ -11,6 +11,8 @@ pass every invariant (PASS or SKIP, never FAIL); a FAIL here is a false alarm of
                        with the lse formula, in the compute dtype
 """
 
+import functools
+
 import numpy as np
 
 from mutants._common import (
@@ -26,6 +28,19 @@ from mutants._common import (
 )
 
 
+def _ieee(kernel):
+    """NaN and Inf inputs follow IEEE arithmetic through the kernel (SPEC.md, NaN and Inf):
+    the invalid operations they make are the answer, not something to warn about."""
+
+    @functools.wraps(kernel)
+    def wrapped(*args, **kwargs):
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            return kernel(*args, **kwargs)
+
+    return wrapped
+
+
+@_ieee
 def two_pass_float64(
     query, key, value, attn_mask=None, is_causal=False, scale=None, enable_gqa=False
 ):
@@ -86,11 +101,13 @@ def _online(query, key, value, attn_mask, is_causal, scale, key_tile, query_tile
     return out.astype(query.dtype)
 
 
+@_ieee
 def online_k16(query, key, value, attn_mask=None, is_causal=False, scale=None, enable_gqa=False):
     """Online softmax over key tiles of 16. Correct: passes every invariant."""
     return _online(query, key, value, attn_mask, is_causal, scale, key_tile=16)
 
 
+@_ieee
 def online_k64_q32(
     query, key, value, attn_mask=None, is_causal=False, scale=None, enable_gqa=False
 ):
@@ -99,11 +116,13 @@ def online_k64_q32(
     return _online(query, key, value, attn_mask, is_causal, scale, key_tile=64, query_tile=32)
 
 
+@_ieee
 def online_k128(query, key, value, attn_mask=None, is_causal=False, scale=None, enable_gqa=False):
     """Online softmax over key tiles of 128. Correct: passes every invariant."""
     return _online(query, key, value, attn_mask, is_causal, scale, key_tile=128)
 
 
+@_ieee
 def split_kv_lse(query, key, value, attn_mask=None, is_causal=False, scale=None, enable_gqa=False):
     """Split-KV (FlashDecoding): chunks of 48 keys, each normalised with its own lse, merged
     with lse = log Σ_c exp(lse_c), o = Σ_c exp(lse_c - lse)·o_c. Correct: passes every
