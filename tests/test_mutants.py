@@ -7,37 +7,33 @@ FAIL; only if they all pass do the other MUST invariants run, and the summary sa
 expected ID was wrong. SHOULD-level mutants must fail their SHOULD invariant and no MUST one.
 Controls must pass every invariant (PASS or SKIP).
 
+Each hunt runs in a process of its own set up as `refattn conform`'s (tests/mutants_hunt.py
+says why: hypothesis draws from the constants of the modules loaded), so that what is found
+here is what the CLI finds, whatever else this pytest session imports.
+
 The default run takes a sample (mutants.SAMPLE, mutants.SAMPLE_CONTROLS); `pytest -m mutants`
 runs the rest. The known survivors (mutants.SURVIVORS) are strict xfails. A summary table
-(mutant, class, expected, killed by, examples) is printed at the end of the module, and
-written as JSON to $REFATTN_MUTANTS_JSON when that is set.
+(mutant, class, expected, killed by, first failing example) is printed at the end of the
+module, and written as JSON to $REFATTN_MUTANTS_JSON when that is set.
 """
 
 from __future__ import annotations
 
 import ast
-import dataclasses
 import importlib
 import inspect
 import json
 import os
-import time
+import subprocess
+import sys
 from pathlib import Path
 
 import mutants
 import numpy as np
 import pytest
-from hypothesis.errors import HypothesisException
 from refattn.spec import oracle
 from refattn.spec.registry import INVARIANTS, MUST, SHOULD, all_invariants
-from refattn.spec.runner import (
-    DEFAULT_MAX_EXAMPLES,
-    DEFAULT_SEED,
-    FAIL,
-    PASS,
-    SKIP,
-    run_invariant,
-)
+from refattn.spec.runner import DEFAULT_MAX_EXAMPLES, DEFAULT_SEED, FAIL, PASS, SKIP
 from refattn.spec.tolerance import mismatch
 
 from refattn.adapters import load
@@ -45,92 +41,23 @@ from refattn.adapters import load
 # The mutants compute NaN and Inf on purpose (and by mistake): NumPy's warnings say nothing.
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
-ORDERED = all_invariants()
+all_invariants()  # registers them
+HUNT = Path(__file__).with_name("mutants_hunt.py")
 REGISTRY = mutants.registry()
 RESULTS: list[dict] = []  # one row per mutant hunted, for the summary
 
 
-@dataclasses.dataclass
-class Hunt:
-    """What running a mutant against the spec gave."""
-
-    name: str
-    killed_by: str | None  # the first invariant that failed, None if it survived
-    first_failing_example: int | None  # 1-based, in the invariant that killed it
-    examples: int  # examples run in total, shrinking included
-    tried: list[str]  # invariants run, in order
-    expected_was_wrong: bool  # killed, but not by an expected invariant
-    seconds: float
-    detail: str  # the failure's first lines
-
-
-def _counted(inv):
-    """inv with its check wrapped to note at which example it first failed."""
-    state = {"examples": 0, "first_failure": None}
-
-    def check(impl, data):
-        state["examples"] += 1
-        try:
-            inv.check(impl, data)
-        except HypothesisException:
-            raise  # hypothesis' own control flow (unsatisfied filters), not a failure
-        except Exception:
-            if state["first_failure"] is None:
-                state["first_failure"] = state["examples"]
-            raise
-
-    return dataclasses.replace(inv, check=check), state
-
-
-def run_counted(inv, impl, seed=DEFAULT_SEED):
-    """run_invariant at the CLI's defaults; (outcome, 1-based first failing example)."""
-    counted, state = _counted(inv)
-    outcome = run_invariant(counted, impl, max_examples=DEFAULT_MAX_EXAMPLES, seed=seed)
-    return outcome, state["first_failure"]
-
-
-def hunt(name: str, expected, *, level=MUST, seed=DEFAULT_SEED) -> Hunt:
-    """Run `expected` first, then (if none failed) every other invariant of `level`, and
-    stop at the first that fails."""
-    impl = load(name)
-    start = time.perf_counter()
-    order = [INVARIANTS[i] for i in expected if INVARIANTS[i].level == level]
-    order += [inv for inv in ORDERED if inv.level == level and inv.id not in expected]
-    tried, examples = [], 0
-    for inv in order:
-        outcome, first = run_counted(inv, impl, seed)
-        tried.append(inv.id)
-        examples += outcome.examples
-        if outcome.status == FAIL:
-            return Hunt(
-                name,
-                inv.id,
-                first,
-                examples,
-                tried,
-                inv.id not in expected,
-                time.perf_counter() - start,
-                "\n".join(outcome.detail.splitlines()[:2]),
-            )
-    return Hunt(name, None, None, examples, tried, False, time.perf_counter() - start, "")
-
-
-def _record(hunt_: Hunt, bug_class: str, expected, level: str) -> None:
-    RESULTS.append(
-        {
-            "mutant": hunt_.name,
-            "class": bug_class,
-            "level": level,
-            "expected": list(expected),
-            "killed_by": hunt_.killed_by,
-            "first_failing_example": hunt_.first_failing_example,
-            "examples": hunt_.examples,
-            "expected_was_wrong": hunt_.expected_was_wrong,
-            "tried": hunt_.tried,
-            "seconds": round(hunt_.seconds, 1),
-            "detail": hunt_.detail,
-        }
+def hunt(*args: str) -> list[dict]:
+    """Run tests/mutants_hunt.py in a fresh interpreter; its JSON lines."""
+    done = subprocess.run(
+        [sys.executable, str(HUNT), *args],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
     )
+    assert done.returncode == 0, f"mutants_hunt.py {' '.join(args)}:\n{done.stderr[-4000:]}"
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
 def _params(names, sample):
@@ -158,57 +85,58 @@ def summary(request):
     path = os.environ.get("REFATTN_MUTANTS_JSON")
     if path:
         Path(path).write_text(json.dumps(RESULTS, indent=1) + "\n")
-    reporter = request.config.pluginmanager.getplugin("terminalreporter")
-    if reporter is None:
-        return
-    reporter.write_line("")
-    reporter.write_line(
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():  # past pytest's capture, to the terminal
+        print("\n" + table(RESULTS), flush=True)
+
+
+def table(rows) -> str:
+    """The summary: one line per mutant hunted."""
+    lines = [
         f"{'mutant':52} {'class':14} {'expected':15} {'killed by':10} {'at':>4} {'examples':>8}"
         f" {'s':>6}"
-    )
-    for row in RESULTS:
-        killed = row["killed_by"] or "SURVIVED"
-        if row["expected_was_wrong"]:
-            killed += "!"
+    ]
+    for row in rows:
+        killed = (row["killed_by"] or "SURVIVED") + ("!" if row["expected_was_wrong"] else "")
         at = row["first_failing_example"] or "-"
-        reporter.write_line(
+        lines.append(
             f"{row['mutant'].removeprefix('mutants.'):52} {row['class']:14} "
             f"{','.join(row['expected']):15} {killed:10} {at!s:>4} {row['examples']:>8} "
             f"{row['seconds']:>6.1f}"
         )
-    killed = sum(1 for row in RESULTS if row["killed_by"])
-    reporter.write_line(f"killed {killed} of {len(RESULTS)} ('!': not by an expected invariant)")
+    killed = sum(1 for row in rows if row["killed_by"])
+    lines.append(
+        f"killed {killed} of {len(rows)} ('at': the first failing example of the invariant "
+        "that killed it; '!': not an expected invariant)"
+    )
+    return "\n".join(lines)
 
 
 @pytest.mark.parametrize("name", _params(MUST_MUTANTS, mutants.SAMPLE))
 def test_must_mutant_fails_conform(name):
     """A MUST-level mutant fails a MUST invariant at the CLI's defaults."""
-    bug_class, expected, level = REGISTRY[name]
-    result = hunt(name, expected)
-    _record(result, bug_class, expected, level)
-    assert result.killed_by is not None, (
+    (row,) = hunt(name)
+    RESULTS.append(row)
+    assert row["killed_by"] is not None, (
         f"{name} passes every MUST invariant at {DEFAULT_MAX_EXAMPLES} examples, seed "
-        f"{DEFAULT_SEED} (expected {', '.join(expected)} to catch it)"
+        f"{DEFAULT_SEED} (expected {', '.join(row['expected'])} to catch it)"
     )
 
 
 @pytest.mark.parametrize("name", _params(SHOULD_MUTANTS, ()))
 def test_should_mutant_fails_its_should_invariant(name):
     """A SHOULD-level mutant fails the SHOULD invariant it is written against."""
-    bug_class, expected, level = REGISTRY[name]
-    result = hunt(name, expected, level=SHOULD)
-    _record(result, bug_class, expected, level)
-    assert result.killed_by in expected, f"{name}: expected {expected} to fail, got {result}"
+    (row,) = hunt(name)
+    RESULTS.append(row)
+    assert row["killed_by"] in row["expected"], f"{name}: expected {row['expected']}: {row}"
 
 
 @pytest.mark.mutants
 @pytest.mark.parametrize("name", SHOULD_MUTANTS, ids=lambda n: n.removeprefix("mutants."))
 def test_should_mutant_passes_every_must(name):
     """A SHOULD-level mutant is SHOULD-level: no MUST invariant catches it."""
-    impl = load(name)
-    failed = [
-        inv.id for inv in ORDERED if inv.level == MUST and run_counted(inv, impl)[0].status == FAIL
-    ]
+    (row,) = hunt("--every", name)
+    failed = [i for i, o in row["outcomes"].items() if o["level"] == MUST and o["status"] == FAIL]
     assert not failed, f"{name} fails MUST invariants {failed}: it is a MUST-level mutant"
 
 
@@ -225,12 +153,12 @@ def test_should_mutant_passes_every_must(name):
 )
 def test_control_passes_every_invariant(name):
     """A correct kernel written differently from the reference: PASS or SKIP, never FAIL."""
-    impl = load(name)
-    outcomes = [run_invariant(inv, impl) for inv in ORDERED]
-    failed = [f"{o.id}: {o.detail.splitlines()[0]}" for o in outcomes if o.status == FAIL]
+    (row,) = hunt("--every", name)
+    outcomes = row["outcomes"]
+    failed = [f"{i}: {o['detail']}" for i, o in outcomes.items() if o["status"] == FAIL]
     assert not failed, f"{name} (correct) fails:\n" + "\n".join(failed)
-    assert {o.status for o in outcomes} <= {PASS, SKIP}
-    assert {o.id for o in outcomes if o.status == PASS} >= {"ATT-N1", "ATT-W4", "ATT-M1"}
+    assert {o["status"] for o in outcomes.values()} <= {PASS, SKIP}
+    assert {i for i, o in outcomes.items() if o["status"] == PASS} >= {"ATT-N1", "ATT-W4", "ATT-M1"}
 
 
 # SPEC.md's NaN and Inf rules, which no conform invariant draws: hand-made calls, checked
@@ -361,40 +289,3 @@ def test_mutants_do_not_import_refattn():
             else:
                 continue
             assert not any(n.split(".")[0] == "refattn" for n in names), (path.name, names)
-
-
-def main(argv=None) -> int:
-    """`python tests/test_mutants.py [--seeds 0-4] [NAME ...]`: hunt mutants (default: the
-    survivors) at several seeds, one line per mutant and seed."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("names", nargs="*", help="mutants.<module>:<fn> (default: SURVIVORS)")
-    parser.add_argument("--seeds", default="0-4", help="a range a-b or a list a,b,c")
-    args = parser.parse_args(argv)
-    if "-" in args.seeds:
-        low, high = map(int, args.seeds.split("-"))
-        seeds = list(range(low, high + 1))
-    else:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    for name in args.names or list(mutants.SURVIVORS):
-        _, expected, level = REGISTRY[name]
-        kills = 0
-        for seed in seeds:
-            result = hunt(name, expected, level=level, seed=seed)
-            kills += result.killed_by is not None
-            first_line = result.detail.splitlines()[0] if result.detail else ""
-            print(
-                f"{name} seed {seed}: {result.killed_by or 'SURVIVED'}"
-                f" (example {result.first_failing_example}, {result.examples} examples,"
-                f" {result.seconds:.0f} s) {first_line}",
-                flush=True,
-            )
-        print(f"{name}: killed at {kills} of {len(seeds)} seeds", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

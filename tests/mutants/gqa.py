@@ -19,6 +19,7 @@ MUTANTS = {
     "gqa_repeat_wrong_axis": (("ATT-H3",), MUST),
     "gqa_group_from_length": (("ATT-H3",), MUST),
     "gqa_broadcast_only": (("ATT-H3", "ATT-H2"), MUST),
+    "gqa_large_group_tiled": (("ATT-H3", "ATT-H2"), MUST),
 }
 
 
@@ -153,3 +154,17 @@ def gqa_broadcast_only(
     if bias is not None:
         s = s + bias
     return attend(s, visible, v).astype(query.dtype)
+
+
+def gqa_large_group_tiled(
+    query, key, value, attn_mask=None, is_causal=False, scale=None, enable_gqa=False
+):
+    """Bug: groups of up to 4 query heads per kv head are packed into one tile and mapped
+    right (h // G); larger groups take a generic path that maps h % Hkv (G > 4, as in
+    Llama-3-70B's 64 query heads over 8 kv heads). Imitates: a specialised small-group
+    path beside a generic one written against the old tiling convention.
+    Caught by: ATT-H3, ATT-H2, only if the strategies drew G > 4 (they draw Hq <= 4)."""
+    h, Hq, Hkv = _heads(query, key)
+    G = Hq // Hkv
+    kv = h // G if G <= 4 else h % Hkv  # bug: h // G for every G
+    return _with_heads(query, key, value, attn_mask, is_causal, scale, kv, kv)

@@ -25,6 +25,7 @@ MUTANTS = {
     "bias_before_scale": (("ATT-N1",), MUST),
     "bias_clamped_finite": (("ATT-M4", "ATT-N1"), MUST),
     "bias_float64_read_as_bool": (("ATT-N1",), MUST),
+    "query_mask_squeezed_onto_keys": (("ATT-N1",), MUST),
 }
 
 
@@ -187,4 +188,19 @@ def bias_float64_read_as_bool(
     a bias)."""
     if attn_mask is not None and attn_mask.dtype != np.float32:
         attn_mask = attn_mask.astype(bool)  # bug: a float64 bias is not a bool mask
+    return _attention(query, key, value, attn_mask, is_causal, scale, enable_gqa)
+
+
+def query_mask_squeezed_onto_keys(
+    query, key, value, attn_mask=None, is_causal=False, scale=None, enable_gqa=False
+):
+    """Bug: a mask broadcast along the keys, (..., Lq, 1) (a query padding mask), has its
+    trailing singleton squeezed away and is re-expanded as a key mask, (..., 1, Lq): silently
+    wrong when Lq == Lk, a broadcasting error otherwise. Imitates: a wrapper that normalises
+    every mask to the (batch, kv_len) padding form with `mask.squeeze(-1)`.
+    Caught by: ATT-N1, only if the strategies drew masks of size 1 along Lk (they always
+    give masks all Lk keys)."""
+    along_keys = attn_mask is not None and attn_mask.ndim >= 2 and attn_mask.shape[-1] == 1
+    if along_keys and key.shape[-2] > 1:
+        attn_mask = attn_mask[..., 0][..., None, :]  # bug
     return _attention(query, key, value, attn_mask, is_causal, scale, enable_gqa)

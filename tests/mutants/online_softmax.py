@@ -36,6 +36,7 @@ MUTANTS = {
     "query_tail_rows_zero": (("ATT-N1",), MUST),
     "query_tile_causal_local_row": (("ATT-M5", "ATT-N1"), MUST),
     "query_tile_mask_not_advanced": (("ATT-N1",), MUST),
+    "head_dim_over_128_half_dropped": (("ATT-N1",), MUST),
 }
 
 
@@ -496,3 +497,19 @@ def query_tile_mask_not_advanced(
         rows = slice(qs, min(qs + 32, Lq))
         out[..., rows, :] = _loop(q, k, v, visible, bias, scale, range(0, Lk, 64), 64, rows)
     return out.astype(query.dtype)
+
+
+def head_dim_over_128_half_dropped(
+    query, key, value, attn_mask=None, is_causal=False, scale=None, enable_gqa=False
+):
+    """Bug: head dims above 128 go to a kernel that loads Q and K in two 128-wide halves and
+    accumulates the scores of the first half only (Dk > 128; the scale is right).
+    Imitates: a separate hdim-192/256 kernel, as FlashAttention instantiates one per head
+    dim, with its second k-loop iteration lost. Caught by: ATT-N1, only if the strategies
+    drew Dk > 128 (Gemma's 256, DeepSeek's 192)."""
+    q, k, v, visible, bias, scale = _setup(
+        query, key, value, attn_mask, is_causal, scale, enable_gqa
+    )
+    if q.shape[-1] > 128:
+        q, k = q[..., :128], k[..., :128]  # bug: the second half of q·k is dropped
+    return _loop(q, k, v, visible, bias, scale, range(0, k.shape[-2], 64), 64).astype(query.dtype)

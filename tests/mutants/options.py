@@ -24,6 +24,8 @@ MUTANTS = {
     "single_key_fast_path": (("ATT-W4",), MUST),
     "batch_shared_max": (("ATT-H4",), MUST),
     "batch_tail_chunk_dropped": (("ATT-H4", "ATT-N1"), MUST),
+    "head_dim_tail_reads_next_row": (("ATT-N1",), MUST),
+    "strided_view_read_as_contiguous": (("ATT-N1",), MUST),
 }
 
 
@@ -215,3 +217,57 @@ def batch_tail_chunk_dropped(
             query[rows], key[rows], value[rows], part_mask, is_causal, scale, enable_gqa
         )
     return out
+
+
+def _rows_read_in_lanes(x, lanes):
+    """Each row of x (..., D) as a kernel reads it in vectors of `lanes` from the flat
+    buffer, without a bound: D rounded up to a multiple of `lanes`, the overrun taken from
+    the next row (zeros past the end of the buffer)."""
+    D = x.shape[-1]
+    width = -(-D // lanes) * lanes
+    flat = np.concatenate([x.reshape(-1), np.zeros(width, dtype=x.dtype)])
+    rows = int(np.prod(x.shape[:-1], dtype=np.int64))
+    index = np.arange(rows)[:, None] * D + np.arange(width)[None, :]
+    return flat[index].reshape(*x.shape[:-1], width)
+
+
+def head_dim_tail_reads_next_row(
+    query, key, value, attn_mask=None, is_causal=False, scale=None, enable_gqa=False
+):
+    """Bug: head dims above 8 are read in vectors of 16 lanes with no tail mask, so when
+    Dk % 16 != 0 each q and k row runs on into the next row's first entries, which enter
+    q·k (dims up to 8 take a scalar path and are right). Imitates: a SIMD dot product whose
+    remainder loop was left out because every model's head dim is a multiple of 16.
+    Caught by: ATT-N1, only if the strategies drew a Dk above 8 that is not a multiple of
+    16 (they draw 1..8, 16, 32, 64, 80 and 128)."""
+    q, k, v = inputs(query, key, value, enable_gqa)
+    scale = resolve_scale(scale, q.shape[-1])
+    if q.shape[-1] > 8 and q.shape[-1] % 16:
+        q, k = _rows_read_in_lanes(q, 16), _rows_read_in_lanes(k, 16)  # bug: mask the tail
+    s = scores(q, k, scale)
+    visible, bias = masking(attn_mask, is_causal, s.shape, q.dtype)
+    if bias is not None:
+        s = s + bias
+    return attend(s, visible, v).astype(query.dtype)
+
+
+def _as_if_contiguous(x):
+    """x's memory read as a C-contiguous array of x's shape, whatever its strides (views
+    with a stride of 0 excepted: they would read past the buffer)."""
+    if x.flags.c_contiguous or 0 in x.strides:
+        return x
+    strides = np.cumprod((1, *x.shape[:0:-1]))[::-1] * x.itemsize
+    return np.lib.stride_tricks.as_strided(x, x.shape, tuple(strides), writeable=False)
+
+
+def strided_view_read_as_contiguous(
+    query, key, value, attn_mask=None, is_causal=False, scale=None, enable_gqa=False
+):
+    """Bug: the arrays' buffers are read as if they were C-contiguous in their shape,
+    ignoring their strides: a (B, H, L, D) view of a (B, L, H, D) projection output (what
+    `q.transpose(1, 2)` hands over) is read with heads and tokens mixed up. Imitates: a C
+    binding passing `x.ctypes.data` (or `data_ptr()`) without `ascontiguousarray`.
+    Caught by: ATT-N1 (the strategies draw such strided views)."""
+    query, key, value = (_as_if_contiguous(x) for x in (query, key, value))  # bug
+    scale = resolve_scale(scale, query.shape[-1])
+    return _attention(query, key, value, attn_mask, is_causal, scale, enable_gqa)
