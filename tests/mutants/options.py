@@ -24,7 +24,7 @@ MUTANTS = {
     "single_key_fast_path": (("ATT-W4",), MUST),
     "batch_shared_max": (("ATT-H4",), MUST),
     "batch_tail_chunk_dropped": (("ATT-H4", "ATT-N1"), MUST),
-    "head_dim_tail_reads_next_row": (("ATT-N1",), MUST),
+    "head_dim_tail_reads_next_row": (("ATT-H2", "ATT-N1"), MUST),
     "strided_view_read_as_contiguous": (("ATT-N1",), MUST),
 }
 
@@ -238,8 +238,9 @@ def head_dim_tail_reads_next_row(
     Dk % 16 != 0 each q and k row runs on into the next row's first entries, which enter
     q·k (dims up to 8 take a scalar path and are right). Imitates: a SIMD dot product whose
     remainder loop was left out because every model's head dim is a multiple of 16.
-    Caught by: ATT-N1, only if the strategies drew a Dk above 8 that is not a multiple of
-    16 (they draw 1..8, 16, 32, 64, 80 and 128)."""
+    Caught by: ATT-H2, whose multi-head layers draw head dims 9..32 (the last row of a head
+    reads the next head's first row in the layer, zeros when the head runs alone); ATT-N1
+    only if cases() drew such a Dk (it draws 1..8, 16, 32, 64, 80 and 128)."""
     q, k, v = inputs(query, key, value, enable_gqa)
     scale = resolve_scale(scale, q.shape[-1])
     if q.shape[-1] > 8 and q.shape[-1] % 16:
