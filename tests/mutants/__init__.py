@@ -1,0 +1,115 @@
+"""A mutation suite for the spec: realistic attention kernel bugs, and correct controls.
+
+"A conformance suite is worth the bugs it catches in code nobody showed it, and the correct
+code it leaves alone." Each module holds kernels of one bug class, written to the SDPA
+protocol on NumPy (B, H, L, D) arrays and independently of refattn (nothing here imports it):
+
+    online_softmax  blocked online softmax over key (and query) tiles, FlashAttention-style
+    split_kv        split-KV / decode merges of partial outputs by their lse
+    masks           mask broadcasting, layouts, bool vs float masks
+    causal          the causal diagonal, alignment, special cases, tile skipping
+    gqa             which kv head serves query head h
+    precision       dtypes of the steps, lossy tricks
+    nan_handling    fully masked rows, NaN and Inf
+    options         scale, Dv != Dk, empty sequences, batch
+    controls        correct kernels, written differently from refattn.reference
+
+Every module has a table MUTANTS = {name: (expected invariant IDs, level)}: the invariants
+the bug should fail, MUST when a MUST invariant should catch it, SHOULD when only a SHOULD
+one can. With tests/ on the path (pytest puts it there) each loads by name:
+
+    PYTHONPATH=tests refattn conform mutants.online_softmax:stale_max_rescale
+
+tests/test_mutants.py checks that each MUST-level mutant fails `refattn conform` at its
+defaults (100 examples, seed 0), that each SHOULD-level one fails its SHOULD invariant, and
+that the controls pass everything. The mutants that survive the defaults are listed in
+SURVIVORS below, each with why; their tests are strict xfails, so that strengthening the spec
+flips them and someone removes the entry.
+"""
+
+import importlib
+
+MODULES = (
+    "online_softmax",
+    "split_kv",
+    "masks",
+    "causal",
+    "gqa",
+    "precision",
+    "nan_handling",
+    "options",
+)
+
+CONTROLS = (
+    "mutants.controls:two_pass_float64",
+    "mutants.controls:online_k16",
+    "mutants.controls:online_k64_q32",
+    "mutants.controls:online_k128",
+    "mutants.controls:split_kv_lse",
+)
+
+# Run by the default `pytest` (about two minutes on 2 cores): one quick mutant of each class,
+# and one control. Everything else runs with `pytest -m mutants`.
+SAMPLE = (
+    "mutants.online_softmax:stale_max_rescale",
+    "mutants.split_kv:merge_max_not_sum",
+    "mutants.masks:mask_head_zero_for_all",
+    "mutants.causal:causal_bottom_right",
+    "mutants.gqa:gqa_modulo",
+    "mutants.precision:p_half_before_pv",
+    "mutants.nan_handling:fully_masked_mean",
+    "mutants.options:scale_or_default",
+)
+SAMPLE_CONTROLS = ("mutants.controls:online_k64_q32",)
+
+# MUST-level mutants that `refattn conform` does not catch at its defaults (100 examples,
+# seed 0), and why: the spec change that would catch each is in tests/mutants/README.md.
+# Their tests are xfail(strict=True): when the spec catches one, remove it from here.
+SURVIVORS: dict[str, str] = {
+    "mutants.online_softmax:loop_bound_lk_minus_one": (
+        "wrong only for Lk % 64 == 1 and Lk > 64 (65, 129, 193, 257): the strategies draw"
+        " none of these 4 lengths in 100 examples at seed 0"
+    ),
+    "mutants.online_softmax:head_dim_over_128_half_dropped": (
+        "wrong only for Dk > 128: the strategies draw Dk from 1..8, 16, 32, 64, 80, 128"
+    ),
+    "mutants.split_kv:long_context_split": (
+        "wrong only for Lk >= 512: the strategies draw Lk <= 320 (max_len)"
+    ),
+    "mutants.masks:query_mask_squeezed_onto_keys": (
+        "wrong only for masks broadcast along the keys (..., Lq, 1): the strategies always"
+        " give a mask all Lk keys"
+    ),
+    "mutants.causal:causal_or_mask": (
+        "unreachable: the SDPA protocol never passes attn_mask together with is_causal, and"
+        " ATT-M9 needs combined_masks"
+    ),
+    "mutants.gqa:gqa_large_group_tiled": (
+        "wrong only for GQA groups G > 4: the strategies draw at most 4 query heads"
+    ),
+    "mutants.nan_handling:plus_inf_score_selects_key": (
+        "breaks only SPEC.md's NaN and Inf rules, which no conform invariant draws (NaN or"
+        " Inf at visible keys)"
+    ),
+    "mutants.nan_handling:output_nan_to_num": (
+        "breaks only SPEC.md's NaN and Inf rules, which no conform invariant draws (NaN or"
+        " Inf at visible keys)"
+    ),
+    "mutants.options:negative_scale_abs": (
+        "wrong only for negative scales: the strategies draw scales in [0.01, 4] (ATT-S3 adds"
+        " 0 and 1e-7, ATT-S4 500)"
+    ),
+}
+
+
+def registry() -> dict[str, tuple[str, tuple[str, ...], str]]:
+    """Every mutant by its loadable name, 'mutants.<module>:<function>' ->
+    (its class, the invariant IDs expected to catch it, "MUST" or "SHOULD")."""
+    found = {}
+    for module_name in MODULES:
+        module = importlib.import_module(f"mutants.{module_name}")
+        for name, (expected, level) in module.MUTANTS.items():
+            if not callable(getattr(module, name, None)):
+                raise AttributeError(f"mutants.{module_name}.MUTANTS names {name!r}, no function")
+            found[f"mutants.{module_name}:{name}"] = (module_name, tuple(expected), level)
+    return found
