@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -101,7 +103,37 @@ def property_test(
             raise
 
     test.__name__ = f"test_{inv.id.replace('-', '_')}"
-    return test if seed is None else hypothesis_seed(seed)(test)
+    seeded = test if seed is None else hypothesis_seed(seed)(test)
+
+    @functools.wraps(seeded)
+    def run():
+        with _global_constants_only():
+            return seeded()
+
+    return run
+
+
+@contextlib.contextmanager
+def _global_constants_only():
+    """hypothesis (6.131 and later) mixes into its draws constants it finds in the "local"
+    modules loaded (not the standard library, not site-packages): which modules those are
+    depends on how the run was started (an editable install, pytest's own, a worker), so the
+    same seed drew different examples in different runs. The spec's runs draw from hypothesis'
+    global constants alone. (A private hook; without it, hypothesis' default stands.)"""
+    from hypothesis.internal.conjecture import providers
+
+    local = getattr(providers, "_get_local_constants", None)
+    if local is None or not hasattr(providers, "Constants"):
+        yield
+        return
+    none = providers.Constants()
+    providers._get_local_constants = lambda: none
+    providers.CONSTANTS_CACHE.cache.clear()
+    try:
+        yield
+    finally:
+        providers._get_local_constants = local
+        providers.CONSTANTS_CACHE.cache.clear()
 
 
 class _Draws:

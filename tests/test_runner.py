@@ -2,8 +2,9 @@
 list hypothesis' other draws; declared deviations still run."""
 
 import pytest
-from refattn.spec.registry import INVARIANTS, all_invariants
-from refattn.spec.runner import DEVIATION, FAIL, PASS, SKIP, run_invariant
+from refattn.spec.registry import INVARIANTS, MUST, Invariant, all_invariants
+from refattn.spec.runner import DEVIATION, FAIL, PASS, SKIP, property_test, run_invariant
+from refattn.spec.strategies import cases
 
 from refattn import reference
 from refattn.adapters import Adapter, Unsupported, load
@@ -83,3 +84,25 @@ def test_a_wrong_return_is_blamed_on_what_came_back(function, says):
     outcome = run_invariant(INVARIANTS["ATT-N1"], load(f"sdpa_functions:{function}"), seed=0)
     assert outcome.status == FAIL
     assert outcome.detail.splitlines()[0] == f"sdpa_functions:{function} {says}"
+
+
+def test_the_same_seed_draws_the_same_examples_whatever_is_imported(tmp_path, monkeypatch):
+    """hypothesis draws constants from the local modules loaded; the spec's runs must not
+    depend on which those are (a worker, pytest and an editable install load different ones)."""
+    drawn = []
+
+    def check(impl, data):
+        drawn.append(data.draw(cases(impl.capabilities), label="case"))
+
+    probe = Invariant("ATT-N99", "probe", MUST, "", "", "", (), check)
+    impl = Adapter.of("reference-again", reference.attention, ALL)
+    property_test(probe, impl, max_examples=40, seed=3)()
+    before, drawn[:] = list(drawn), []
+    module = tmp_path / "lots_of_constants.py"
+    module.write_text(
+        "".join(f"C{i} = {i * 7919 % 1000 / 7.0!r}\nN{i} = {i * 37}\n" for i in range(300))
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    __import__("lots_of_constants")
+    property_test(probe, impl, max_examples=40, seed=3)()
+    assert drawn == before

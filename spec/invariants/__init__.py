@@ -5,6 +5,7 @@ from refattn.spec.invariants import (  # noqa: F401
     composition,
     heads,
     masks,
+    nonfinite,
     numerics,
     scaling,
     shapes,
