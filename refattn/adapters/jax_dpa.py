@@ -11,6 +11,12 @@ automatic (head n uses kv head n // G). All of them combine (JAX ANDs its masks)
 bottom-right causal, no softcap, no Dv != Dk (value must have the key's shape), and does not
 return the weights.
 
+Gradients (capability backward): jax.vjp of the same function with respect to query, key, value
+and bias, jitted as one executable per static signature like the forward: the cotangent is
+grad_out, and (out, lse) with return_residual=True when a grad_lse is given, its cotangent
+grad_lse. The bias cotangent is JAX's for the bias it was given (batch dims flattened), summed
+back to the bias's shape.
+
 Compilation. XLA compiles per input shape, and a conformance run calls about 2400 distinct
 shapes (measured: the entries of a persistent compilation cache after a run). Each new one costs
 about 40 ms of tracing and lowering (JAX's Python) and 150-230 ms of XLA compilation with XLA's
@@ -40,8 +46,8 @@ import os
 import numpy as np
 
 from refattn.adapters import Adapter, Prepared, require
-from refattn.adapters._layout import from_4d, lengths_to_1d, scores_to_4d, to_4d
-from refattn.call import AttentionCall, Result
+from refattn.adapters._layout import from_4d, lengths_to_1d, scores_from_4d, scores_to_4d, to_4d
+from refattn.call import AttentionCall, AttentionGradients, Result
 from refattn.capabilities import Capabilities
 
 NAME = "jax"
@@ -64,6 +70,7 @@ CAPABILITIES = Capabilities(
         "scale",
         "lse",
         "empty",
+        "backward",
     }
 )
 
@@ -124,6 +131,7 @@ def adapter() -> Adapter:
         NAME,
         functools.partial(prepare, jax),
         CAPABILITIES,
+        prepare_backward=functools.partial(prepare_backward, jax),
         deviations=DEVIATIONS,
         packages=("jax", "jaxlib"),
         notes=notes,
@@ -163,41 +171,93 @@ def _jitted(jax, signature: tuple, options_key: tuple | None):
     return jax.jit(_dot_product_attention(jax, signature), compiler_options=options)
 
 
-def prepare(jax, call: AttentionCall) -> Prepared:
-    """refattn's call as jax.nn.dot_product_attention (see the module docstring): the inputs
-    on the device and the executable compiled here, the call alone in `run`."""
-    batch = call.batch_shape
-    Lq, Lk = call.Lq, call.Lk
+@functools.cache
+def _jitted_backward(jax, signature: tuple, options_key: tuple | None):
+    """The vector-Jacobian product of the call with respect to q, k, v and bias, jitted: one
+    executable per input shape. The cotangent is d_out, or (d_out, d_lse) when the signature
+    returns the lse residual."""
+    options = None if options_key is None else dict(options_key)
+    forward = _dot_product_attention(jax, signature)
 
-    def btnh(x):  # (B..., H, L, D) -> (B, L, H, D)
-        return np.swapaxes(to_4d(x, batch), 1, 2)
+    def backward(q, k, v, mask, bias, window, lengths, scale, cotangent):
+        def differentiated(q, k, v, bias):
+            return forward(q, k, v, mask, bias, window, lengths, scale)
 
-    signature = (
+        _, vjp = jax.vjp(differentiated, q, k, v, bias)
+        return vjp(cotangent)
+
+    return jax.jit(backward, compiler_options=options)
+
+
+def _btnh(x: np.ndarray, batch: tuple[int, ...]) -> np.ndarray:
+    """(B..., H, L, D) -> (B, L, H, D), JAX's layout; (B..., H, L) -> (B, L, H) for an lse."""
+    return np.swapaxes(to_4d(x, batch), 1, 2)
+
+
+def _signature(call: AttentionCall, want_lse: bool) -> tuple:
+    return (
         call.mask is not None,
         call.bias is not None,
         call.causal == "top_left",
         call.window is not None,
         call.kv_lengths is not None,
         call.scale is not None,
-        call.return_lse,
+        want_lse,
     )
-    window, lengths = call.window, call.kv_lengths
-    arguments = jax.device_put(
-        (
-            btnh(call.query),
-            btnh(call.key),
-            btnh(call.value),
-            None if call.mask is None else scores_to_4d(call.mask, batch),
-            None if call.bias is None else scores_to_4d(call.bias, batch),
-            None
-            if window is None
-            else np.array([Lq + Lk if w is None else w for w in window], "i4"),
-            None if lengths is None else lengths_to_1d(lengths, batch).astype(np.int32),
-            None if call.scale is None else np.float32(call.scale),
-        )
+
+
+def _arguments(call: AttentionCall) -> tuple:
+    """The jitted function's arguments for `call`, in JAX's layout (not yet on the device)."""
+    batch, window, lengths = call.batch_shape, call.window, call.kv_lengths
+    return (
+        _btnh(call.query, batch),
+        _btnh(call.key, batch),
+        _btnh(call.value, batch),
+        None if call.mask is None else scores_to_4d(call.mask, batch),
+        None if call.bias is None else scores_to_4d(call.bias, batch),
+        None
+        if window is None
+        else np.array([call.Lq + call.Lk if w is None else w for w in window], "i4"),
+        None if lengths is None else lengths_to_1d(lengths, batch).astype(np.int32),
+        None if call.scale is None else np.float32(call.scale),
     )
+
+
+def _options_key() -> tuple | None:
     options = compile_options()
-    compiled = _jitted(jax, signature, None if options is None else tuple(options.items()))
+    return None if options is None else tuple(options.items())
+
+
+def prepare_backward(jax, call: AttentionCall, grad_out, grad_lse) -> Prepared:
+    """The gradients of `call` by jax.vjp (see the module docstring), prepared as `prepare`
+    prepares the forward: inputs and cotangents on the device, the executable compiled here."""
+    batch = call.batch_shape
+    cotangent = _btnh(grad_out, batch)
+    if grad_lse is not None:
+        cotangent = (cotangent, _btnh(grad_lse[..., None], batch)[..., 0])
+    arguments = jax.device_put((*_arguments(call), cotangent))
+    signature = _signature(call, want_lse=grad_lse is not None)
+    compiled = _jitted_backward(jax, signature, _options_key())
+
+    def run():
+        return jax.block_until_ready(compiled(*arguments))
+
+    def output(returned) -> AttentionGradients:
+        d_q, d_k, d_v, d_bias = returned
+        d_q, d_k, d_v = (from_4d(np.swapaxes(np.asarray(x), 1, 2), batch) for x in (d_q, d_k, d_v))
+        if d_bias is not None:
+            d_bias = scores_from_4d(np.asarray(d_bias), call.bias.shape, batch)
+        return AttentionGradients(d_q, d_k, d_v, d_bias)
+
+    return Prepared(run, output)
+
+
+def prepare(jax, call: AttentionCall) -> Prepared:
+    """refattn's call as jax.nn.dot_product_attention (see the module docstring): the inputs
+    on the device and the executable compiled here, the call alone in `run`."""
+    batch = call.batch_shape
+    arguments = jax.device_put(_arguments(call))
+    compiled = _jitted(jax, _signature(call, call.return_lse), _options_key())
 
     def run():
         return jax.block_until_ready(compiled(*arguments))  # jax dispatches asynchronously
