@@ -92,6 +92,19 @@ DEVIATIONS = {
     "ATT-N2": f"{_BLIND}: the mean of V, not 0",
     "ATT-N4": f"{_BLIND}: lse is about -2.4e38, not -inf",
     "ATT-C1": f"{_BLIND}: a chunk in which a row sees nothing contributes its mean of V",
+    # The gradients: a row that sees no key averages every value, so each hidden value gets
+    # dO/Lk from it where the spec says 0 (its dQ and dK are 0: the masked scores are constants),
+    # and a row hidden by -inf in the bias alone is NaN, whatever its upstream. Each ID below
+    # passes when the upstream of those rows is zeroed and such rows are given as a bool mask
+    # (checked at 100 examples); ATT-G1 and ATT-G5 also fail through the lse, below.
+    "ATT-G1": f"{_BLIND}, and the lse residual is under lax.stop_gradient: grad_lse is dropped",
+    "ATT-G3": f"{_BLIND}: a row that sees no key sends dO/Lk to every value, hidden ones too",
+    "ATT-G5": "the lse residual is returned under lax.stop_gradient, so its cotangent is "
+    "dropped: Σ_j dbias_ij = 0, not grad_lse_i; and rows hidden by -inf bias alone are NaN",
+    "ATT-G6": f"{_BLIND}: dV gets dO/Lk from a row that sees no key, where Pᵀ·dO has 0",
+    "ATT-G7": f"{_BLIND}: the gradients of such rows are linear, but the spec's tolerance "
+    "there is 0 (its gradient is exactly 0)",
+    "ATT-G8": f"{_BLIND}: as ATT-G7, the spec allows no rounding where it says 0",
 }
 
 NOTES = (
