@@ -384,3 +384,11 @@ def test_upstream_is_checked_before_the_call():
         REFERENCE.gradients(call, grad_out[..., :2])
     with pytest.raises(TypeError, match=r"grad_out\.dtype should be float64"):
         REFERENCE.gradients(call, grad_out.astype(np.float32))
+
+
+def test_what_the_forward_returns_plays_no_part():
+    call, grad_out = _call()
+    asking = call.replace(return_lse=True, return_weights=True)
+    plain = REFERENCE.gradients(call, grad_out)
+    for got, want in zip(REFERENCE.gradients(asking, grad_out), plain, strict=True):
+        assert (got is None and want is None) or np.array_equal(got, want)

@@ -44,6 +44,7 @@ Implementations by name (`load`):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import platform
@@ -221,7 +222,10 @@ class Adapter:
     def gradients(self, call: AttentionCall, grad_out, grad_lse=None) -> AttentionGradients:
         """The gradients of L = Σ grad_out·out (+ Σ grad_lse·lse) for `call`: refuse it
         (Unsupported) if it needs what the adapter lacks (backward; lse for grad_lse), check
-        grad_out and grad_lse (AttentionCall.check_upstream), then prepare, run and convert."""
+        grad_out and grad_lse (AttentionCall.check_upstream), then prepare, run and convert.
+        What the call asks the forward to return (return_lse, return_weights) plays no part."""
+        if call.return_lse or call.return_weights:
+            call = dataclasses.replace(call, return_lse=False, return_weights=False)
         why = self.refusal(call, backward=True, grad_lse=grad_lse is not None)
         if why:
             raise Unsupported(why, derived=True)
