@@ -161,6 +161,16 @@ class AttentionCall:
         given = {"query": self.query, "key": self.key, "value": self.value, **self.options()}
         return f"{function}(" + ", ".join(f"{n}={_show(x)}" for n, x in given.items()) + ")"
 
+    def check_upstream(self, grad_out, grad_lse=None) -> None:
+        """TypeError or ValueError unless grad_out (dO) has out's shape (B..., Hq, Lq, Dv) and
+        dtype (the query's) and grad_lse (dlse, None or) lse's shape (B..., Hq, Lq) and dtype
+        (the compute dtype), both finite: the gradients of a loss with respect to the outputs,
+        as a backward pass takes them."""
+        out_shape = (*self.batch_shape, self.Hq, self.Lq, self.Dv)
+        _check_upstream("grad_out", grad_out, out_shape, self.dtype, "out's")
+        if grad_lse is not None:
+            _check_upstream("grad_lse", grad_lse, out_shape[:-1], self.compute_dtype, "lse's")
+
     def returns(self, out, lse=None, weights=None):
         """What an attention function returns for this call: out, or (out, lse), (out, weights)
         or (out, lse, weights), as return_lse and return_weights ask."""
@@ -174,6 +184,15 @@ class Result(NamedTuple):
     out: np.ndarray  # (B..., Hq, Lq, Dv)
     lse: np.ndarray | None  # (B..., Hq, Lq)
     weights: np.ndarray | None  # (B..., Hq, Lq, Lk)
+
+
+class AttentionGradients(NamedTuple):
+    """The gradients of a loss with respect to each input of a call (SPEC.md, "Gradients")."""
+
+    query: np.ndarray  # (B..., Hq, Lq, Dk), the query's dtype
+    key: np.ndarray  # (B..., Hkv, Lk, Dk)
+    value: np.ndarray  # (B..., Hkv, Lk, Dv)
+    bias: np.ndarray | None  # the bias's own shape and dtype; None when the call has no bias
 
 
 # The options and their defaults, read off the fields after query, key and value.
@@ -214,6 +233,18 @@ def call_signature(function=None, *, without=()):
         return fn
 
     return decorate if function is None else decorate(function)
+
+
+def _check_upstream(name: str, x, shape: tuple[int, ...], dtype: np.dtype, whose: str) -> None:
+    """x is the gradient of an output: that output's dtype and shape, and finite."""
+    _checks.check_float_array(name, x)
+    _checks.check_same_dtype(name, x, dtype, whose)
+    if x.shape != shape:
+        raise ValueError(f"{name}.shape should be {shape} ({whose}), but got {x.shape}")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{name} should be finite, but got {x[where]} at index {where}")
 
 
 def _show(x) -> str:

@@ -36,9 +36,12 @@ CAPABILITIES = {
     "lse": "returning the log-sum-exp of each row's scores",
     "weights": "returning the attention weights",
     "empty": "zero-length query or key sequences (Lq = 0 or Lk = 0)",
+    "backward": "gradients of query, key, value (and bias) for a given grad_out (and grad_lse, "
+    "with lse)",
 }
 
 ALL = frozenset(CAPABILITIES)
+FORWARD = ALL - {"backward"}  # every capability of the forward pass
 MASKING = ("mask", "bias", "causal_top_left", "causal_bottom_right", "window", "kv_lengths")
 FEATURES = ("mask", "bias", "causal", "window", "kv_lengths")  # the masking options of a call
 

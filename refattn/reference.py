@@ -30,13 +30,12 @@ float32).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import numpy as np
 
 from refattn import masks
 from refattn._checks import check_float_array, check_same_dtype, in_compute_dtype
-from refattn.call import AttentionCall, call_signature, check_option_names
+from refattn.call import AttentionCall, AttentionGradients, call_signature, check_option_names
 
 
 @call_signature
@@ -213,15 +212,6 @@ def merge_partials(outs: Sequence[np.ndarray], lses: Sequence[np.ndarray]):
 # The backward pass ----------------------------------------------------------------------------
 
 
-class AttentionGradients(NamedTuple):
-    """The gradients of a loss with respect to each input of attention."""
-
-    query: np.ndarray  # (B..., Hq, Lq, Dk), the query's dtype
-    key: np.ndarray  # (B..., Hkv, Lk, Dk)
-    value: np.ndarray  # (B..., Hkv, Lk, Dv)
-    bias: np.ndarray | None  # the bias's own shape and dtype; None when the call has no bias
-
-
 @call_signature(without=("return_lse", "return_weights"))
 def attention_backward(query, key, value, grad_out, *, grad_lse=None, **options):
     """The gradients of attention: a loss's gradient dO with respect to out (and dlse with
@@ -312,25 +302,11 @@ def attention_backward(query, key, value, grad_out, *, grad_lse=None, **options)
 def _checked_upstream(call: AttentionCall, grad_out, grad_lse) -> tuple[np.ndarray, np.ndarray]:
     """grad_out and grad_lse checked (dtype, shape, finite) and in the compute dtype; a missing
     grad_lse is 0."""
-    out_shape = (*call.batch_shape, call.Hq, call.Lq, call.Dv)  # (B..., Hq, Lq, Dv)
-    _check_upstream("grad_out", grad_out, out_shape, call.dtype, "out's")
+    call.check_upstream(grad_out, grad_lse)
     d_out = grad_out.astype(call.compute_dtype, copy=False)
     if grad_lse is None:
-        return d_out, np.zeros(out_shape[:-1], dtype=call.compute_dtype)
-    _check_upstream("grad_lse", grad_lse, out_shape[:-1], call.compute_dtype, "lse's")
+        return d_out, np.zeros(d_out.shape[:-1], dtype=call.compute_dtype)
     return d_out, grad_lse
-
-
-def _check_upstream(name: str, x, shape: tuple[int, ...], dtype: np.dtype, whose: str) -> None:
-    """x is the gradient of an output: that output's dtype and shape, and finite."""
-    check_float_array(name, x)
-    check_same_dtype(name, x, dtype, whose)
-    if x.shape != shape:
-        raise ValueError(f"{name}.shape should be {shape} ({whose}), but got {x.shape}")
-    bad = ~np.isfinite(x)
-    if bad.any():
-        where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"{name} should be finite, but got {x[where]} at index {where}")
 
 
 def _softcap_slope(q: np.ndarray, k: np.ndarray, call: AttentionCall) -> np.ndarray:

@@ -94,6 +94,38 @@ class Case:
 
 
 @dataclass(frozen=True)
+class Upstream:
+    """The recipe for a backward call's upstream gradients: grad_out (dO, out's shape and dtype)
+    and, with lse=True, grad_lse (dlse, lse's shape, the compute dtype), for a Case.
+
+        grad_out, grad_lse = Upstream(seed=3, lse=True).build(case)
+    """
+
+    seed: int = 0
+    zeros: float = 0.0  # the share of entries set to 0 (1.0: every one)
+    lse: bool = False  # also a grad_lse (else None)
+    step: float | None = None  # round every entry to a multiple of step, within ±4 (exact sums)
+
+    def build(self, case: Case):
+        """Return (grad_out, grad_lse or None), standard normal entries (see the fields)."""
+        rng = np.random.default_rng((self.seed, 1))  # a stream of its own, not the case's
+        rows = (*case.batch, case.Hq, case.Lq)
+        compute = np.float64 if case.dtype == "float64" else np.float32
+        grad_out = self._entries(rng, (*rows, case.Dv)).astype(case.dtype)
+        grad_lse = self._entries(rng, rows).astype(compute) if self.lse else None
+        return grad_out, grad_lse
+
+    def _entries(self, rng, shape) -> np.ndarray:
+        x = rng.standard_normal(shape)
+        if self.step is not None:
+            x = np.clip(np.round(x / self.step) * self.step, -4, 4)
+        return np.where(rng.random(shape) < self.zeros, 0.0, x)
+
+    def code(self) -> str:
+        return _code(self)
+
+
+@dataclass(frozen=True)
 class MHACase:
     """The recipe for a multi-head attention layer and its input x (B..., L, Dm)."""
 

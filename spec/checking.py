@@ -14,7 +14,7 @@ import numpy as np
 from refattn.spec.tolerance import mismatch
 
 from refattn.adapters import Unsupported, WrongReturn
-from refattn.call import AttentionCall, Result
+from refattn.call import AttentionCall, AttentionGradients, Result
 
 
 def run(impl, query, key, value, options, *, lse=False, weights=False) -> Result:
@@ -22,6 +22,13 @@ def run(impl, query, key, value, options, *, lse=False, weights=False) -> Result
     asked."""
     call = AttentionCall.check(query, key, value, **options, return_lse=lse, return_weights=weights)
     return impl.result(call)
+
+
+def run_backward(impl, query, key, value, options, grad_out, grad_lse=None) -> AttentionGradients:
+    """The gradients `impl` (an Adapter that claims backward) computes for this call, given
+    grad_out (and grad_lse): dq, dk, dv and dbias (None without a bias)."""
+    call = AttentionCall.check(query, key, value, **options)
+    return impl.gradients(call, grad_out, grad_lse)
 
 
 class Failure(AssertionError):
@@ -103,6 +110,14 @@ class Refused(Exception):
     NotImplementedError): not a failure; the example is set aside and the reason reported."""
 
 
+class GradientsCall:
+    """A backward call logged in an Example: the call, and the gradients of the loss with
+    respect to its outputs that it was given (refattn.spec.repro writes it out)."""
+
+    def __init__(self, call: AttentionCall, grad_out, grad_lse=None):
+        self.call, self.grad_out, self.grad_lse = call, grad_out, grad_lse
+
+
 class Example:
     """What one example of a property did: the recipe it drew, and every call it made."""
 
@@ -133,6 +148,23 @@ class Watched:
             if self._on_call is not None:
                 self._on_call(None, self._example)  # it returned
             return result
+        except Unsupported as refusal:
+            if refusal.derived:  # refattn asked for what the adapter does not claim: a bug of ours
+                raise Raised(refusal, call) from refusal
+            raise Refused(str(refusal)) from refusal
+        except NotImplementedError as refusal:
+            raise Refused(f"{type(refusal).__name__}: {refusal}") from refusal
+        except Exception as error:
+            raise Raised(error, call) from error
+
+    def gradients(self, call: AttentionCall, grad_out, grad_lse=None) -> AttentionGradients:
+        """As `result`, for the gradients: logged as a GradientsCall (on_call is given the call
+        itself), refusals and errors wrapped the same way."""
+        self._example.calls.append(GradientsCall(call, grad_out, grad_lse))
+        if self._on_call is not None:
+            self._on_call(call, self._example)
+        try:
+            return self._impl.gradients(call, grad_out, grad_lse)
         except Unsupported as refusal:
             if refusal.derived:  # refattn asked for what the adapter does not claim: a bug of ours
                 raise Raised(refusal, call) from refusal

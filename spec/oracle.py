@@ -271,7 +271,7 @@ def attention_backward(query, key, value, grad_out, options, grad_lse=None) -> G
             query=dq,
             key=_per_kv_head(dk, key.shape[-3]),
             value=_per_kv_head(dv, key.shape[-3]),
-            bias=None if bias is None else _to_bias_shape(ds_all, np.shape(bias)),
+            bias=None if bias is None else to_bias_shape(ds_all, np.shape(bias)),
         )
 
 
@@ -289,7 +289,7 @@ def _per_kv_head(grad: np.ndarray, Hkv: int) -> np.ndarray:
     return summed
 
 
-def _to_bias_shape(full: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def to_bias_shape(full: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """The gradient of a bias of `shape` broadcast to full's shape: full summed over every axis
     where the bias, padded on the left with 1s, has size 1."""
     padded = (1,) * (full.ndim - len(shape)) + tuple(shape)
@@ -300,6 +300,11 @@ def _to_bias_shape(full: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 # The cube root of float64's machine epsilon: the step of a central difference, relative to
 # the size of the entry it moves (see finite_differences).
 _STEP = float(np.finfo(np.float64).eps) ** (1 / 3)
+
+
+def difference_step(x: float) -> float:
+    """The step h that finite_differences moves an entry of value x by: ε^(1/3)·max(|x|, 1)."""
+    return _STEP * max(abs(float(x)), 1.0)
 
 
 def finite_differences(f, x, *, where=None) -> np.ndarray:
@@ -321,7 +326,7 @@ def finite_differences(f, x, *, where=None) -> np.ndarray:
         if not where[index]:
             continue
         centre = x[index]
-        h = _STEP * max(abs(centre), 1.0)
+        h = difference_step(centre)
         up, down = centre + h, centre - h
         x[index] = up
         f_up = float(f(x))

@@ -21,6 +21,7 @@ SECTIONS = {
     "N": "Numerics",
     "C": "Composition",
     "D": "Shapes",
+    "G": "Gradients",
 }
 
 _ID = re.compile(r"^ATT-([A-Z])(\d+)$")

@@ -90,7 +90,7 @@ its softmax over the visible keys alone. It is written independently of `refattn
 which is one of the implementations the spec checks; a bug planted in the reference makes
 `refattn conform reference` fail (`tests/test_oracle.py`).
 
-## Gradients
+## Backward: the gradients of the Definition
 
 The backward pass of the Definition: given `dO = ∂L/∂out` (and optionally `dlse = ∂L/∂lse`)
 for some loss L, the gradients of L with respect to query, key, value and bias. With

@@ -1,10 +1,12 @@
 """Reproductions: a failing check written out as code that, run as printed, shows the failure.
 
 A reproduction holds every input of the failing example (each call the property made, in the
-order it made them), each call written in the implementation's own protocol (a user's SDPA
-function is called as `sdpa(query, key, value, attn_mask=..., is_causal=...)`, not through
-refattn), and the spec's expected value for what was compared. Small inputs are written inline;
-larger ones go to an .npz file that the snippet loads.
+order it made them; a backward call with its grad_out and grad_lse), each call written in the
+implementation's own protocol (a user's SDPA function is called as
+`sdpa(query, key, value, attn_mask=..., is_causal=...)`, its backward as
+`sdpa.backward(query, key, value, grad_out, ...)`, not through refattn), and the spec's expected
+value for what was compared. Small inputs are written inline; larger ones go to an .npz file
+that the snippet loads.
 """
 
 from __future__ import annotations
@@ -66,12 +68,17 @@ def reproduction(impl, example, failure) -> Reproduction:
     """The reproduction of a failed check: every call of `example` in `impl`'s own protocol,
     each call's distance from the spec's own value of its output, and the two sides the check
     compared."""
+    from refattn.spec.checking import GradientsCall
     from refattn.spec.tolerance import expect
 
     setup: list[str] = []
     calls: list[str] = []
     arrays: dict[str, np.ndarray] = {}
     for i, call in enumerate(example.calls):
+        if isinstance(call, GradientsCall):
+            snippet = _gradients(impl, call, i, calls, arrays)
+            setup += [line for line in snippet.setup if line not in setup]
+            continue
         snippet = impl.snippet(call, f"c{i}_")
         setup += [line for line in snippet.setup if line not in setup]
         arrays.update(snippet.arrays)
@@ -102,6 +109,37 @@ def reproduction(impl, example, failure) -> Reproduction:
                 'int((np.abs(np.asarray(got, float) - against) > data["allowed"]).sum()))'
             )
     return Reproduction(setup, calls, notes, arrays)
+
+
+def _gradients(impl, logged, i: int, calls: list[str], arrays: dict):
+    """A backward call of the example: `grads{i} = ...` in the implementation's own protocol (it
+    holds dq, dk, dv and dbias in that order), each gradient's distance from the spec's value."""
+    from refattn.spec.tolerance import expect_gradients
+
+    call = logged.call
+    snippet = impl.gradients_snippet(call, logged.grad_out, logged.grad_lse, f"c{i}_")
+    arrays.update(snippet.arrays)
+    calls.append(f"grads{i} = {snippet.code}")
+    options = call.options()
+    spec = expect_gradients(
+        call.query, call.key, call.value, logged.grad_out, logged.grad_lse, **options
+    )
+    for n, name in enumerate(("query", "key", "value", "bias")):
+        want = getattr(spec, name)
+        if want is None:
+            continue
+        arrays[f"spec{i}_d{name}"] = want
+        spec_name = f'data["spec{i}_d{name}"]'
+        got = f"np.asarray(grads{i}[{n}], float)"
+        line = (
+            f'print("grads{i} d{name}: largest difference from the spec\'s value", '
+            f"np.abs({got}.reshape({spec_name}.shape) - {spec_name}).max(initial=0), "
+            f'"(tolerance {getattr(spec.tol, name):.3g})")'
+        )
+        if name == "bias":  # a protocol may return it in the (broadcast) shape it was given
+            line = f"if np.size(grads{i}[3]) == {spec_name}.size:\n    {line}"
+        calls.append(line)
+    return snippet
 
 
 def _literal(array: np.ndarray) -> str:

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 from hypothesis import strategies as st
-from refattn.spec.cases import Case, MHACase
+from refattn.spec.cases import Case, MHACase, Upstream
 
 from refattn.capabilities import CAPABILITIES, exclusive_pairs
 
@@ -206,6 +206,27 @@ def seen_rows(query, key, options, impl) -> np.ndarray:
     if impl.semantics.fully_masked == "zero" and impl.semantics.fill is None:
         return np.ones(seeing.shape, dtype=bool)
     return seeing
+
+
+@st.composite
+def upstreams(draw, capabilities, *, lse=True, step=None):
+    """Returns a strategy for `Upstream`s: the gradients of a loss with respect to a call's
+    outputs, for a backward.
+
+    lse (default True): draw a grad_lse too, sometimes, when the implementation has "lse"
+    ("always": every time; False: never). step (default None): round the entries to
+    multiples of step within ±4, so that sums of a few of them scaled by powers of 2 are exact.
+    Shrinks toward no zeros and no grad_lse.
+    """
+    _check_options(lse=lse)
+    if lse == "always" and "lse" not in capabilities:
+        raise ValueError("lse='always' needs capability 'lse'")
+    with_lse = lse == "always" or (
+        bool(lse) and "lse" in capabilities and draw(st.booleans(), label="grad_lse")
+    )
+    zeros = draw(st.sampled_from([0.0, 0.25, 1.0]), label="share of zeros in the upstream")
+    seed = draw(st.integers(0, 2**32 - 1), label="upstream seed")
+    return Upstream(seed=seed, zeros=zeros, lse=with_lse, step=step)
 
 
 def option_float(x: float, case: Case, impl) -> float:

@@ -50,6 +50,76 @@ Properties that compare two calls add what their transformation costs, derived t
 inputs rounded to the input dtype after a transformation (a·V1 + b·V2 in ATT-A2, K + c in
 ATT-A5), chunk outputs rounded before a merge (ATT-C1), and for multi-head layers the error of
 the projections x·W + b and of the output projection (`expect_layer`).
+
+Gradients (`expect_gradients`). A backward computes, in the compute dtype, the steps of SPEC.md's
+Gradients section: dP = dO·Vᵀ, D_i = Σ_d dO_id·o_id, dS = P ⊙ (dP - D + dlse), dX = dS ⊙ σ with
+σ = 1 - tanh²(x/c) under a softcap c, dQ = scale·dX·K, dK = scale·dXᵀ·Q, dV = Pᵀ·dO, and
+dbias = dS summed over the bias's broadcast axes. Its inputs carry the forward's errors: each
+weight the relative error of step 2, plus u·|lse| for a backward that recomputes
+P = exp(s - lse) from a saved lse (FlashAttention's),
+
+    e_p = 2·E_s + (Lk + 8)·u + u·max|lse|,      |ΔP_ij| <= e_p·P_ij
+
+and each output element that of step 3, e_o = max|v|·(2·E_s + (2·Lk + 16)·u), plus its rounding
+to float16 (2^-11·max|v|) for a D computed from a stored float16 out. Element by element, with
+|·| the magnitudes of the float64 values and G = Hq / Hkv:
+
+5. dP_ij = dO_i·v_j, a sum of Dv terms:
+
+       e_dP_ij = (Dv + 2)·u·Σ_d |dO_id|·|v_jd|
+
+6. D_i, from out or as Σ_j P_ij·dP_ij (an implementation may take either form):
+
+       e_D_i = max(Σ_d |dO_id|·(e_o + (Dv + 2)·u·|o_id|),
+                   Σ_j P_ij·(e_p·|dP_ij| + e_dP_ij) + (Lk + 2)·u·Σ_j P_ij·|dP_ij|)
+
+7. dS_ij = P_ij·T_ij with T = dP - D + dlse (two subtractions and a product):
+
+       e_dS_ij = P_ij·((e_p + u)·|T_ij| + e_dP_ij + e_D_i + 2u·(|dP_ij| + |D_i| + |dlse_i|))
+
+8. Softcap: dX = dS·σ(x). σ has a slope of at most 4/(3√3·c) <= 0.77/c in x, whose error is
+   E_x,ij = (Dk + 2)·u·|scale|·Σ_d |q_id|·|k_jd|; tanh, the square and the product cost a few
+   ulps:
+
+       e_dX_ij = σ_ij·e_dS_ij + |dS_ij|·(0.77·E_x,ij / c + 5u)      (without a softcap, e_dS)
+
+9. The products: dQ sums Lk terms, dK and dV G·Lq terms (every query row of the kv head's
+   group), dbias m terms (the scores one bias entry is broadcast to):
+
+       e_dQ_id = |scale|·Σ_j (e_dX_ij + (Lk + 3)·u·|dX_ij|)·|k_jd|
+       e_dK_jd = |scale|·Σ_{h,i} (e_dX_ij + (G·Lq + 3)·u·|dX_ij|)·|q_id|
+       e_dV_jd = Σ_{h,i} (e_p + (G·Lq + 2)·u)·P_ij·|dO_id|
+       e_dbias = Σ over the entry's scores of (e_dS_ij + (m + 1)·u·|dS_ij|)
+
+A gradient's tolerance is the largest of its element bounds times the safety factor 4, as above.
+float16 gradients add twice 2^-11 times the size of their terms (the largest of Pᵀ·|dO|,
+|scale|·|dX|·|K|, |scale|·|dX|ᵀ·|Q| and |dS| summed like dbias): once for their rounding to
+float16, and once for that of the float16 operand of their last product (P, dS) in a kernel
+that keeps one, each at most 2^-11 times that size.
+
+Finite differences (`DifferenceBound`, ATT-G2). The central difference of
+L = Σ dO·out + Σ dlse·lse, the implementation's own float64 forward, in one entry x moved by
+h = ε^(1/3)·max(|x|, 1) (`oracle.finite_differences`), errs by h²·max|L'''|/6 (truncation) plus
+E/h, where E bounds the error of the forward's L over the rows the entry reaches
+(Σ_i Σ_d |dO_id|·tol_out + |dlse_i|·tol_lse, and the rounding of the float64 sum itself). L'''
+is bounded row by row: moving x moves row i's scores along a direction c (c_j = scale·k_jd for
+q_id; scale·q_id at key j alone for k_jd; 1 at the keys a bias entry reaches), and the
+derivatives along c of lse and of out = E_p[v] are the cumulants of c under the row's weights:
+lse''' = κ3(c), o''' = κ(v, c, c, c). With R the range of c over the row's visible keys and W_d
+that of v_·d, |κ3| <= R³ and |κ(v, c, c, c)| <= 4·W_d·R³, so
+
+    |L_i'''| <= R³·(4·Σ_d |dO_id|·W_d + |dlse_i|)
+
+A softcap c makes the scores c·tanh((x_j + t·c_j)/c) nonlinear in t; with A = max_j |c_j| their
+first three derivatives in t lie within ranges R1 = 2A, R2 = 1.54·A²/c and R3 = 4·A³/c² (the
+third at most 2·A³/c² in size), and the chain rule gives
+
+    |L_i'''| <= Σ_d |dO_id|·W_d·(4·R1³ + 3·R1·R2 + R3) + |dlse_i|·(R1³ + 3·R1·R2 + 2·A³/c²)
+
+L is linear in the values (L''' = 0). The truncation term takes the safety factor 4 (which also
+covers the one-ulp difference between the steps to x + h and to x - h, each rounded), and the
+gradient's own tolerance (above) is added: it is the implementation's analytic gradient that is
+compared with the difference.
 """
 
 from __future__ import annotations
@@ -276,3 +346,220 @@ def expect_layer(x, params, *, num_heads, num_kv_heads, **options) -> ExpectedLa
     rounding = (w_o.shape[0] + 2) * u * _finite_max(np.abs(merged) @ w_o + b_o)
     rounding += u * _finite_max(np.abs(y))  # y itself rounded to x's dtype
     return ExpectedLayer(y, out_error * float(w_o.sum(axis=0).max()) + SAFETY * rounding)
+
+
+# Gradients -------------------------------------------------------------------------------------
+
+# max |d/dx (1 - tanh²(x/c))| = 4/(3·sqrt(3)·c): the softcap slope's own slope, times c.
+_SLOPE_OF_SLOPE = 4 / (3 * 3**0.5)
+
+
+@dataclass(frozen=True)
+class GradientTolerance:
+    """Absolute bounds, per element, for each gradient of one call (bias None without one)."""
+
+    query: float
+    key: float
+    value: float
+    bias: float | None
+
+
+@dataclass(frozen=True)
+class ExpectedGradients:
+    """What the spec's float64 definition gives for a call's gradients
+    (oracle.attention_backward), and how close an implementation must be."""
+
+    query: np.ndarray
+    key: np.ndarray
+    value: np.ndarray
+    bias: np.ndarray | None
+    tol: GradientTolerance
+
+
+def expect_gradients(query, key, value, grad_out, grad_lse=None, **options) -> ExpectedGradients:
+    """The spec's float64 gradients of L = Σ grad_out·out + Σ grad_lse·lse for this call
+    (refattn.spec.oracle.attention_backward, never the implementation under test), with their
+    tolerance (`gradient_tolerance`)."""
+    q, k, v, options64 = as_float64(query, key, value, options)
+    d_out = np.asarray(grad_out, dtype=np.float64)
+    d_lse = None if grad_lse is None else np.asarray(grad_lse, dtype=np.float64)
+    want = oracle.attention_backward(q, k, v, d_out, options64, d_lse)
+    tol = gradient_tolerance(query, key, value, grad_out, grad_lse, **options)
+    return ExpectedGradients(want.query, want.key, want.value, want.bias, tol)
+
+
+def gradient_tolerance(query, key, value, grad_out, grad_lse=None, **options) -> GradientTolerance:
+    """The bounds of the module docstring ("Gradients", steps 5 to 9) for a backward computing
+    in the call's compute dtype, from the magnitudes of the float64 forward and its upstream."""
+    dtype = np.dtype(query.dtype).name
+    u = UNIT_ROUNDOFF[dtype]
+    q, k, v, options = as_float64(query, key, value, options)
+    forward = oracle.attention(q, k, v, options)
+    visible = oracle.visibility(q, k, options)
+    Hq, Hkv, Lq, Lk, Dk, Dv = (
+        q.shape[-3],
+        k.shape[-3],
+        q.shape[-2],
+        k.shape[-2],
+        q.shape[-1],
+        v.shape[-1],
+    )
+    G = Hq // max(Hkv, 1)
+    d_out = np.asarray(grad_out, dtype=np.float64)
+    d_lse = np.zeros(q.shape[:-1]) if grad_lse is None else np.asarray(grad_lse, np.float64)
+    carries = visible & np.isfinite(forward.lse)[..., None]  # the pairs that carry a gradient
+    P = np.where(carries, forward.weights, 0.0)  # (B..., Hq, Lq, Lk)
+    k_abs = np.repeat(np.abs(k), G, axis=-3)  # (B..., Hq, Lk, Dk): kv head h // G
+    v_h = np.repeat(v, G, axis=-3)
+    scale = options.get("scale")
+    scale = Dk**-0.5 if scale is None else abs(float(scale))
+    # The forward's errors (steps 1 to 3), before the safety factor.
+    forward_tol = _tolerance(dtype, q, k, v, options, forward.lse, forward.weights, forward.out)
+    E_s = forward_tol.score_error
+    e_p = 2 * E_s + (Lk + 8) * u + u * _finite_max(np.abs(forward.lse))
+    largest_v = _finite_max(np.abs(v))
+    e_o = largest_v * (2 * E_s + (2 * Lk + 16) * u) + OUTPUT_ROUNDING[dtype] * largest_v
+    with np.errstate(invalid="ignore"):
+        out = np.where(np.isfinite(forward.lse)[..., None], forward.out, 0.0)
+        # 5. dP = dO·Vᵀ
+        d_p = d_out @ np.swapaxes(v_h, -1, -2)
+        e_dp = (Dv + 2) * u * (np.abs(d_out) @ np.swapaxes(np.abs(v_h), -1, -2))
+        # 6. D_i, either form
+        D = np.sum(d_out * out, axis=-1, keepdims=True)
+        from_out = np.sum(np.abs(d_out) * (e_o + (Dv + 2) * u * np.abs(out)), axis=-1)
+        from_p = np.sum(P * (e_p * np.abs(d_p) + e_dp) + (Lk + 2) * u * P * np.abs(d_p), axis=-1)
+        e_D = np.maximum(from_out, from_p)[..., None]
+        # 7. dS = P ⊙ (dP - D + dlse)
+        T = d_p - D + d_lse[..., None]
+        d_s = P * T
+        rounding = 2 * u * (np.abs(d_p) + np.abs(D) + np.abs(d_lse)[..., None])
+        e_ds = P * ((e_p + u) * np.abs(T) + e_dp + e_D + rounding)
+        # 8. softcap
+        d_x, e_dx = d_s, e_ds
+        if options.get("softcap") is not None:
+            cap = float(options["softcap"])
+            x = oracle.scores(q, k, {"scale": options.get("scale")})
+            slope = np.where(carries, 1 - np.tanh(x / cap) ** 2, 0.0)
+            e_x = (Dk + 2) * u * scale * (np.abs(q) @ np.swapaxes(k_abs, -1, -2))
+            d_x = d_s * slope
+            e_dx = slope * e_ds + np.abs(d_s) * (_SLOPE_OF_SLOPE * e_x / cap + 5 * u)
+        # 9. the products
+        e_dq = scale * ((e_dx + (Lk + 3) * u * np.abs(d_x)) @ k_abs)
+        terms_kv = G * Lq
+        e_dk = _per_kv_head(
+            scale * (np.swapaxes(e_dx + (terms_kv + 3) * u * np.abs(d_x), -1, -2) @ np.abs(q)), Hkv
+        )
+        size_v = _per_kv_head(np.swapaxes(P, -1, -2) @ np.abs(d_out), Hkv)
+        e_dv = (e_p + (terms_kv + 2) * u) * size_v
+        size_q = scale * (np.abs(d_x) @ k_abs)
+        size_k = _per_kv_head(scale * (np.swapaxes(np.abs(d_x), -1, -2) @ np.abs(q)), Hkv)
+    rounding16 = 2 * OUTPUT_ROUNDING[dtype]  # the gradient's rounding and its operand's
+    tol = {
+        "query": SAFETY * _finite_max(e_dq) + rounding16 * _finite_max(size_q),
+        "key": SAFETY * _finite_max(e_dk) + rounding16 * _finite_max(size_k),
+        "value": SAFETY * _finite_max(e_dv) + rounding16 * _finite_max(size_v),
+        "bias": None,
+    }
+    bias = options.get("bias")
+    if bias is not None:
+        m = max(1, int(np.prod(visible.shape)) // max(1, int(np.prod(np.shape(bias)))))
+        e_db = oracle.to_bias_shape(e_ds + (m + 1) * u * np.abs(d_s), np.shape(bias))
+        size_b = oracle.to_bias_shape(np.abs(d_s), np.shape(bias))
+        tol["bias"] = SAFETY * _finite_max(e_db) + rounding16 * _finite_max(size_b)
+    return GradientTolerance(**tol)
+
+
+def _per_kv_head(grad: np.ndarray, Hkv: int) -> np.ndarray:
+    """(B..., Hq, L, D) -> (B..., Hkv, L, D): the sum over each kv head's group of query heads."""
+    *batch, Hq, length, dim = grad.shape
+    return grad.reshape(*batch, Hkv, Hq // max(Hkv, 1), length, dim).sum(axis=-3)
+
+
+class DifferenceBound:
+    """How far a central difference of an implementation's own float64 forward
+    (oracle.finite_differences, one entry at a time) may be from its gradient: the bound of
+    the module docstring ("Finite differences"), for the loss L = Σ grad_out·out + Σ
+    grad_lse·lse restricted to the rows an entry reaches (`rows`)."""
+
+    def __init__(self, query, key, value, grad_out, grad_lse=None, **options):
+        q, k, v, self.options = as_float64(query, key, value, options)
+        self.q, self.k, self.v = q, k, v
+        forward = oracle.attention(q, k, v, self.options)
+        self.visible = oracle.visibility(q, k, self.options)  # (B..., Hq, Lq, Lk)
+        self.ordinary = np.isfinite(forward.lse)  # the rows whose L depends on their inputs
+        self.out, self.lse = forward.out, forward.lse
+        self.d_out = np.asarray(grad_out, dtype=np.float64)
+        d_lse = np.zeros(q.shape[:-1]) if grad_lse is None else grad_lse
+        self.d_lse = np.asarray(d_lse, dtype=np.float64)
+        self.forward_tol = _tolerance(
+            "float64", q, k, v, self.options, forward.lse, forward.weights, forward.out
+        )
+        self.gradient_tol = gradient_tolerance(q, k, v, self.d_out, grad_lse, **self.options)
+        self.G = q.shape[-3] // max(k.shape[-3], 1)
+        scale = self.options.get("scale")
+        self.scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+
+    def _slopes(self, name: str, index: tuple[int, ...]) -> np.ndarray:
+        """c: how each score s_ij (before the softcap, x_ij, for query and key) moves with the
+        entry, (B..., Hq, Lq, Lk); 0 where it does not."""
+        c = np.zeros(self.visible.shape)
+        if name == "query":
+            *batch, h, i, d = index
+            kv = np.repeat(self.k, self.G, axis=-3)[(*batch, h)]  # (Lk, Dk)
+            c[(*batch, h, i)] = self.scale * kv[:, d]
+        elif name == "key":
+            *batch, g, j, d = index
+            heads = slice(g * self.G, (g + 1) * self.G)
+            c[(*batch, heads, slice(None), j)] = self.scale * self.q[(*batch, heads)][..., d]
+        elif name == "bias":
+            bias = np.zeros(np.shape(self.options["bias"]))
+            bias[index] = 1.0
+            c = np.broadcast_to(bias, c.shape).copy()
+        return np.where(self.visible, c, 0.0)
+
+    def rows(self, name: str, index: tuple[int, ...]) -> np.ndarray:
+        """(B..., Hq, Lq) bool: the rows whose out or lse the entry can move."""
+        if name == "value":
+            *batch, g, j, _ = index
+            seen = np.zeros(self.visible.shape[:-1], dtype=bool)
+            heads = slice(g * self.G, (g + 1) * self.G)
+            seen[(*batch, heads)] = self.visible[(*batch, heads, slice(None), j)]
+            return seen & self.ordinary
+        c = self._slopes(name, index)
+        return (c != 0).any(axis=-1) & self.ordinary
+
+    def __call__(self, name: str, index: tuple[int, ...]) -> float:
+        """The tolerance of the central difference in the entry `name`[index] (name: query,
+        key, value or bias) against the implementation's gradient there."""
+        x = {"query": self.q, "key": self.k, "value": self.v}.get(name)
+        x = self.options["bias"] if x is None else x
+        h = oracle.difference_step(x[index])
+        rows = self.rows(name, index)
+        d_out, d_lse = self.d_out[rows], self.d_lse[rows]  # (n, Dv), (n,)
+        # Rounding: the forward's error of L over these rows, and the float64 sum of L itself.
+        error = (
+            np.abs(d_out).sum() * self.forward_tol.out + np.abs(d_lse).sum() * self.forward_tol.lse
+        )
+        terms = np.abs(d_out * self.out[rows]).sum() + np.abs(d_lse * self.lse[rows]).sum()
+        error += (d_out.size + d_lse.size + 1) * UNIT_ROUNDOFF["float64"] * terms
+        third = 0.0
+        if name != "value" and rows.any():
+            c = self._slopes(name, index)[rows]  # (n, Lk)
+            seen = self.visible[rows]
+            v = np.repeat(self.v, self.G, axis=-3)  # (B..., Hq, Lk, Dv)
+            v = np.broadcast_to(v[..., None, :, :], (*self.visible.shape, v.shape[-1]))[rows]
+            big, small = np.where(seen[..., None], v, -np.inf), np.where(seen[..., None], v, np.inf)
+            W = big.max(axis=-2) - small.min(axis=-2)  # (n, Dv): the range of v over visible keys
+            spread = np.sum(np.abs(d_out) * W, axis=-1)  # Σ_d |dO_id|·W_d
+            cap = self.options.get("softcap")
+            if cap is None or name == "bias":
+                R = np.where(seen, c, -np.inf).max(axis=-1) - np.where(seen, c, np.inf).min(axis=-1)
+                third = float(np.sum(R**3 * (4 * spread + np.abs(d_lse))))
+            else:
+                cap = float(cap)
+                A = np.abs(c).max(axis=-1)
+                R1, R2, R3 = 2 * A, 1.54 * A**2 / cap, 4 * A**3 / cap**2
+                on_out = spread * (4 * R1**3 + 3 * R1 * R2 + R3)
+                on_lse = np.abs(d_lse) * (R1**3 + 3 * R1 * R2 + 2 * A**3 / cap**2)
+                third = float(np.sum(on_out + on_lse))
+        return SAFETY * h**2 * third / 6 + error / h + getattr(self.gradient_tol, name)

@@ -18,7 +18,8 @@ from refattn.spec import oracle
 from refattn.spec.strategies import cases
 from refattn.spec.tolerance import mismatch
 
-from refattn.reference import AttentionGradients, attention, attention_backward
+from refattn.call import AttentionGradients
+from refattn.reference import attention, attention_backward
 
 NAMES = AttentionGradients._fields  # query, key, value, bias
 # float64 against float64: sums of at most a few dozen terms of size ~1, so the two orders of

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from refattn.spec.registry import all_invariants
 
 pytest_plugins = ["pytester"]
 
@@ -35,7 +36,7 @@ def spec_run(pytester, monkeypatch):
 def test_one_test_per_invariant_named_by_its_id(spec_run):
     result = spec_run("--refattn-impl", "sdpa_functions:correct", "--collect-only", "-q")
     assert "test_conformance.py::test_invariant[ATT-W1]" in result.stdout.str()
-    assert "38 tests collected" in result.stdout.str()
+    assert f"{len(all_invariants())} tests collected" in result.stdout.str()
 
 
 def test_passes_skips_and_failures(spec_run):

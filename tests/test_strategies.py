@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from hypothesis import find, given, settings
 from hypothesis import strategies as st
-from refattn.spec.cases import Case, MHACase
-from refattn.spec.strategies import broadcast_shapes, cases, mha_cases
+from refattn.spec.cases import Case, MHACase, Upstream
+from refattn.spec.strategies import broadcast_shapes, cases, mha_cases, upstreams
 
 from refattn.capabilities import ALL, MASKING
 
@@ -159,3 +159,44 @@ def test_mha_cases_build(layer):
     assert params.w_v.shape == (layer.d_model, layer.num_kv_heads * layer.value_head_dim)
     assert layer.num_heads % layer.num_kv_heads == 0
     assert isinstance(layer, MHACase)
+
+
+@given(st.data())
+@settings(max_examples=50)
+def test_upstreams_have_the_outputs_shapes_and_dtypes(data):
+    case = data.draw(cases(ALL, budget=2**12, max_len=16))
+    upstream = data.draw(upstreams(ALL))
+    grad_out, grad_lse = upstream.build(case)
+    assert grad_out.shape == (*case.batch, case.Hq, case.Lq, case.Dv)
+    assert grad_out.dtype == case.dtype  # out's dtype
+    if upstream.lse:
+        assert grad_lse.shape == grad_out.shape[:-1]
+        assert grad_lse.dtype == ("float64" if case.dtype == "float64" else "float32")
+    else:
+        assert grad_lse is None
+    assert np.isfinite(grad_out).all()
+
+
+def test_upstreams_draw_lse_only_with_the_capability():
+    without = find(upstreams(FEW), lambda u: True)
+    assert not without.lse
+    assert find(upstreams(FEW | {"lse"}), lambda u: u.lse).lse
+    assert find(upstreams(ALL), lambda u: u.zeros == 1.0).zeros == 1.0
+    with pytest.raises(ValueError, match="needs capability 'lse'"):
+        find(upstreams(FEW, lse="always"), lambda u: True)
+
+
+def test_upstreams_on_a_grid_add_exactly():
+    """step=1/16: a·x + b·y with a, b powers of 2 is exact in float16 (ATT-G7 relies on it)."""
+    case = Case(batch=(2,), Hq=2, Lq=16, Lk=3, Dv=32, dtype="float16")
+    x, _ = Upstream(seed=1, step=1 / 16).build(case)
+    y, _ = Upstream(seed=2, step=1 / 16).build(case)
+    for a, b in ((2.0, -2.0), (0.5, 2.0), (-1.0, 0.5)):
+        exact = a * x.astype(np.float64) + b * y.astype(np.float64)
+        assert ((a * x + b * y).astype(np.float64) == exact).all()
+
+
+def test_upstream_stream_is_not_the_cases():
+    """At the same seed, grad_out is not the query (they would be the same normal draws)."""
+    case = Case(Hq=2, Lq=3, Dk=4, Dv=4, seed=0)
+    assert not np.array_equal(Upstream(seed=0).build(case)[0], case.build()[0])

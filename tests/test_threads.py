@@ -142,6 +142,8 @@ def test_keyboard_interrupt_during_a_long_call_leaves_the_core_working():
         import numpy as np
         from refattn import native
 
+        # A shell's background job starts with SIGINT ignored, and Python keeps that.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         rng = np.random.default_rng(0)
         q = rng.standard_normal((1, 4, 3000, 64)).astype(np.float32)
         small = [rng.standard_normal((2, 3, 40, 16)).astype(np.float32) for _ in range(3)]

@@ -15,6 +15,15 @@ capability the adapter does not claim: refusals are derived from the capabilitie
 never written by an adapter. `adapter(query, key, value, **options)` is the reference's own
 protocol, for the layers (`refattn.multi_head_attention(..., attention=adapter)`).
 
+An adapter that claims `backward` also prepares the gradients of a call, the same three steps:
+
+    prepared = adapter.prepare_backward(call, grad_out, grad_lse)   dO (and dlse, or None)
+    returned = prepared.run()                                       forward and backward
+    gradients = prepared.output(returned)                           an AttentionGradients
+
+and `adapter.gradients(call, grad_out, grad_lse=None)` does all three, after refusing what needs
+a capability it does not claim (`backward`; `lse` too when grad_lse is given).
+
 Adapters translate layouts and option names; they never emulate a missing feature, because then
 the spec would be checking the adapter instead of the implementation.
 
@@ -35,6 +44,7 @@ Implementations by name (`load`):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import platform
@@ -43,8 +53,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from refattn.call import AttentionCall, Result, call_signature
-from refattn.capabilities import ALL, Capabilities, Semantics, combinable, exclusive_pairs
+from refattn.call import AttentionCall, AttentionGradients, Result, call_signature
+from refattn.capabilities import (
+    ALL,
+    FORWARD,
+    Capabilities,
+    Semantics,
+    combinable,
+    exclusive_pairs,
+)
 
 
 class ImplementationNotFound(LookupError):
@@ -76,10 +93,11 @@ class WrongReturn(TypeError):
 @dataclass(frozen=True)
 class Prepared:
     """A call made ready for one implementation: `run()` is the implementation's own call,
-    `output(returned)` turns what it returned into a Result in refattn's layout."""
+    `output(returned)` turns what it returned into a Result in refattn's layout (for a
+    backward, an AttentionGradients)."""
 
     run: Callable[[], object]
-    output: Callable[[object], Result]
+    output: Callable[[object], Result | AttentionGradients]
 
 
 @dataclass(frozen=True)
@@ -92,12 +110,21 @@ class Snippet:
     arrays: dict
 
 
-def reference_snippet(call: AttentionCall, prefix: str, function: str, setup, **fixed) -> Snippet:
-    """`function(query, key, value, **options)`: a call in the reference's own protocol."""
+def reference_snippet(
+    call: AttentionCall, prefix: str, function: str, setup, *, upstream=None, **fixed
+) -> Snippet:
+    """`function(query, key, value, **options)`: a call in the reference's own protocol; with
+    `upstream` = (grad_out, grad_lse), the backward's `function(query, key, value, grad_out,
+    grad_lse=..., **options)`."""
     arrays, arguments = {}, []
-    for name in ("query", "key", "value"):
-        arrays[prefix + name] = getattr(call, name)
+    given = [(name, getattr(call, name)) for name in ("query", "key", "value")]
+    if upstream is not None:
+        given.append(("grad_out", upstream[0]))
+    for name, array in given:
+        arrays[prefix + name] = array
         arguments.append(f'data["{prefix}{name}"]')
+    if upstream is not None and upstream[1] is not None:
+        fixed = {"grad_lse": upstream[1], **fixed}
     for name, value in {**call.options(), **fixed}.items():
         if isinstance(value, np.ndarray):
             arrays[prefix + name] = value
@@ -113,7 +140,7 @@ class Adapter:
 
     name: str
     prepare: Callable[[AttentionCall], Prepared] = field(repr=False)
-    capabilities: frozenset = ALL
+    capabilities: frozenset = FORWARD  # backward needs prepare_backward too
     semantics: Semantics = field(default_factory=Semantics)  # where the spec chooses: its choices
     deviations: Mapping[str, str] = field(default_factory=dict)
     packages: tuple[str, ...] = ()  # distributions whose versions the reports show
@@ -128,18 +155,52 @@ class Adapter:
     # How a reproduction writes a call: Snippet for (call, prefix of its array names), in the
     # implementation's own protocol; None: through refattn, `load(name)(query, key, value, ...)`.
     snippet_of: Callable[[AttentionCall, str], Snippet] | None = field(default=None, repr=False)
+    # The gradients (capability backward): Prepared for (call, grad_out, grad_lse or None), whose
+    # output is an AttentionGradients; and how a reproduction writes that call, a Snippet for
+    # (call, grad_out, grad_lse, prefix) (None: `load(name).gradients(AttentionCall...)`).
+    prepare_backward: Callable[..., Prepared] | None = field(default=None, repr=False)
+    backward_snippet_of: Callable[..., Snippet] | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if "backward" in self.capabilities and self.prepare_backward is None:
+            raise ValueError(f"{self.name} claims backward, but has no prepare_backward")
 
     @classmethod
-    def of(cls, name: str, function: Callable, capabilities=ALL, **fields) -> Adapter:
+    def of(
+        cls, name: str, function: Callable, capabilities=ALL, *, backward=None, **fields
+    ) -> Adapter:
         """The adapter of a NumPy function with the reference's own protocol,
-        function(query, key, value, **options) -> out or (out, lse?, weights?)."""
-        return cls(name, reference_protocol(function), capabilities, **fields)
+        function(query, key, value, **options) -> out or (out, lse?, weights?); with
+        `backward`, a function with the protocol of refattn.reference.attention_backward
+        (query, key, value, grad_out, *, grad_lse=None, **options) -> AttentionGradients or
+        (dq, dk, dv, dbias or None). It claims `capabilities` (default: every one) with
+        backward claimed exactly when `backward` is given."""
+        names = set(capabilities) - {"backward"} | ({"backward"} if backward else set())
+        claimed = Capabilities(names, exclusive=exclusive_pairs(capabilities))
+        prepare_backward = None if backward is None else reference_backward_protocol(backward)
+        return cls(
+            name,
+            reference_protocol(function),
+            claimed,
+            prepare_backward=prepare_backward,
+            **fields,
+        )
 
-    def refusal(self, call: AttentionCall) -> str | None:
-        """Why this implementation cannot run `call` (a capability it lacks), or None."""
-        missing = sorted(call.needs() - self.capabilities)
+    def refusal(self, call: AttentionCall, *, backward=False, grad_lse=False) -> str | None:
+        """Why this implementation cannot run `call` (a capability it lacks), or None. With
+        backward=True, why it cannot give the call's gradients: it needs backward too, and lse
+        for a grad_lse."""
+        needed = set(call.needs())
+        if backward:
+            needed |= {"backward", "lse"} if grad_lse else {"backward"}
+        missing = sorted(needed - self.capabilities)
         if missing:
-            return f"{self.name} does not claim {', '.join(missing)}, which {call.describe()} needs"
+            what = (
+                f"the gradients of {call.describe()} need"
+                if backward
+                else f"{call.describe()} needs"
+            )
+            return f"{self.name} does not claim {', '.join(missing)}, which {what}"
         features = call.masking()
         for i, first in enumerate(features):
             for second in features[i + 1 :]:
@@ -166,6 +227,30 @@ class Adapter:
         _check_shapes(call, result)
         return result
 
+    def gradients(self, call: AttentionCall, grad_out, grad_lse=None) -> AttentionGradients:
+        """The gradients of L = Σ grad_out·out (+ Σ grad_lse·lse) for `call`: refuse it
+        (Unsupported) if it needs what the adapter lacks (backward; lse for grad_lse), check
+        grad_out and grad_lse (AttentionCall.check_upstream), then prepare, run and convert.
+        What the call asks the forward to return (return_lse, return_weights) plays no part."""
+        if call.return_lse or call.return_weights:
+            call = dataclasses.replace(call, return_lse=False, return_weights=False)
+        why = self.refusal(call, backward=True, grad_lse=grad_lse is not None)
+        if why:
+            raise Unsupported(why, derived=True)
+        call.check_upstream(grad_out, grad_lse)
+        prepared = self.prepare_backward(call, grad_out, grad_lse)
+        returned = prepared.run()
+        try:
+            gradients = prepared.output(returned)
+        except WrongReturn:
+            raise
+        except Exception as error:  # what came back is not the gradients the call asks for
+            raise WrongReturn(
+                f"returned {_kind(returned)} as gradients, which cannot be read: {error}"
+            ) from None
+        _check_gradient_shapes(call, gradients)
+        return gradients
+
     @call_signature
     def __call__(self, query, key, value, **options):
         """The reference's protocol: arrays and keyword options in, out (and lse, weights) out."""
@@ -178,6 +263,24 @@ class Adapter:
             return self.snippet_of(call, prefix)
         setup = ("from refattn.adapters import load", f"impl = load({self.name!r})")
         return reference_snippet(call, prefix, "impl", setup)
+
+    def gradients_snippet(self, call: AttentionCall, grad_out, grad_lse=None, prefix="") -> Snippet:
+        """The backward call as code, for a reproduction: it evaluates to the gradients, in the
+        implementation's own protocol (see backward_snippet_of)."""
+        if self.backward_snippet_of is not None:
+            return self.backward_snippet_of(call, grad_out, grad_lse, prefix)
+        setup = (
+            "from refattn import AttentionCall",
+            "from refattn.adapters import load",
+            f"impl = load({self.name!r})",
+        )
+        forward = reference_snippet(call, prefix, "AttentionCall.check", ())
+        arrays = {**forward.arrays, prefix + "grad_out": grad_out}
+        code = f'impl.gradients({forward.code}, data["{prefix}grad_out"]'
+        if grad_lse is not None:
+            arrays[prefix + "grad_lse"] = grad_lse
+            code += f', grad_lse=data["{prefix}grad_lse"]'
+        return Snippet(setup, code + ")", arrays)
 
     @property
     def label(self) -> str:
@@ -219,6 +322,40 @@ def returned_array(x, name: str = "out") -> np.ndarray:
     return np.asarray(x)
 
 
+def returned_gradients(call: AttentionCall, returned) -> AttentionGradients:
+    """What a backward with the reference's protocol returned, as AttentionGradients: an
+    AttentionGradients, or a tuple (dq, dk, dv) or (dq, dk, dv, dbias), dbias given exactly
+    when the call has a bias."""
+    wanted = ["query", "key", "value"] + ["bias"] * (call.bias is not None)
+    parts = list(returned) if isinstance(returned, tuple | list) else None
+    if parts is not None and len(parts) == 4 and call.bias is None and parts[3] is None:
+        parts = parts[:3]  # an AttentionGradients without a bias
+    if parts is None or len(parts) != len(wanted):
+        raise WrongReturn(
+            f"returned {_kind(returned)} as gradients, but the call asks for a tuple "
+            f"({', '.join('d' + n for n in wanted)})"
+        )
+    arrays = {name: returned_array(x, "d" + name) for name, x in zip(wanted, parts, strict=True)}
+    return AttentionGradients(**{"bias": None, **arrays})
+
+
+def _check_gradient_shapes(call: AttentionCall, gradients: AttentionGradients) -> None:
+    """WrongReturn unless each gradient has its input's shape (None for a call without bias)."""
+    for name, array in zip(gradients._fields, gradients, strict=True):
+        given = getattr(call, name)
+        if (array is None) != (given is None):
+            returned = "nothing" if array is None else _kind(array)
+            raise WrongReturn(
+                f"returned {returned} as d{name}, but the call "
+                + ("has no bias" if given is None else f"has a {name} of shape {given.shape}")
+            )
+        if array is not None and array.shape != given.shape:
+            raise WrongReturn(
+                f"returned {_kind(array)} as d{name}, but d{name} should have {name}'s shape "
+                f"{given.shape}"
+            )
+
+
 def _check_shapes(call: AttentionCall, result: Result) -> None:
     """WrongReturn unless out, lse and weights have the shapes the call asks for."""
     expected = {
@@ -250,6 +387,21 @@ def reference_protocol(function: Callable, **fixed) -> Callable[[AttentionCall],
             function, call.query, call.key, call.value, **call.options(), **fixed
         )
         return Prepared(run, functools.partial(returned_result, call))
+
+    return prepare
+
+
+def reference_backward_protocol(function: Callable, **fixed) -> Callable[..., Prepared]:
+    """`prepare_backward` for a NumPy function with the protocol of
+    refattn.reference.attention_backward, function(query, key, value, grad_out, *,
+    grad_lse=None, **options) -> AttentionGradients or (dq, dk, dv[, dbias])."""
+
+    def prepare(call: AttentionCall, grad_out, grad_lse) -> Prepared:
+        given = {} if grad_lse is None else {"grad_lse": grad_lse}
+        run = functools.partial(
+            function, call.query, call.key, call.value, grad_out, **given, **call.options(), **fixed
+        )
+        return Prepared(run, functools.partial(returned_gradients, call))
 
     return prepare
 
@@ -291,10 +443,19 @@ def _reference(threads: int | None = None) -> Adapter:
     from refattn import reference
 
     setup = ("from refattn import reference",)
+
+    def backward_snippet(call, grad_out, grad_lse, prefix):
+        upstream = (grad_out, grad_lse)
+        function = "reference.attention_backward"
+        return reference_snippet(call, prefix, function, setup, upstream=upstream)
+
     return Adapter(
         "reference",
         reference_protocol(reference.attention),
+        ALL,
         snippet_of=lambda call, p: reference_snippet(call, p, "reference.attention", setup),
+        prepare_backward=reference_backward_protocol(reference.attention_backward),
+        backward_snippet_of=backward_snippet,
         title="refattn.reference",
         threads_how=_OPENBLAS_THREADS,
         score_copies=4.5,

@@ -46,3 +46,18 @@ def scores_to_4d(x: np.ndarray, batch: tuple[int, ...]) -> np.ndarray:
 def lengths_to_1d(kv_lengths, batch: tuple[int, ...]) -> np.ndarray:
     """kv_lengths broadcastable to (B...) as a (B,) int64 array."""
     return np.broadcast_to(np.asarray(kv_lengths), batch).reshape(-1).astype(np.int64)
+
+
+def scores_from_4d(grad: np.ndarray, shape: tuple[int, ...], batch: tuple[int, ...]) -> np.ndarray:
+    """The gradient with respect to an x of `shape` that was given to a peer as
+    scores_to_4d(x, batch), from the gradient with respect to what the peer was given: back in
+    x's shape, summed over the batch dims that scores_to_4d broadcast x along."""
+    if len(shape) <= 3:
+        return grad
+    padded = (1,) * (len(batch) + 3 - len(shape)) + tuple(shape)
+    leading, rest = padded[: len(batch)], padded[len(batch) :]
+    if math.prod(leading) == 1:
+        return grad.reshape(shape)
+    grad = grad.reshape(*batch, *rest)
+    spread = tuple(axis for axis, n in enumerate(leading) if n == 1)
+    return grad.sum(axis=spread, keepdims=True).reshape(shape)

@@ -36,6 +36,22 @@ Declare what the signature cannot say with `refattn.declare` (in code) or --with
 
 float16 and bfloat16 are never inferred: the spec computes them in float32 (P may be rounded),
 which a plain NumPy function does not do unless it means to; declare them.
+
+Gradients. A function of the SDPA protocol that has a `backward` attribute claims the
+capability backward: its backward pass, declared beside it (`sdpa.backward = sdpa_backward`),
+with the same protocol and the loss's gradient with respect to the output after the arrays:
+
+    fn.backward(query, key, value, grad_out, attn_mask=None, is_causal=False, scale=None)
+        -> (dq, dk, dv), or (dq, dk, dv, d_attn_mask) when attn_mask is a float (additive) mask
+
+    grad_out   dO = ∂L/∂out, (B, Hq, Lq, Dv) in the query's dtype
+    dq, dk, dv ∂L/∂query, ∂L/∂key, ∂L/∂value, in their shapes (with GQA, a kv head's gradient
+               sums those of the query heads that use it)
+    d_attn_mask ∂L/∂attn_mask, in the shape of the attn_mask given (not broadcast)
+
+It takes enable_gqa when the function does (a backward without it cannot be checked with the
+forward's capabilities, and loading says so). Raise NotImplementedError for a call it cannot
+differentiate (say, a float attn_mask): that example is set aside, never failed.
 """
 
 from __future__ import annotations
@@ -52,17 +68,20 @@ from refattn.adapters import (
     ImplementationNotFound,
     Prepared,
     Snippet,
+    WrongReturn,
+    _kind,
     reference_snippet,
     returned_array,
     returned_result,
 )
-from refattn.adapters._layout import from_4d, scores_to_4d, to_4d
+from refattn.adapters._layout import from_4d, scores_from_4d, scores_to_4d, to_4d
 from refattn.adapters.frameworks import FRAMEWORKS, converter, to_numpy
-from refattn.call import OPTIONS, AttentionCall, Result
+from refattn.call import OPTIONS, AttentionCall, AttentionGradients, Result
 from refattn.capabilities import CAPABILITIES, Capabilities, Semantics
 
 PROTOCOLS = ("sdpa", "refattn")
 PROTOCOL = ("query", "key", "value", "attn_mask", "is_causal", "scale")
+BACKWARD_PROTOCOL = ("query", "key", "value", "grad_out", "attn_mask", "is_causal", "scale")
 PROTOCOL_CAPABILITIES = (
     "float32",
     "float64",
@@ -166,19 +185,19 @@ def resolve(name: str):
     return target
 
 
-def keywords(fn) -> tuple[set[str], bool]:
-    """The parameter names of fn that can be given by keyword (its first three, which the
+def keywords(fn, protocol=PROTOCOL, arrays: int = 3) -> tuple[set[str], bool]:
+    """The parameter names of fn that can be given by keyword (its first `arrays`, which the
     arrays are passed to by position, may be named anything), and whether it takes **kwargs."""
     try:
         parameters = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):  # no signature to read (some builtins)
-        return set(PROTOCOL), False
+        return set(protocol), False
     positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if len(positional) >= 3 or any(p.kind is p.VAR_POSITIONAL for p in parameters):
-        named = set(PROTOCOL[:3])  # the arrays: by position, whatever their names
+    if len(positional) >= arrays or any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        named = set(protocol[:arrays])  # the arrays: by position, whatever their names
     else:
         named = set()
-    names = named | {p.name for p in parameters[3:] if p.kind is not p.VAR_KEYWORD}
+    names = named | {p.name for p in parameters[arrays:] if p.kind is not p.VAR_KEYWORD}
     names |= {p.name for p in parameters if p.kind is p.KEYWORD_ONLY}
     return names, any(p.kind is p.VAR_KEYWORD for p in parameters)
 
@@ -286,14 +305,24 @@ def sdpa_adapter(name: str, fn, causal_flag: str = "top_left", convert=lambda x:
             f"but has no {', '.join(missing)}"
         )
     declared = {k for k in OPTIONAL if k in names}
+    backward = getattr(fn, "backward", None)
+    if backward is not None:
+        _check_backward(name, backward, declared)
     claimed = {*PROTOCOL_CAPABILITIES, *(OPTIONAL[k] for k in declared)}
     if causal_flag == "bottom_right":  # its flag means the other alignment
         claimed = (claimed - {"causal_top_left"}) | {"causal_bottom_right"}
-    capabilities = Capabilities(claimed)
+    capabilities = Capabilities(claimed | ({"backward"} if backward is not None else set()))
     notes = [
         "SDPA protocol: fn(query, key, value, attn_mask=None, is_causal=False, scale=None) on "
         "NumPy (B, H, L, D) arrays; batch dims are flattened into B.",
         "Declared optional keywords: " + (", ".join(sorted(declared)) or "none") + ".",
+        "Gradients: "
+        + (
+            "fn.backward(query, key, value, grad_out, attn_mask=None, is_causal=False, "
+            "scale=None) -> (dq, dk, dv[, d_attn_mask])."
+            if backward is not None
+            else "none (fn has no backward attribute)."
+        ),
     ]
 
     def arguments(call: AttentionCall) -> tuple[tuple, dict]:
@@ -322,14 +351,30 @@ def sdpa_adapter(name: str, fn, causal_flag: str = "top_left", convert=lambda x:
 
         return Prepared(run, output)
 
+    def backward_arguments(call: AttentionCall, grad_out) -> tuple[tuple, dict]:
+        arrays, keywords = arguments(call)  # the forward's keywords, enable_gqa included
+        return (*arrays, to_4d(grad_out, call.batch_shape)), keywords
+
+    def prepare_backward(call: AttentionCall, grad_out, grad_lse) -> Prepared:
+        arrays, keywords = backward_arguments(call, grad_out)
+        arrays = [convert(x) for x in arrays]
+        keywords = {n: convert(x) for n, x in keywords.items()}
+        run = functools.partial(backward, *arrays, **keywords)
+
+        def output(returned) -> AttentionGradients:
+            if isinstance(returned, tuple | list):  # else _gradients says what it got
+                returned = _read_back(returned)
+            return _gradients(call, returned)
+
+        return Prepared(run, output)
+
     module, _, attribute = name.partition(":")
     setup = (f"from {module} import {attribute.split('.')[0]}",)
 
-    def snippet(call: AttentionCall, prefix: str) -> Snippet:
-        """`fn(query, key, value, attn_mask=..., is_causal=...)`: the call refattn made."""
-        positional, keywords = arguments(call)
+    def written(function: str, names, positional, keywords, prefix: str) -> Snippet:
+        """`function(query, key, value, ..., attn_mask=..., is_causal=...)`, as refattn calls it."""
         arrays, parts = {}, []
-        for what, array in zip(("query", "key", "value"), positional, strict=True):
+        for what, array in zip(names, positional, strict=True):
             arrays[prefix + what] = array
             parts.append(f'data["{prefix}{what}"]')
         for what, value in keywords.items():
@@ -338,7 +383,16 @@ def sdpa_adapter(name: str, fn, causal_flag: str = "top_left", convert=lambda x:
                 parts.append(f'{what}=data["{prefix}{what}"]')
             else:
                 parts.append(f"{what}={value!r}")
-        return Snippet(setup, f"{attribute}({', '.join(parts)})", arrays)
+        return Snippet(setup, f"{function}({', '.join(parts)})", arrays)
+
+    def snippet(call: AttentionCall, prefix: str) -> Snippet:
+        """`fn(query, key, value, attn_mask=..., is_causal=...)`: the call refattn made."""
+        return written(attribute, PROTOCOL[:3], *arguments(call), prefix)
+
+    def backward_snippet(call: AttentionCall, grad_out, grad_lse, prefix: str) -> Snippet:
+        """`fn.backward(query, key, value, grad_out, attn_mask=..., ...)`: the call refattn made."""
+        positional, keywords = backward_arguments(call, grad_out)
+        return written(f"{attribute}.backward", BACKWARD_PROTOCOL[:4], positional, keywords, prefix)
 
     return Adapter(
         name,
@@ -348,4 +402,48 @@ def sdpa_adapter(name: str, fn, causal_flag: str = "top_left", convert=lambda x:
         packages=(),
         notes=tuple(notes),
         snippet_of=snippet,
+        prepare_backward=None if backward is None else prepare_backward,
+        backward_snippet_of=None if backward is None else backward_snippet,
     )
+
+
+def _check_backward(name: str, backward, declared: set[str]) -> None:
+    """ImplementationNotFound unless fn.backward is a function with the backward protocol (and
+    enable_gqa when fn declares it)."""
+    if not callable(backward):
+        raise ImplementationNotFound(
+            f"{name}.backward should be a function, but is a {type(backward).__name__}"
+        )
+    names, var_keyword = keywords(backward, BACKWARD_PROTOCOL, 4)
+    wanted = [*BACKWARD_PROTOCOL, *sorted(declared)]
+    missing = [p for p in wanted if p not in names] if not var_keyword else []
+    if missing:
+        also = "".join(f", {k}" for k in sorted(declared))  # what fn itself declares
+        raise ImplementationNotFound(
+            f"{name}.backward should take (query, key, value, grad_out by position, then "
+            f"attn_mask=None, is_causal=False, scale=None{also}), but has no {', '.join(missing)}"
+        )
+
+
+def _gradients(call: AttentionCall, returned) -> AttentionGradients:
+    """What fn.backward returned, in refattn's layout: (dq, dk, dv), and d_attn_mask after
+    them when the call's attn_mask is a float one (its bias)."""
+    batch = call.batch_shape
+    wanted = ["dq", "dk", "dv"] + ["d_attn_mask"] * (call.bias is not None)
+    if not isinstance(returned, tuple | list) or len(returned) != len(wanted):
+        raise WrongReturn(
+            f"returned {_kind(returned)} from backward, but the call asks for a tuple "
+            f"({', '.join(wanted)})"
+        )
+    d_q, d_k, d_v, *d_mask = (returned_array(x, n) for x, n in zip(returned, wanted, strict=True))
+    d_q, d_k, d_v = (from_4d(x, batch) for x in (d_q, d_k, d_v))
+    d_bias = None
+    if d_mask:
+        given = scores_to_4d(call.bias, batch)
+        if d_mask[0].shape != given.shape:
+            raise WrongReturn(
+                f"returned an array {d_mask[0].dtype} {d_mask[0].shape} as d_attn_mask, but "
+                f"d_attn_mask should have the attn_mask's shape {given.shape}"
+            )
+        d_bias = scores_from_4d(d_mask[0], call.bias.shape, batch)
+    return AttentionGradients(d_q, d_k, d_v, d_bias)

@@ -12,6 +12,13 @@ torch.nn.attention.bias.causal_lower_right(Lq, Lk), PyTorch's own bottom-right c
 Hkv < Hq -> enable_gqa=True; scale -> scale. SDPA has no window, kv_lengths, softcap, lse or
 weights, and takes one attn_mask and not both of attn_mask and is_causal (its documented
 contract; the math backend raises), so masks are not combined.
+
+Gradients (capability backward): torch autograd through the same SDPA call, in the same backend,
+on leaf tensors that require grad (query, key, value, and a float attn_mask when the call has a
+bias): torch.autograd.grad(out, leaves, grad_outputs=grad_out), the vector-Jacobian product of
+L = Σ grad_out·out. SDPA returns no lse, so there is no grad_lse. The CPU flash kernel has no
+gradient for a float attn_mask (with requires_grad it finds "No available kernel"): torch-flash
+refuses the gradients of a call with a bias (Unsupported, an example set aside).
 """
 
 from __future__ import annotations
@@ -22,9 +29,9 @@ import warnings
 
 import numpy as np
 
-from refattn.adapters import Adapter, Prepared, require
+from refattn.adapters import Adapter, Prepared, Unsupported, require
 from refattn.adapters._layout import from_4d, scores_to_4d, to_4d
-from refattn.call import AttentionCall, Result
+from refattn.call import AttentionCall, AttentionGradients, Result
 from refattn.capabilities import Capabilities
 from refattn.dtypes import BFLOAT16
 
@@ -43,6 +50,7 @@ _COMMON = (
     "scale",
     "float64_options",
     "empty",
+    "backward",
 )
 
 _NOTES = (
@@ -82,16 +90,20 @@ def adapter(backend: str | None, threads: int | None = None) -> Adapter:
     notes.append(f"torch threads: {torch.get_num_threads()}.")
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
-    def prepare(call: AttentionCall) -> Prepared:
+    def arguments(call: AttentionCall, *, leaves: bool = False):
+        """q, k, v and SDPA's keywords for `call`, in the backend's layout; with leaves=True,
+        q, k, v and a float attn_mask require grad (the leaves, in that order, come last)."""
         batch = call.batch_shape
         query, key, value, mask, bias = call.query, call.key, call.value, call.mask, call.bias
         if backend == "flash":  # the flash kernel takes (B, H, L, D) and 2-D or 4-D masks
             query, key, value = (to_4d(x, batch) for x in (query, key, value))
             mask, bias = (None if x is None else _mask_4d(x, batch) for x in (mask, bias))
-        q, k, v = (_tensor(torch, x) for x in (query, key, value))
+        q, k, v = (_tensor(torch, x, leaf=leaves) for x in (query, key, value))
         options = {"scale": call.scale, "enable_gqa": call.Hq != call.Hkv}
-        if mask is not None or bias is not None:
-            options["attn_mask"] = _tensor(torch, mask if mask is not None else bias)
+        if mask is not None:
+            options["attn_mask"] = _tensor(torch, mask)
+        if bias is not None:
+            options["attn_mask"] = _tensor(torch, bias, leaf=leaves)
         if call.causal == "top_left":
             options["is_causal"] = True
         elif call.causal == "bottom_right":
@@ -100,9 +112,16 @@ def adapter(backend: str | None, threads: int | None = None) -> Adapter:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "Lower right causal bias will produce NaNs")
                 options["attn_mask"] = causal_lower_right(q.shape[-2], k.shape[-2])
-        run = functools.partial(sdpa, q, k, v, **options)
-        if forced is not None:
-            run = functools.partial(_forced, torch, forced, run)
+        given = (q, k, v) + ((options["attn_mask"],) if bias is not None else ())
+        return q, k, v, options, given
+
+    def forced_run(run):
+        return run if forced is None else functools.partial(_forced, torch, forced, run)
+
+    def prepare(call: AttentionCall) -> Prepared:
+        batch = call.batch_shape
+        q, k, v, options, _ = arguments(call)
+        run = forced_run(functools.partial(sdpa, q, k, v, **options))
 
         def output(out) -> Result:
             out = _array(torch, out)
@@ -110,11 +129,34 @@ def adapter(backend: str | None, threads: int | None = None) -> Adapter:
 
         return Prepared(run, output)
 
+    def prepare_backward(call: AttentionCall, grad_out, grad_lse) -> Prepared:
+        if backend == "flash" and call.bias is not None:
+            raise Unsupported(
+                "torch-flash has no gradient of a float attn_mask: the CPU flash kernel refuses "
+                "one that requires grad ('No available kernel')"
+            )
+        batch = call.batch_shape
+        q, k, v, options, leaves = arguments(call, leaves=True)
+        d_out = _tensor(torch, to_4d(grad_out, batch) if backend == "flash" else grad_out)
+
+        def backward():
+            out = sdpa(q, k, v, **options)
+            return torch.autograd.grad(out, leaves, grad_outputs=d_out)
+
+        def output(grads) -> AttentionGradients:
+            d_q, d_k, d_v, *d_bias = (_array(torch, g) for g in grads)
+            if backend == "flash":
+                d_q, d_k, d_v = (from_4d(x, batch) for x in (d_q, d_k, d_v))
+            return AttentionGradients(d_q, d_k, d_v, d_bias[0] if d_bias else None)
+
+        return Prepared(forced_run(backward), output)
+
     threads_how = "torch.set_num_threads({n}), torch.set_num_interop_threads(1)"
     return Adapter(
         name,
         prepare,
         Capabilities(capabilities),
+        prepare_backward=prepare_backward,
         deviations={},
         packages=("torch",),
         notes=tuple(notes),
@@ -142,8 +184,9 @@ def _mask_4d(x: np.ndarray, batch: tuple[int, ...]) -> np.ndarray:
     return x.reshape((1,) * (4 - x.ndim) + x.shape)
 
 
-def _tensor(torch, x: np.ndarray):
-    """A CPU tensor sharing x's memory and strides (a copy if x is read-only).
+def _tensor(torch, x: np.ndarray, *, leaf: bool = False):
+    """A CPU tensor sharing x's memory and strides (a copy if x is read-only); leaf=True: one
+    that requires grad, whose gradient autograd computes.
 
     A last dim of size 1 gets stride 1: NumPy gives size-1 dims arbitrary strides (a reshape of
     a view does), which address nothing, but PyTorch's fused kernels test stride(-1) == 1
@@ -154,8 +197,10 @@ def _tensor(torch, x: np.ndarray):
     if x.ndim and x.shape[-1] == 1 and x.strides[-1] != x.itemsize:
         x = np.lib.stride_tricks.as_strided(x, strides=(*x.strides[:-1], x.itemsize))
     if x.dtype == BFLOAT16:  # torch.from_numpy does not know ml_dtypes: the same bits, reread
-        return torch.from_numpy(x.view(np.uint16)).view(torch.bfloat16)
-    return torch.from_numpy(x)
+        tensor = torch.from_numpy(x.view(np.uint16)).view(torch.bfloat16)
+    else:
+        tensor = torch.from_numpy(x)
+    return tensor.requires_grad_(True) if leaf else tensor
 
 
 def _array(torch, t) -> np.ndarray:

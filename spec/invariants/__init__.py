@@ -3,6 +3,7 @@
 from refattn.spec.invariants import (  # noqa: F401
     algebra,
     composition,
+    gradients,
     heads,
     masks,
     nonfinite,
