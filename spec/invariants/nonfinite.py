@@ -41,6 +41,17 @@ def _kv_index(case, row, j):
     return (*batch, h // (case.Hq // case.Hkv), j)
 
 
+def _scoring_infinite(case, q, k, row, j, sign):
+    """Copies of q and k in which row and key j score sign·inf before the scale: q_i and k_j
+    all positive, one coordinate of k_j infinite."""
+    q, k = q.copy(), k.copy()
+    kv = _kv_index(case, row, j)
+    q[row] = np.abs(q[row]) + np.asarray(0.5, q.dtype)
+    k[kv] = np.abs(k[kv])
+    k[(*kv, 0)] = sign * np.inf
+    return q, k
+
+
 def _reaching(case, q, k, options, row, j, where="key"):
     """The rows the poison reaches: row itself for a query, every row that sees key j (in any
     query head of its kv head's group) for a key or a value. The rows it must not reach are
@@ -127,12 +138,8 @@ def infinite_scores(impl, data):
         return
     row, j = found
     sign = data.draw(st.sampled_from([1.0, -1.0]), label="sign of the score")
-    q, k = q.copy(), k.copy()
-    kv = _kv_index(case, row, j)
-    # q_i and k_j all positive, one coordinate of k_j infinite: their score is ±inf
-    q[row] = np.abs(q[row]) + np.asarray(0.5, q.dtype)
-    k[kv] = np.abs(k[kv])
-    k[(*kv, 0)] = sign * np.inf * (1.0 if options.get("scale", 1.0) >= 0 else -1.0)
+    flip = 1.0 if options.get("scale", 1.0) >= 0 else -1.0  # a negative scale flips the sign
+    q, k = _scoring_infinite(case, q, k, row, j, sign * flip)
     rows = _reaching(case, q, k, options, row, j)
     _outputs_match(impl, q, k, v, options, rows, f"score {sign * np.inf} at {row}, key {j}")
 
@@ -185,11 +192,7 @@ def softcap_bounds_infinite_scores(impl, data):
         return
     row, j = found
     sign = data.draw(st.sampled_from([1.0, -1.0]), label="sign of the score")
-    q, k = q.copy(), k.copy()
-    kv = _kv_index(case, row, j)
-    q[row] = np.abs(q[row]) + np.asarray(0.5, q.dtype)
-    k[kv] = np.abs(k[kv])
-    k[(*kv, 0)] = sign * np.inf
+    q, k = _scoring_infinite(case, q, k, row, j, sign)
     got = run(impl, q, k, v, options).out
     expect(bool(np.isfinite(got[row]).all()), "out", f"row {row} is not finite: {got[row]!r}")
     rows = _reaching(case, q, k, options, row, j)
