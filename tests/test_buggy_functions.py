@@ -6,6 +6,7 @@ import re
 import pytest
 from refattn.spec.registry import INVARIANTS, all_invariants
 from refattn.spec.runner import FAIL, PASS, SKIP, run_invariant
+from reproduction import reproduction
 
 from refattn.adapters import load
 
@@ -23,17 +24,6 @@ BUGS = {
     "float32_result": ("ATT-D1", "out.dtype"),
     "mixes_batch": ("ATT-H4", "out of element"),
 }
-
-
-def reproduction(detail: str) -> str:
-    """The reproduction printed under a failure, as the code a user would paste."""
-    block = detail.split("the spec's value):\n")[1]
-    lines = []
-    for line in block.splitlines():
-        if not line.startswith("    "):
-            break
-        lines.append(line[4:])
-    return "\n".join(lines)
 
 
 @pytest.mark.parametrize("function", BUGS)

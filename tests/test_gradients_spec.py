@@ -19,6 +19,7 @@ from refattn.spec.runner import (
     property_test,
     run_invariant,
 )
+from reproduction import reproduction
 
 from refattn import AttentionCall, reference
 from refattn.adapters import Adapter, ImplementationNotFound, PeerNotInstalled, Unsupported, load
@@ -279,17 +280,6 @@ USER_BUGS = {
     "group_mean": ("ATT-G8", "summed back"),
     "other_forward": ("ATT-G2", "central difference"),
 }
-
-
-def reproduction(detail: str) -> str:
-    """The reproduction printed under a failure, as the code a user would paste."""
-    block = detail.split("the spec's value):\n")[1]
-    lines = []
-    for line in block.splitlines():
-        if not line.startswith("    "):
-            break
-        lines.append(line[4:])
-    return "\n".join(lines)
 
 
 @pytest.mark.parametrize("function", USER_BUGS)
