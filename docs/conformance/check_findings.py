@@ -37,9 +37,10 @@ def attention(q, k, v, visible=None, scale=None, bias=None):
     visible = np.broadcast_to(visible, s.shape)
     s = np.where(visible, s, -np.inf)
     top = np.max(s, axis=-1, keepdims=True, initial=-np.inf)
-    e = np.exp(s - np.where(np.isfinite(top), top, 0))
-    total = e.sum(axis=-1, keepdims=True)
-    return (e / np.where(total > 0, total, 1)) @ np.where(np.isfinite(v), v, 0)
+    with np.errstate(invalid="ignore"):  # a NaN or +inf score makes its row NaN, quietly
+        e = np.exp(s - np.where(np.isfinite(top), top, 0))
+        total = e.sum(axis=-1, keepdims=True)
+        return (e / np.where(total > 0, total, 1)) @ np.where(np.isfinite(v), v, 0)
 
 
 def finding(peer: str, title: str):
@@ -123,6 +124,77 @@ def torch_nan_hidden():
     return all(math.isnan(x) for x in seen.values()), f"row output {seen}, expected 0"
 
 
+def _first_out(backend, dtype, q, k, v):
+    """Element [0, 0, 0, 0] of SDPA on NumPy q, k, v converted to `dtype`, as a float."""
+    import torch
+
+    return _sdpa(backend, *(torch.tensor(x).to(dtype) for x in (q, k, v)))[0, 0, 0, 0].item()
+
+
+@finding("torch", "ATT-N6 (torch-flash, torch's flash path): a NaN query row with few keys gives 0")
+def torch_nan_query_short_row():
+    import torch
+
+    r = rng()
+    q = r.standard_normal((1, 1, 1, 4))
+    q[..., 0] = np.nan  # every score of the row is NaN
+    seen = {}
+    for n in (3, 64):  # fewer keys than one SIMD vector; several vectors of them
+        k, v = r.standard_normal((1, 1, n, 4)), r.standard_normal((1, 1, n, 4))
+        want = attention(q, k, v)[0, 0, 0, 0]  # NaN
+        for b in ("default", "flash", "math"):
+            seen[f"Lk={n} {b}"] = _first_out(b, torch.float32, q, k, v)
+    short_zero = seen["Lk=3 flash"] == 0.0 and seen["Lk=3 default"] == 0.0
+    others_nan = all(math.isnan(x) for key, x in seen.items() if "Lk=64" in key or "math" in key)
+    shown = ", ".join(f"{key}: {x:.3g}" for key, x in seen.items())
+    return bool(math.isnan(want) and short_zero and others_nan), f"{shown}; expected {want}"
+
+
+@finding("torch", "ATT-N7 (torch-flash, torch's flash path): float16 +inf score gives 0, not NaN")
+def torch_inf_score_half():
+    import torch
+
+    r = rng()
+    q = np.abs(r.standard_normal((1, 1, 1, 4))) + 0.5
+    k, v = np.abs(r.standard_normal((1, 1, 16, 4))), r.standard_normal((1, 1, 16, 4))
+    k[..., 0, 0] = np.inf  # q·k_0 = +inf
+    want = attention(q, k, v)[0, 0, 0, 0]  # NaN: exp(inf - inf)
+    seen = {
+        f"{dtype} {b}": _first_out(b, getattr(torch, dtype), q, k, v)
+        for dtype in ("float16", "bfloat16", "float32")
+        for b in ("default", "flash", "math")
+    }
+    half = [f"{d} {b}" for d in ("float16", "bfloat16") for b in ("default", "flash")]
+    half_zero = all(seen[key] == 0.0 for key in half)
+    others_nan = all(math.isnan(x) for key, x in seen.items() if "math" in key or "float32" in key)
+    shown = ", ".join(f"{key}: {x:.3g}" for key, x in seen.items())
+    return bool(math.isnan(want) and half_zero and others_nan), f"{shown}; expected {want}"
+
+
+@finding("torch", "ATT-M8/G9 (SHOULD, all three): a masked NaN key, value reach out and gradients")
+def torch_nan_hidden_gradients():
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    r = rng()
+    q, k, v = r.standard_normal((1, 1, 1, 4)), *(r.standard_normal((1, 1, 2, 4)) for _ in "kv")
+    k[..., 1, :] = v[..., 1, :] = np.nan
+    seen = {}
+    for backend in ("MATH", "FLASH_ATTENTION"):
+        leaves = [torch.tensor(x, requires_grad=True) for x in (q, k, v)]
+        with sdpa_kernel(getattr(SDPBackend, backend)):
+            out = torch.nn.functional.scaled_dot_product_attention(
+                *leaves,
+                attn_mask=torch.tensor([[True, False]]),  # the row sees key 0 only
+            )
+            dq, dk, dv = torch.autograd.grad(out, leaves, torch.ones_like(out))
+        seen[backend] = [x[0, 0, 0, 0].item() for x in (out, dq, dk, dv)]
+    # The spec: out = v_0; one visible key, so dq = dk_0 = 0 and dv_0 = dO = 1.
+    want = [float(v[0, 0, 0, 0]), 0.0, 0.0, 1.0]
+    confirmed = all(all(math.isnan(x) for x in got) for got in seen.values())
+    return confirmed, f"(out, dq, dk_0, dv_0) {seen}, expected {want}"
+
+
 # ---------------------------------------------------------------- JAX
 
 
@@ -164,6 +236,92 @@ def jax_nan_hidden():
     mask = np.array([True, False]).reshape(1, 1, 1, 2)  # the row sees key 0 only
     out = np.asarray(jax.nn.dot_product_attention(q, k, v, mask=mask))
     return bool(np.isnan(out).all()), f"row output {out.ravel()[:2]}, expected v0 {v[0, 0, 0, :2]}"
+
+
+@finding("jax", "ATT-G9 (SHOULD): a NaN key hidden by the mask leaves out clean but makes dq NaN")
+def jax_nan_hidden_key_gradient():
+    import jax
+
+    r = rng()
+    q, k, v = (r.standard_normal((1, n, 1, 4)).astype(np.float32) for n in (1, 3, 3))
+    k[:, 0] = np.nan
+    mask = np.array([False, True, True]).reshape(1, 1, 1, 3)  # the row sees keys 1 and 2
+
+    def f(q, k, v):
+        return jax.nn.dot_product_attention(q, k, v, mask=mask)
+
+    out, vjp = jax.vjp(f, q, k, v)
+    dq = np.asarray(vjp(np.ones((1, 1, 1, 4), np.float32))[0])
+    visible = mask.reshape(1, 1, 3)
+    want = attention(*(np.swapaxes(x, 1, 2) for x in (q, k, v)), visible)  # finite
+    out_ok = np.allclose(np.swapaxes(np.asarray(out), 1, 2), want, atol=1e-5)
+    return bool(out_ok and np.isnan(dq).all()), (
+        f"out {np.asarray(out).ravel()[:2]} (as expected {want.ravel()[:2]}), dq {dq.ravel()[:2]}, "
+        "expected finite (key 0 is hidden)"
+    )
+
+
+@finding("jax", "ATT-N7 (SHOULD): a +inf score gives out NaN but lse +inf (the spec: NaN)")
+def jax_inf_score_lse():
+    import jax
+
+    r = rng()
+    q = (np.abs(r.standard_normal((1, 1, 1, 4))) + 0.5).astype(np.float32)
+    k, v = (r.standard_normal((1, 3, 1, 4)).astype(np.float32) for _ in "kv")
+    k[0, 0, 0] = np.abs(k[0, 0, 0])
+    k[0, 0, 0, 0] = np.inf  # q·k_0 = +inf
+    out, lse = (np.asarray(x) for x in jax.nn.dot_product_attention(q, k, v, return_residual=True))
+    s = k[0, :, 0].astype(np.float64) @ q[0, 0, 0].astype(np.float64) * 0.5  # scale 1/sqrt(4)
+    with np.errstate(invalid="ignore"):
+        want = s.max() + np.log(np.exp(s - s.max()).sum())  # the spec's lse: inf - inf, NaN
+    plain = float(np.asarray(jax.nn.logsumexp(s)))  # log Σ exp s, unshifted: +inf
+    confirmed = np.isnan(out).all() and lse.ravel()[0] == np.inf and np.isnan(want)
+    return bool(confirmed), (
+        f"out {out.ravel()[:2]}, lse {lse.ravel()[0]}; the spec's lse {want} "
+        f"(jax.nn.logsumexp of the scores: {plain})"
+    )
+
+
+@finding("jax", "ATT-G1/G3/G6/G7/G8 (declared): a row that sees no key sends dO/Lk to every value")
+def jax_fully_masked_gradient():
+    import jax
+
+    r = rng()
+    q, k, v, g = (
+        r.standard_normal(s).astype(np.float32)
+        for s in [(1, 1, 1, 4), (1, 3, 1, 4), (1, 3, 1, 4), (1, 1, 1, 4)]
+    )
+    lengths = jax.numpy.array([0], dtype=np.int32)  # the row sees no key
+
+    def f(q, k, v):
+        return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths)
+
+    _, vjp = jax.vjp(f, q, k, v)
+    dv = np.asarray(vjp(g)[2])  # the spec: 0 (the row's out is the constant 0)
+    return bool(np.allclose(dv[0, :, 0], g[0, 0, 0] / 3)), (
+        f"dv[key 0] {dv[0, 0, 0, :2]} = dO/3 {g[0, 0, 0, :2] / 3}, expected 0"
+    )
+
+
+@finding("jax", "ATT-G1/G5 (declared): the lse residual carries no gradient (grad_lse dropped)")
+def jax_lse_no_gradient():
+    import jax
+
+    r = rng()
+    q, k, v = (r.standard_normal((1, n, 1, 4)).astype(np.float32) for n in (1, 3, 3))
+    bias = r.standard_normal((1, 1, 1, 3)).astype(np.float32)
+
+    def f(q, k, v, b):
+        return jax.nn.dot_product_attention(q, k, v, bias=b, return_residual=True)
+
+    (out, lse), vjp = jax.vjp(f, q, k, v, bias)
+    d_bias = np.asarray(vjp((jax.numpy.zeros_like(out), jax.numpy.ones_like(lse)))[3])
+    # the spec: d lse / d bias_j is the weight p_j, so Σ_j dbias_j = grad_lse = 1
+    s = k[0, :, 0].astype(np.float64) @ q[0, 0, 0].astype(np.float64) * 0.5 + bias.ravel()
+    p = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+    return bool(d_bias.sum() == 0.0 and np.isclose(p.sum(), 1.0)), (
+        f"Σ dbias {d_bias.sum()}, expected Σ p = {p.sum():.3g} (= grad_lse)"
+    )
 
 
 @finding("jax", "float16 not claimed: under jax.jit, float16 on the CPU raises ValueError")
@@ -239,7 +397,7 @@ def _qkv(dtype, shapes=((1, 1, 2, 2), (1, 1, 3, 2), (1, 1, 3, 2))):
     return [r.standard_normal(s).astype(dtype) for s in shapes]
 
 
-@finding("onnxruntime", "ATT-S2/N1/N2/C3: float64 errs at float32 level: scale in float32")
+@finding("onnxruntime", "ATT-S2/N1/N2/C3/N8/N9: float64 errs at float32 level: scale in float32")
 def ort_float64_scale():
     q, k, v = _qkv(np.float64)  # head size 2: scale 1/sqrt(2) is not a float32 number
     (out,) = _onnx_attention("onnxruntime", 24, {"Q": q, "K": k, "V": v})
@@ -298,6 +456,24 @@ def ort_nan_hidden():
     return bool(np.isnan(out[0, 0, 1]).all()), f"row 1 {out[0, 0, 1]}, expected 0"
 
 
+@finding("onnxruntime", "ATT-N7 (SHOULD): a row whose every score is -inf gives NaN, not 0")
+def ort_all_minus_inf_row():
+    q = np.array([0.6, -0.1], np.float32).reshape(1, 1, 2, 1)  # row 1: score -inf
+    k = np.array([np.inf], np.float32).reshape(1, 1, 1, 1)
+    v = np.array([0.5], np.float32).reshape(1, 1, 1, 1)
+    (out,) = _onnx_attention("onnxruntime", 24, {"Q": q, "K": k, "V": v})
+    want = attention(q, k, v)  # row 0 NaN (+inf score), row 1 0 (every visible score -inf)
+    # the same row hidden by the mask instead: 0
+    mask = np.array([[True], [False]])
+    feeds = {"Q": q, "K": np.ones_like(k), "V": v, "attn_mask": mask}
+    (masked,) = _onnx_attention("onnxruntime", 24, feeds)
+    confirmed = np.isnan(out[0, 0, 1, 0]) and want[0, 0, 1, 0] == 0 and masked[0, 0, 1, 0] == 0
+    return bool(confirmed), (
+        f"out {out.ravel()}, expected {want.ravel()}; the row hidden by the mask: "
+        f"{masked[0, 0, 1, 0]}"
+    )
+
+
 @finding("onnxruntime", "adapter note: a 1-D mask or one broadcast along Lq is refused")
 def ort_mask_broadcast():
     q, k, v = _qkv(np.float32)
@@ -311,7 +487,7 @@ def ort_mask_broadcast():
     return all("ok" not in s for s in seen), "; ".join(seen)
 
 
-@finding("onnx-reference", "ATT-W1/M9/S2/S3/H4/A1/N1/N2: is_causal with a mask broadcast along Lq")
+@finding("onnx-reference", "ATT-W1/M9/S2/S3/H4/A1/N1/N2/N7/N8/N9: is_causal, mask along Lq")
 def onnx_ref_causal_broadcast_mask():
     q, k, v = _qkv(np.float64, ((1, 1, 2, 2), (1, 1, 2, 2), (1, 1, 2, 2)))
     mask = np.array([[False, True]])  # one row for both queries: hide key 0
@@ -326,7 +502,7 @@ def onnx_ref_causal_broadcast_mask():
     )
 
 
-@finding("onnx-reference", "ATT-C3: float64 with an explicit scale errs at float32 level")
+@finding("onnx-reference", "ATT-C3/N1/N7/N8/N9: float64, explicit scale: errs at float32 level")
 def onnx_ref_float64_scale():
     q, k, v = _qkv(np.float64)
     (out,) = _onnx_attention("reference", 24, {"Q": q, "K": k, "V": v}, {"scale": 0.5})
