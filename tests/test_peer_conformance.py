@@ -13,11 +13,11 @@ EXAMPLES = 8
 # The failures published in docs/conformance (see findings.md there), per peer.
 # ATT-G9 is ATT-M8's gradient twin (tests/test_gradients_spec.py confirms it by direct calls).
 KNOWN_FAILURES = {
-    # S3 when the default picks the flash kernel; N6: the flash kernel gives 0 for a NaN query
+    # S3, N6, N7 when the default picks the flash kernel (N6: 0 for a row of NaN scores)
     "torch": {"ATT-M3", "ATT-M8", "ATT-S3", "ATT-N6", "ATT-N7", "ATT-G9"},
-    "torch-math": {"ATT-M8", "ATT-N7", "ATT-G9"},
-    "torch-flash": {"ATT-M8", "ATT-S3", "ATT-N6", "ATT-N7", "ATT-N8", "ATT-G9"},
-    "jax": {"ATT-M8", "ATT-N7", "ATT-G9"},  # N7: lse +inf where a +inf score meets another
+    "torch-math": {"ATT-M8", "ATT-G9"},
+    "torch-flash": {"ATT-M8", "ATT-S3", "ATT-N6", "ATT-N7", "ATT-G9"},
+    "jax": {"ATT-M8", "ATT-N7", "ATT-G9"},  # N7: lse -inf where every visible score is -inf
     # float64 computed with a float32-rounded scale: every float64 comparison in N1's tolerance
     "onnxruntime": {"ATT-M8", "ATT-S2", "ATT-S3", "ATT-N1", "ATT-N2", "ATT-C3"}
     | {"ATT-N7", "ATT-N8", "ATT-N9"},

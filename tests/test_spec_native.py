@@ -29,4 +29,7 @@ PARAMS = [
 def test_native_conforms(inv, isa, threads):
     """The native core, with `isa` kernels on `threads` threads, satisfies invariant `inv`."""
     impl = Adapter.of(f"native:{isa}", partial(native.attention, isa=isa, num_threads=threads))
+    missing = sorted(set(inv.requires) - impl.capabilities)
+    if missing:  # the gradient invariants: the native core has no backward yet
+        pytest.skip(f"native does not claim {', '.join(missing)}")
     property_test(inv, impl)()

@@ -16,18 +16,20 @@ from refattn.spec.strategies import cases
 from refattn.spec.tolerance import expect as reference_expect
 
 
+def _weighty(q, k, options):
+    """(B..., Hq, Lq, Lk): the visible pairs whose weight is not negligible (above 1e-6), where
+    no implementation's underflow decides what reaches the row."""
+    visible = oracle.visibility(q, k, options)
+    s = np.where(visible, oracle.scores(q, k, options), -np.inf)
+    top = s.max(axis=-1, keepdims=True, initial=-np.inf)
+    with np.errstate(invalid="ignore"):
+        return visible & (s - np.where(np.isfinite(top), top, 0) > np.log(1e-6))
+
+
 def _a_visible_pair(data, q, k, options, *, weighty=False):
     """(row index (B..., h, i), key j) with key j visible to the row; None if no row sees a key.
-    weighty: a key whose weight is not negligible (above 1e-6), so that no implementation's
-    underflow decides what reaches the row."""
-    visible = oracle.visibility(q, k, options)
-    pairs = np.argwhere(visible)
-    if weighty:
-        s = np.where(visible, oracle.scores(q, k, options), -np.inf)
-        top = s.max(axis=-1, keepdims=True, initial=-np.inf)
-        with np.errstate(invalid="ignore"):
-            heavy = visible & (s - np.where(np.isfinite(top), top, 0) > np.log(1e-6))
-        pairs = np.argwhere(heavy)
+    weighty: a key whose weight is not negligible (`_weighty`)."""
+    pairs = np.argwhere(_weighty(q, k, options) if weighty else oracle.visibility(q, k, options))
     if not len(pairs):
         return None
     pick = data.draw(st.integers(0, len(pairs) - 1), label="poisoned pair")
@@ -70,8 +72,9 @@ def _reaching(case, q, k, options, row, j, where="key"):
     return rows
 
 
-def _outputs_match(impl, q, k, v, options, rows, how):
-    """out (and lse and weights, when returned) of `rows` as the spec gives them."""
+def _outputs_match(impl, q, k, v, options, rows, how, *, lse_inf_rows=None):
+    """out (and lse and weights, when returned) of `rows` as the spec gives them. In
+    `lse_inf_rows`, rows with a +inf score, lse may be NaN or +inf (see ATT-N7)."""
     caps = impl.capabilities
     got = run(impl, q, k, v, options, lse="lse" in caps, weights="weights" in caps)
     want = reference_expect(q, k, v, impl.semantics, **options)
@@ -79,7 +82,16 @@ def _outputs_match(impl, q, k, v, options, rows, how):
     expect_close("out", got.out[rows], want.out[rows], out_tol[rows], how=how)
     if got.lse is not None:
         lse_tol = np.broadcast_to(want.tol.lse_each, want.lse.shape)
-        expect_close("lse", got.lse[rows], want.lse[rows], lse_tol[rows], how=how)
+        either = rows & np.isnan(want.lse)
+        either &= False if lse_inf_rows is None else lse_inf_rows
+        limit = got.lse[either]
+        expect(
+            bool(np.all(np.isnan(limit) | (limit == np.inf))),
+            "lse",
+            f"lse of a row with a +inf score should be NaN or +inf, but got {limit!r} ({how})",
+        )
+        rest = rows & ~either
+        expect_close("lse", got.lse[rest], want.lse[rest], lse_tol[rest], how=how)
     if got.weights is not None:
         expect_close("weights", got.weights[rows], want.weights[rows], want.tol.weights, how=how)
 
@@ -121,10 +133,11 @@ def nan_score_poisons_its_row(impl, data):
     title="Infinite scores follow IEEE arithmetic",
     level=SHOULD,
     requires=(),
-    statement="""A +inf score at a visible key makes its row NaN (the softmax shift makes it inf
-        - inf): it does not select its key. A -inf score gives its key weight 0, but its value
-        still enters the sum (0·Inf and 0·NaN are NaN); a row whose every visible score is -inf
-        is fully masked.""",
+    statement="""A +inf score at a visible key makes its row's output and weights NaN (the
+        softmax shift makes it inf - inf): it does not select its key. Its lse may be NaN (the
+        shifted form) or +inf (the log-sum-exp's limit). A -inf score gives its key weight 0,
+        but its value still enters the sum (0·Inf and 0·NaN are NaN); a row whose every visible
+        score is -inf is fully masked (the spec's choice, as for masked keys).""",
     formula=r"s_{ij} = +\infty \Rightarrow o_i = \mathrm{NaN};\quad "
     r"s_{ij} = -\infty \Rightarrow p_{ij} = 0",
     rationale="""Overflowing scores are a real failure mode (fp16 logits); treating +inf as a
@@ -141,7 +154,11 @@ def infinite_scores(impl, data):
     flip = 1.0 if options.get("scale", 1.0) >= 0 else -1.0  # a negative scale flips the sign
     q, k = _scoring_infinite(case, q, k, row, j, sign * flip)
     rows = _reaching(case, q, k, options, row, j)
-    _outputs_match(impl, q, k, v, options, rows, f"score {sign * np.inf} at {row}, key {j}")
+    with np.errstate(invalid="ignore"):
+        scores = oracle.scores(q, k, options)
+        plus_inf = (oracle.visibility(q, k, options) & (scores == np.inf)).any(axis=-1)
+    how = f"score {sign * np.inf} at {row}, key {j}"
+    _outputs_match(impl, q, k, v, options, rows, how, lse_inf_rows=plus_inf)
 
 
 @invariant(
@@ -168,7 +185,9 @@ def nonfinite_visible_value(impl, data):
     d = data.draw(st.integers(0, case.Dv - 1), label="at component")
     v = v.copy()
     v[(*_kv_index(case, row, j), d)] = poison
-    rows = _reaching(case, q, k, options, row, j)
+    # the rows that see key j with a weight that is not negligible (the others' underflow is
+    # the implementation's business: exp of a subnormal weight may round to 0, and 0·Inf is NaN)
+    rows = _reaching(case, q, k, options, row, j) & _weighty(q, k, options)[..., j]
     how = f"value of key {j} component {d} set to {poison}"
     _outputs_match(impl, q, k, v, options, rows, how)
 

@@ -87,14 +87,6 @@ SURVIVORS: dict[str, str] = {
     "mutants.gqa:gqa_large_group_tiled": (
         "wrong only for GQA groups G > 4: the strategies draw at most 4 query heads"
     ),
-    "mutants.nan_handling:plus_inf_score_selects_key": (
-        "breaks only SPEC.md's NaN and Inf rules, which no conform invariant draws (NaN or"
-        " Inf at visible keys)"
-    ),
-    "mutants.nan_handling:output_nan_to_num": (
-        "breaks only SPEC.md's NaN and Inf rules, which no conform invariant draws (NaN or"
-        " Inf at visible keys)"
-    ),
     "mutants.options:negative_scale_abs": (
         "wrong only for negative scales: the strategies draw scales in [0.01, 4] (ATT-S3 adds"
         " 0 and 1e-7, ATT-S4 500)"
