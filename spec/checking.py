@@ -140,31 +140,25 @@ class Watched:
         return getattr(self._impl, name)
 
     def result(self, call: AttentionCall) -> Result:
-        self._example.calls.append(call)
-        if self._on_call is not None:
-            self._on_call(call, self._example)
-        try:
-            result = self._impl.result(call)
-            if self._on_call is not None:
-                self._on_call(None, self._example)  # it returned
-            return result
-        except Unsupported as refusal:
-            if refusal.derived:  # refattn asked for what the adapter does not claim: a bug of ours
-                raise Raised(refusal, call) from refusal
-            raise Refused(str(refusal)) from refusal
-        except NotImplementedError as refusal:
-            raise Refused(f"{type(refusal).__name__}: {refusal}") from refusal
-        except Exception as error:
-            raise Raised(error, call) from error
+        return self._calling(call, call, lambda: self._impl.result(call))
 
     def gradients(self, call: AttentionCall, grad_out, grad_lse=None) -> AttentionGradients:
         """As `result`, for the gradients: logged as a GradientsCall (on_call is given the call
-        itself), refusals and errors wrapped the same way."""
-        self._example.calls.append(GradientsCall(call, grad_out, grad_lse))
+        itself)."""
+        logged = GradientsCall(call, grad_out, grad_lse)
+        return self._calling(call, logged, lambda: self._impl.gradients(call, grad_out, grad_lse))
+
+    def _calling(self, call: AttentionCall, logged, make):
+        """make() logged in the example and announced to on_call before and after it returns;
+        refusals and errors wrapped."""
+        self._example.calls.append(logged)
         if self._on_call is not None:
             self._on_call(call, self._example)
         try:
-            return self._impl.gradients(call, grad_out, grad_lse)
+            made = make()
+            if self._on_call is not None:
+                self._on_call(None, self._example)  # it returned
+            return made
         except Unsupported as refusal:
             if refusal.derived:  # refattn asked for what the adapter does not claim: a bug of ours
                 raise Raised(refusal, call) from refusal
