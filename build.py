@@ -58,12 +58,21 @@ _AVX512_PROBE = """
 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")))
 __m512 probe(__m512 a, __m512 b) { return _mm512_scalef_ps(_mm512_fmadd_ps(a, b, a), b); }
 """
+# The bfloat16 kernels need AVX512_BF16 on top: vdpbf16ps and vcvtneps2bf16 (GCC 10, clang 9).
+_AVX512_BF16_PROBE = """
+#include <immintrin.h>
+__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512bf16,avx2,fma")))
+__m512 probe(__m512 a, __m512bh b) {
+    return _mm512_dpbf16_ps(a, b, (__m512bh)_mm512_cvtne2ps_pbh(a, a));
+}
+"""
 _AVX2_PROBE = """
 #include <immintrin.h>
 __attribute__((target("avx2,fma")))
 __m256 probe(__m256 a, __m256 b) { return _mm256_fmadd_ps(a, b, a); }
 """
 have_avx512 = x86_64 and _compiles(_AVX512_PROBE, [])
+have_avx512_bf16 = have_avx512 and _compiles(_AVX512_BF16_PROBE, [])
 have_avx2 = x86_64 and _compiles(_AVX2_PROBE, [])
 
 # OpenMP: GCC and most clangs take -fopenmp; Apple's clang has no OpenMP runtime, so try to
@@ -95,6 +104,8 @@ if sanitize:
 defines = [("REFATTN_BUILD_FLAGS", '"{}"'.format(" ".join(compile_args)))]
 if not have_avx512:
     defines.append(("REFATTN_NO_AVX512", "1"))
+if not have_avx512_bf16:
+    defines.append(("REFATTN_NO_AVX512_BF16", "1"))
 if not have_avx2:
     defines.append(("REFATTN_NO_AVX2", "1"))
 
@@ -114,10 +125,12 @@ ffibuilder.set_source(
     sources=[
         "native/attention.c",
         "native/cpu.c",
+        "native/flash_bf16.c",
         "native/flash_f32.c",
         "native/flash_f64.c",
         "native/kernels_avx2.c",
         "native/kernels_avx512.c",
+        "native/kernels_avx512_bf16.c",
     ],
     include_dirs=["native"],
     # setuptools rebuilds when a source is newer than the extension; the headers count too.

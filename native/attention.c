@@ -43,12 +43,18 @@ int refattn_attention(const refattn_call *c) {
     if (c->B < 0 || c->Hq < 1 || c->Hkv < 1 || c->Lq < 0 || c->Lk < 0 || c->Dk < 1 || c->Dv < 0)
         return REFATTN_EINVAL;
     if (c->Hq % c->Hkv != 0) return REFATTN_EINVAL;
-    if (c->dtype != REFATTN_FLOAT32 && c->dtype != REFATTN_FLOAT64) return REFATTN_EINVAL;
+    if (c->dtype != REFATTN_FLOAT32 && c->dtype != REFATTN_FLOAT64 && c->dtype != REFATTN_BFLOAT16)
+        return REFATTN_EINVAL;
     if (c->causal < REFATTN_CAUSAL_NONE || c->causal > REFATTN_CAUSAL_BOTTOM_RIGHT)
         return REFATTN_EINVAL;
     if (c->window_left < -1 || c->window_right < -1 || !(c->softcap >= 0)) return REFATTN_EINVAL;
-    if (c->isa < REFATTN_ISA_SCALAR || c->isa > REFATTN_ISA_AVX512) return REFATTN_EINVAL;
-    if (c->dtype == REFATTN_FLOAT32 && !refattn_isa_supported(c->isa)) return REFATTN_EISA;
+    if (c->isa < REFATTN_ISA_SCALAR || c->isa > REFATTN_ISA_AVX512_BF16) return REFATTN_EINVAL;
+    if (c->dtype != REFATTN_FLOAT64 && !refattn_isa_supported(c->isa)) return REFATTN_EISA;
+    /* bfloat16 has its own kernels in scalar C and AVX-512 BF16 only (the wrapper converts it to
+       float32 for the others) */
+    if (c->dtype == REFATTN_BFLOAT16 && c->isa != REFATTN_ISA_SCALAR &&
+        c->isa != REFATTN_ISA_AVX512_BF16)
+        return REFATTN_EINVAL;
     const int64_t rows = c->B * c->Hq * c->Lq;
     if (rows == 0) return REFATTN_OK; /* nothing to compute or write */
     if (!c->out || !tensor_ok(&c->query, 1)) return REFATTN_EINVAL;
@@ -60,6 +66,7 @@ int refattn_attention(const refattn_call *c) {
     if (c->Dv == 0 && !c->lse && !c->weights) return REFATTN_OK; /* out is empty: no work */
     const int threads = refattn_threads(c->num_threads);
     if (c->dtype == REFATTN_FLOAT32) return refattn_flash_f32(c, c->isa, threads);
+    if (c->dtype == REFATTN_BFLOAT16) return refattn_flash_bf16(c, c->isa, threads);
     return refattn_flash_f64(c, threads);
 }
 
@@ -67,10 +74,13 @@ int refattn_isa_supported(int isa) {
     if (isa == REFATTN_ISA_SCALAR) return 1;
     if (isa == REFATTN_ISA_AVX2) return refattn_avx2_ops != NULL && refattn_cpu_has(isa);
     if (isa == REFATTN_ISA_AVX512) return refattn_avx512_ops != NULL && refattn_cpu_has(isa);
+    if (isa == REFATTN_ISA_AVX512_BF16)
+        return refattn_avx512_ops != NULL && refattn_avx512_bf16_ops != NULL && refattn_cpu_has(isa);
     return 0;
 }
 
 int refattn_isa_best(void) {
+    if (refattn_isa_supported(REFATTN_ISA_AVX512_BF16)) return REFATTN_ISA_AVX512_BF16;
     if (refattn_isa_supported(REFATTN_ISA_AVX512)) return REFATTN_ISA_AVX512;
     if (refattn_isa_supported(REFATTN_ISA_AVX2)) return REFATTN_ISA_AVX2;
     return REFATTN_ISA_SCALAR;

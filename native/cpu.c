@@ -1,4 +1,5 @@
-/* Which instruction sets this CPU and its OS can run, asked once at run time.
+/* Which instruction sets this CPU and its OS can run, asked once at run time: AVX2 + FMA,
+   AVX-512 F/DQ/BW/VL, and AVX-512 with AVX512_BF16 (which adds no register state of its own).
 
    A CPU flag is not enough: AVX and AVX-512 registers are usable only when the OS saves their
    state on a context switch, which XGETBV(0) reports (XCR0). The build never assumes the
@@ -24,11 +25,19 @@ static int detect(int isa) {
     if ((xcr0 & 0x6) != 0x6) return 0; /* the OS saves SSE and AVX (YMM) state */
     if (__get_cpuid_max(0, 0) < 7) return 0;
     __cpuid_count(7, 0, a, b, c, d);
+    const unsigned leaf7_subleaves = a; /* the highest subleaf of leaf 7 */
     const int avx2 = (b >> 5) & 1;
     if (isa == REFATTN_ISA_AVX2) return avx2 && fma;
     const int f = (b >> 16) & 1, dq = (b >> 17) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1;
     /* ... and the opmask and upper ZMM state (XCR0 bits 5, 6, 7) */
-    if (isa == REFATTN_ISA_AVX512) return avx2 && fma && f && dq && bw && vl && (xcr0 & 0xE0) == 0xE0;
+    const int avx512 = avx2 && fma && f && dq && bw && vl && (xcr0 & 0xE0) == 0xE0;
+    if (isa == REFATTN_ISA_AVX512) return avx512;
+    if (isa == REFATTN_ISA_AVX512_BF16) {
+        /* AVX512_BF16 (vdpbf16ps, vcvtneps2bf16): leaf 7, subleaf 1, EAX bit 5 */
+        if (!avx512 || leaf7_subleaves < 1) return 0;
+        __cpuid_count(7, 1, a, b, c, d);
+        return (a >> 5) & 1;
+    }
     return 0;
 }
 #else
@@ -40,9 +49,9 @@ static int detect(int isa) {
 
 int refattn_cpu_has(int isa) {
     /* Benign race: every thread computes the same answer. */
-    static volatile int cached[3] = {-1, -1, -1};
+    static volatile int cached[4] = {-1, -1, -1, -1};
     if (isa == REFATTN_ISA_SCALAR) return 1;
-    if (isa < 0 || isa > 2) return 0;
+    if (isa < 0 || isa > REFATTN_ISA_AVX512_BF16) return 0;
     if (cached[isa] < 0) cached[isa] = detect(isa);
     return cached[isa];
 }

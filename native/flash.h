@@ -10,9 +10,13 @@
    What it does not do: SIMD arithmetic (the ops table does the tile arithmetic), validation
    (refattn_attention checks the call first), or anything across calls.
 
-   This file is a template: flash_f32.c and flash_f64.c include it with
-       REAL      float or double              OPS       the tile-kernel table type
-       FN(name)  the name with a dtype suffix EXP, LOG, TANH  libm functions for REAL
+   This file is a template: flash_f32.c, flash_f64.c and flash_bf16.c include it with
+       REAL      float or double: what it computes in
+       ELEM      the element of query, key, value and out: REAL, or uint16_t (bfloat16 bits)
+       TO_REAL(x), FROM_REAL(x)  an ELEM widened to REAL, a REAL rounded to ELEM
+       ROUND_P(x)  p as P·V takes it: x, or x rounded to bfloat16 (the spec's tolerance, 5)
+       OPS       the tile-kernel table type   FN(name)  the name with a dtype suffix
+       EXP, LOG, TANH  libm functions for REAL
 
    Legend: B batch, Hq/Hkv heads, G = Hq/Hkv, Lq/Lk lengths, Dk/Dv head dims. A tile is m query
    rows (m <= bq) against n keys (n <= bk); r indexes rows in a tile, j keys in a tile. */
@@ -61,25 +65,26 @@ static inline size_t size_mul_add(size_t a, size_t b, size_t c) {
 /* The scalar tile kernels: plain loops, the fallback and the baseline of every SIMD kernel.  */
 
 /* kp: keys as rows of Dk, (n, Dk). */
-static void FN(scalar_pack_keys)(REAL *kp, const REAL *k, int64_t ldk, int64_t n, int64_t Dk) {
-    for (int64_t j = 0; j < n; j++) memcpy(kp + j * Dk, k + j * ldk, (size_t)Dk * sizeof(REAL));
+static void FN(scalar_pack_keys)(ELEM *kp, const ELEM *k, int64_t ldk, int64_t n, int64_t Dk) {
+    for (int64_t j = 0; j < n; j++) memcpy(kp + j * Dk, k + j * ldk, (size_t)Dk * sizeof(ELEM));
 }
 
 /* s (m, n) = scale · q (m, Dk) · kᵀ, keys read as rows of Dk (row stride ldk) */
-static void FN(scalar_scores_rows)(REAL *s, int64_t lds, const REAL *q, int64_t ldq,
-                                   const REAL *k, int64_t ldk, int64_t m, int64_t n, int64_t Dk,
+static void FN(scalar_scores_rows)(REAL *s, int64_t lds, const ELEM *q, int64_t ldq,
+                                   const ELEM *k, int64_t ldk, int64_t m, int64_t n, int64_t Dk,
                                    REAL scale) {
     for (int64_t r = 0; r < m; r++) {
         for (int64_t j = 0; j < n; j++) {
             REAL dot = 0;
-            for (int64_t d = 0; d < Dk; d++) dot += q[r * ldq + d] * k[j * ldk + d];
+            for (int64_t d = 0; d < Dk; d++)
+                dot += TO_REAL(q[r * ldq + d]) * TO_REAL(k[j * ldk + d]);
             s[r * lds + j] = dot * scale;
         }
     }
 }
 
 /* s (m, n) = scale · q (m, Dk) · kpᵀ (Dk, n): the packed keys are rows of Dk */
-static void FN(scalar_scores)(REAL *s, int64_t lds, const REAL *q, int64_t ldq, const REAL *kp,
+static void FN(scalar_scores)(REAL *s, int64_t lds, const ELEM *q, int64_t ldq, const ELEM *kp,
                               int64_t m, int64_t n, int64_t Dk, REAL scale) {
     FN(scalar_scores_rows)(s, lds, q, ldq, kp, Dk, m, n, Dk, scale);
 }
@@ -90,12 +95,13 @@ static void FN(scalar_softmax)(REAL *s, int64_t n, REAL *mx, REAL *sum, REAL *al
     REAL top = -INFINITY;
     for (int64_t j = 0; j < n; j++) top = s[j] > top ? s[j] : top;
     REAL old = *mx, now = top > old ? top : old;
-    /* pass 2: p = exp(s - shift) and their sum */
+    /* pass 2: p = exp(s - shift) and their sum; P·V takes p as ROUND_P leaves it */
     const REAL shift = SOFTMAX_SHIFT(now);
     REAL total = 0;
     for (int64_t j = 0; j < n; j++) {
-        s[j] = EXP(s[j] - shift);
-        total += s[j];
+        const REAL e = EXP(s[j] - shift);
+        total += e;
+        s[j] = ROUND_P(e);
     }
     REAL a = now == old ? 1 : EXP(old - now); /* old = -inf: exp(-inf) = 0, nothing to keep */
     *sum = *sum * a + total;
@@ -105,7 +111,7 @@ static void FN(scalar_softmax)(REAL *s, int64_t n, REAL *mx, REAL *sum, REAL *al
 
 /* o (m, Dv) = alpha ⊙ o + p (m, n) · v (n, Dv), leaving out keys with vis 0 */
 static void FN(scalar_weigh)(REAL *o, int64_t ldo, const REAL *p, int64_t ldp, const uint8_t *vis,
-                             int64_t ldvis, const REAL *alpha, const REAL *v, int64_t ldv,
+                             int64_t ldvis, const REAL *alpha, const ELEM *v, int64_t ldv,
                              int64_t m, int64_t n, int64_t Dv) {
     for (int64_t r = 0; r < m; r++) {
         REAL *orow = o + r * ldo;
@@ -114,7 +120,7 @@ static void FN(scalar_weigh)(REAL *o, int64_t ldo, const REAL *p, int64_t ldp, c
         for (int64_t j = 0; j < n; j++) {
             if (vis && !vis[r * ldvis + j]) continue;
             REAL pj = p[r * ldp + j];
-            for (int64_t d = 0; d < Dv; d++) orow[d] += pj * v[j * ldv + d];
+            for (int64_t d = 0; d < Dv; d++) orow[d] += pj * TO_REAL(v[j * ldv + d]);
         }
     }
 }
@@ -122,6 +128,7 @@ static void FN(scalar_weigh)(REAL *o, int64_t ldo, const REAL *p, int64_t ldp, c
 static const OPS FN(scalar_ops) = {
     .bq = 32,
     .bk = 64,
+    .kstep = 1,
     .pack_keys = FN(scalar_pack_keys),
     .scores = FN(scalar_scores),
     .few_rows = 2, /* the same arithmetic either way here: both paths stay exercised */
@@ -146,14 +153,15 @@ typedef struct FN(plan) {
     REAL scale, softcap;
     REAL *lse;  /* (B, Hq, Lq): the caller's, or ours when weights or split-K need it */
     REAL *part; /* (B, Hq, Lq, nsplit, Dv + 2): split-K partials [max, sum, o...] */
-    REAL *kpack;        /* (group, nkt, Dk·bk): the key tiles of a group of kv heads, or NULL */
+    int64_t dkp;        /* Dk rounded up to ops->kstep: a packed key's elements */
+    ELEM *kpack;        /* (group, nkt, Dkp·bk): the key tiles of a group of kv heads, or NULL */
     int64_t nkt;        /* key tiles per kv head */
     int64_t kv_group;   /* kv heads (b, hk) packed at a time: all of them without packing */
 } FN(plan);
 
 /* One thread's tiles. */
 typedef struct FN(work) {
-    REAL *kp;         /* packed keys, Dk·bk */
+    ELEM *kp;         /* packed keys, Dkp·bk */
     REAL *s;          /* scores, then probabilities, (bq, bk) */
     uint8_t *vis;     /* visibility of the tile when some key is hidden, (bq, bk) */
     REAL *o;          /* unnormalised output rows, (bq, Dv) */
@@ -164,7 +172,7 @@ typedef struct FN(work) {
 /* One thread's tiles laid out from `mine`, each piece 64-byte aligned: with mine NULL, only
    the size in bytes (w is not touched); otherwise w's pointers too. The one statement of the
    layout, for sizing the block and for carving it. */
-static size_t FN(work_layout)(FN(work) *w, char *mine, int64_t Dk, int64_t Dv, int64_t bq,
+static size_t FN(work_layout)(FN(work) *w, char *mine, int64_t Dkp, int64_t Dv, int64_t bq,
                               int64_t bk) {
     size_t at = 0;
 #define PIECE(field, type, count)                                                              \
@@ -172,7 +180,7 @@ static size_t FN(work_layout)(FN(work) *w, char *mine, int64_t Dk, int64_t Dv, i
         if (mine) w->field = (type *)(mine + at);                                              \
         at += round_up(sizeof(type) * (size_t)(count));                                        \
     } while (0)
-    PIECE(kp, REAL, Dk * bk);
+    PIECE(kp, ELEM, Dkp * bk);
     PIECE(s, REAL, bq * bk);
     PIECE(vis, uint8_t, bq * bk);
     PIECE(o, REAL, bq * Dv);
@@ -207,14 +215,14 @@ static inline void FN(visible_range)(const FN(plan) *p, int64_t b, int64_t i, in
    (panels of keys are independent: a prefix of them serves a shorter n), or NULL to pack
    them into w->kp here. */
 static int FN(score_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, int64_t i0,
-                          int64_t m, int64_t j0, int64_t n, const REAL *kp) {
+                          int64_t m, int64_t j0, int64_t n, const ELEM *kp) {
     const refattn_call *c = p->c;
     const OPS *ops = p->ops;
     const int64_t bk = p->bk, Dk = c->Dk;
     /* pass 1: scale · q·k for the tile */
-    const REAL *q = (const REAL *)c->query.data + batch_offset(&c->query, b) +
+    const ELEM *q = (const ELEM *)c->query.data + batch_offset(&c->query, b) +
                     h * c->query.stride[1] + i0 * c->query.stride[2];
-    const REAL *k = (const REAL *)c->key.data + batch_offset(&c->key, b) +
+    const ELEM *k = (const ELEM *)c->key.data + batch_offset(&c->key, b) +
                     (h / p->G) * c->key.stride[1] + j0 * c->key.stride[2];
     if (m <= ops->few_rows) {
         ops->scores_rows(w->s, bk, q, c->query.stride[2], k, c->key.stride[2], m, n, Dk, p->scale);
@@ -296,7 +304,7 @@ static int FN(score_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, 
 /* Query rows [i0, i0 + m) of head h of batch b, over the keys of chunk `split`. kpack: this
    head's key tiles packed by pass 0, or NULL. */
 static void FN(attend_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, int64_t qt,
-                            int64_t split, const REAL *kpack) {
+                            int64_t split, const ELEM *kpack) {
     const refattn_call *c = p->c;
     const OPS *ops = p->ops;
     const int64_t Hq = c->Hq, Lq = c->Lq, Dv = c->Dv, bk = p->bk;
@@ -314,10 +322,10 @@ static void FN(attend_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h
     FN(visible_range)(p, b, i0, &lo, &hi);
     FN(visible_range)(p, b, i0 + m - 1, &lo_last, &hi_last);
     const int64_t jlo = max64(c0, lo), jhi = min64(c1, hi_last);
-    const REAL *v = (const REAL *)c->value.data + batch_offset(&c->value, b) +
+    const ELEM *v = (const ELEM *)c->value.data + batch_offset(&c->value, b) +
                     (h / p->G) * c->value.stride[1];
     const int64_t ldv = c->value.stride[2];
-    const REAL *k = (const REAL *)c->key.data + batch_offset(&c->key, b) +
+    const ELEM *k = (const ELEM *)c->key.data + batch_offset(&c->key, b) +
                     (h / p->G) * c->key.stride[1];
     const int64_t ldk = c->key.stride[2];
     for (int64_t jt = jlo < jhi ? c0 + (jlo - c0) / bk * bk : jhi; jt < jhi; jt += bk) {
@@ -328,9 +336,9 @@ static void FN(attend_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h
         int64_t lo_row, hi_row;
         FN(visible_range)(p, b, i0, &lo_row, &hi_row);
         const int64_t block = hi_row < j0 + n && m > DIAG_ROWS ? DIAG_ROWS : m;
-        const REAL *kp = NULL;
+        const ELEM *kp = NULL;
         if (kpack && j0 == jt) {
-            kp = kpack + (jt / bk) * c->Dk * bk; /* packed once for every query tile (pass 0) */
+            kp = kpack + (jt / bk) * p->dkp * bk; /* packed once for every query tile (pass 0) */
         } else if (block < m && m > ops->few_rows) {
             ops->pack_keys(w->kp, k + j0 * ldk, ldk, n, c->Dk);
             kp = w->kp;
@@ -362,25 +370,26 @@ static void FN(attend_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h
             memcpy(part + 2, o, (size_t)Dv * sizeof(REAL));
             continue;
         }
-        REAL *out = (REAL *)c->out + row * Dv;
+        ELEM *out = (ELEM *)c->out + row * Dv;
         if (w->sum[r] == 0) {
             /* The row saw no key (fully masked): its sum is 0, and its output is 0 and its lse
-               -inf by the spec, rather than 0/0. */
-            memset(out, 0, (size_t)Dv * sizeof(REAL));
+               -inf by the spec, rather than 0/0. (All bits 0 is +0 in every ELEM.) */
+            memset(out, 0, (size_t)Dv * sizeof(ELEM));
             if (p->lse) p->lse[row] = -INFINITY;
             continue;
         }
         const REAL inv = 1 / w->sum[r]; /* the one division of the row */
-        for (int64_t d = 0; d < Dv; d++) out[d] = o[d] * inv;
+        for (int64_t d = 0; d < Dv; d++) out[d] = FROM_REAL(o[d] * inv);
         if (p->lse) p->lse[row] = w->mx[r] + LOG(w->sum[r]);
     }
 }
 
-/* Split-K: merge the chunks of one row (b, h, i) with log-sum-exp rescaling. */
+/* Split-K: merge the chunks of one row (b, h, i) with log-sum-exp rescaling, summing into the
+   first chunk's accumulator (the row's partials are this call's alone). */
 static void FN(merge_row)(const FN(plan) *p, int64_t row) {
     const int64_t Dv = p->c->Dv, nsplit = p->nsplit;
-    const REAL *part = p->part + row * nsplit * (Dv + 2);
-    REAL *out = (REAL *)p->c->out + row * Dv;
+    REAL *part = p->part + row * nsplit * (Dv + 2);
+    ELEM *out = (ELEM *)p->c->out + row * Dv;
     REAL top = -INFINITY;
     for (int64_t s = 0; s < nsplit; s++) top = part[s * (Dv + 2)] > top ? part[s * (Dv + 2)] : top;
     if (top == -INFINITY) {
@@ -388,7 +397,7 @@ static void FN(merge_row)(const FN(plan) *p, int64_t row) {
            -inf), unless a NaN score made some chunk's sum NaN. */
         REAL total = 0;
         for (int64_t s = 0; s < nsplit; s++) total += part[s * (Dv + 2) + 1];
-        for (int64_t d = 0; d < Dv; d++) out[d] = total == 0 ? 0 : total;
+        for (int64_t d = 0; d < Dv; d++) out[d] = FROM_REAL(total == 0 ? 0 : total);
         p->lse[row] = total == 0 ? -INFINITY : total;
         return;
     }
@@ -396,16 +405,20 @@ static void FN(merge_row)(const FN(plan) *p, int64_t row) {
        it weighs exp(-inf - top) = 0, but its NaN sum (a NaN score) or NaN accumulator (0·Inf,
        a value of Inf at a -inf score) reaches the row, as in the unsplit sum. */
     REAL total = 0;
-    for (int64_t d = 0; d < Dv; d++) out[d] = 0;
+    REAL *acc = part + 2; /* the first chunk's accumulator, then the row's */
     for (int64_t s = 0; s < nsplit; s++) {
         const REAL *chunk = part + s * (Dv + 2);
         const REAL weight = chunk[0] == top ? 1 : EXP(chunk[0] - top);
         total += weight * chunk[1];
-        for (int64_t d = 0; d < Dv; d++) out[d] += weight * chunk[2 + d];
+        if (s == 0) {
+            for (int64_t d = 0; d < Dv; d++) acc[d] *= weight;
+        } else {
+            for (int64_t d = 0; d < Dv; d++) acc[d] += weight * chunk[2 + d];
+        }
     }
     /* total >= 1: the chunk holding the max has sum >= exp(0) (or NaN, which propagates). */
     const REAL inv = 1 / total;
-    for (int64_t d = 0; d < Dv; d++) out[d] *= inv;
+    for (int64_t d = 0; d < Dv; d++) out[d] = FROM_REAL(acc[d] * inv);
     p->lse[row] = top + LOG(total);
 }
 
@@ -456,6 +469,7 @@ static int FN(flash)(const refattn_call *c, const OPS *ops, int num_threads) {
     p.wr = c->window_right < 0 ? -1 : min64(c->window_right, c->Lq + c->Lk);
     p.scale = (REAL)c->scale;
     p.softcap = (REAL)c->softcap;
+    p.dkp = cdiv(c->Dk, ops->kstep) * ops->kstep;
     const int64_t BH = c->B * c->Hq, rows = BH * c->Lq, Dv = c->Dv;
 
     p.nsplit = 1;
@@ -476,7 +490,7 @@ static int FN(flash)(const refattn_call *c, const OPS *ops, int num_threads) {
 
     /* Allocate everything before the parallel region, so a failure is one clean return. */
     const int64_t bq = p.bq, bk = p.bk;
-    const size_t per_thread = FN(work_layout)(NULL, NULL, c->Dk, Dv, bq, bk);
+    const size_t per_thread = FN(work_layout)(NULL, NULL, p.dkp, Dv, bq, bk);
     const int need_lse = c->weights != NULL || p.nsplit > 1;
     const size_t lse_bytes = need_lse && !c->lse ? round_up(sizeof(REAL) * (size_t)rows) : 0;
     size_t part_bytes = 0;
@@ -491,8 +505,8 @@ static int FN(flash)(const refattn_call *c, const OPS *ops, int num_threads) {
        unpacked. */
     const int64_t BHkv = c->B * c->Hkv;
     p.nkt = cdiv(c->Lk, bk);
-    size_t head_bytes = size_mul_add((size_t)p.nkt, (size_t)(c->Dk * bk), 0);
-    head_bytes = size_mul_add(head_bytes, sizeof(REAL), 0);
+    size_t head_bytes = size_mul_add((size_t)p.nkt, (size_t)(p.dkp * bk), 0);
+    head_bytes = size_mul_add(head_bytes, sizeof(ELEM), 0);
     const int prepack = p.nqt >= PREPACK_MIN_TILES && bq > ops->few_rows && c->Lk > 0 &&
                         head_bytes <= PREPACK_MAX_BYTES;
     p.kv_group = prepack ? min64(BHkv, (int64_t)(PREPACK_MAX_BYTES / head_bytes)) : max64(BHkv, 1);
@@ -508,7 +522,7 @@ static int FN(flash)(const refattn_call *c, const OPS *ops, int num_threads) {
     char *shared = base + (size_t)threads * per_thread;
     p.lse = c->lse ? (REAL *)c->lse : (need_lse ? (REAL *)shared : NULL);
     p.part = p.nsplit > 1 ? (REAL *)(shared + lse_bytes) : NULL;
-    p.kpack = kpack_bytes ? (REAL *)(shared + lse_bytes + part_bytes) : NULL;
+    p.kpack = kpack_bytes ? (ELEM *)(shared + lse_bytes + part_bytes) : NULL;
 
     /* Work items (b, h, query tile, key chunk), a group of kv heads at a time. Causal and
        windowed tiles cost more the later they sit, so those go first, heaviest first;
@@ -521,20 +535,20 @@ static int FN(flash)(const refattn_call *c, const OPS *ops, int num_threads) {
 #pragma omp parallel num_threads((int)threads) if (threads > 1)
     {
         FN(work) w;
-        FN(work_layout)(&w, base + (size_t)THREAD_ID() * per_thread, c->Dk, Dv, bq, bk);
+        FN(work_layout)(&w, base + (size_t)THREAD_ID() * per_thread, p.dkp, Dv, bq, bk);
 
         for (int64_t g0 = 0; g0 < BHkv; g0 += p.kv_group) {
-            const int64_t g1 = min64(BHkv, g0 + p.kv_group), Dk = c->Dk;
+            const int64_t g1 = min64(BHkv, g0 + p.kv_group), Dk = c->Dk, Dkp = p.dkp;
             /* pass 0: pack the key tiles of kv heads [g0, g1), when the plan says so */
             if (p.kpack) {
                 const int64_t nkt = p.nkt, ldk = c->key.stride[2];
 #pragma omp for schedule(static)
                 for (int64_t t = 0; t < (g1 - g0) * nkt; t++) {
                     const int64_t bkv = g0 + t / nkt, kt = t % nkt;
-                    const REAL *k = (const REAL *)c->key.data +
+                    const ELEM *k = (const ELEM *)c->key.data +
                                     batch_offset(&c->key, bkv / c->Hkv) +
                                     (bkv % c->Hkv) * c->key.stride[1] + kt * bk * ldk;
-                    ops->pack_keys(p.kpack + t * Dk * bk, k, ldk, min64(bk, c->Lk - kt * bk), Dk);
+                    ops->pack_keys(p.kpack + t * Dkp * bk, k, ldk, min64(bk, c->Lk - kt * bk), Dk);
                 }
             }
 
@@ -552,8 +566,8 @@ static int FN(flash)(const refattn_call *c, const OPS *ops, int num_threads) {
                     qt = rest % nqt;
                     bh = g0 * p.G + rest / nqt;
                 }
-                const REAL *kpack =
-                    p.kpack ? p.kpack + (bh / p.G - g0) * p.nkt * Dk * bk : NULL;
+                const ELEM *kpack =
+                    p.kpack ? p.kpack + (bh / p.G - g0) * p.nkt * Dkp * bk : NULL;
                 FN(attend_tile)(&p, &w, bh / c->Hq, bh % c->Hq, qt, split, kpack);
             }
         }

@@ -1,6 +1,10 @@
 /* The float32 driver: flash.h for float, with the tile kernels of the chosen instruction set
    (AVX-512, AVX2+FMA, or the scalar ones from flash.h). */
 #define REAL float
+#define ELEM float
+#define TO_REAL(x) (x)
+#define FROM_REAL(x) (x)
+#define ROUND_P(x) (x)
 #define OPS refattn_ops_f32
 #define FN(name) name##_f32
 #define EXP expf
@@ -10,7 +14,9 @@
 
 int refattn_flash_f32(const refattn_call *call, int isa, int num_threads) {
     const refattn_ops_f32 *ops = &scalar_ops_f32;
-    if (isa == REFATTN_ISA_AVX512 && refattn_avx512_ops) ops = refattn_avx512_ops;
+    /* AVX512_BF16 adds bfloat16 instructions only: float32 runs the AVX-512 kernels there */
+    if ((isa == REFATTN_ISA_AVX512 || isa == REFATTN_ISA_AVX512_BF16) && refattn_avx512_ops)
+        ops = refattn_avx512_ops;
     if (isa == REFATTN_ISA_AVX2 && refattn_avx2_ops) ops = refattn_avx2_ops;
     return flash_f32(call, ops, num_threads);
 }

@@ -1,11 +1,12 @@
 /* What the pieces of the native core share, and nothing a caller needs.
 
-   The driver (flash.h, instantiated for float32 and float64) walks tiles of queries and keys
-   and keeps the online softmax; the tile kernels below do the arithmetic of one tile. Each
-   instruction set provides one table of tile kernels; the scalar table is written in plain C
-   beside the driver, the SIMD tables come from one body (kernels_simd.h) over a header of
-   vector operations per instruction set (vec_avx512.h, vec_avx2.h), and every SIMD table is
-   checked against the scalar one.
+   The driver (flash.h, instantiated for float32, float64 and bfloat16 inputs computed in
+   float32) walks tiles of queries and keys and keeps the online softmax; the tile kernels below
+   do the arithmetic of one tile. Each instruction set provides one table of tile kernels per
+   input type; the scalar tables are written in plain C beside the driver, the SIMD tables come
+   from one body (kernels_simd.h) over a header of vector operations per instruction set
+   (vec_avx512.h, vec_avx2.h) and one of element operations per input type (elem_f32.h,
+   elem_bf16.h), and every SIMD table is checked against the scalar one.
 
    Legend: B batch, Hq/Hkv heads, Lq/Lk lengths, Dk/Dv head dims; in a tile, m query rows
    (m <= bq) against n keys (n <= bk). */
@@ -14,41 +15,64 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "attention.h"
 
-/* Tile kernels for one element type. Strides (ld*) are in elements. */
-#define REFATTN_DECLARE_OPS(T, NAME)                                                           \
+/* Tile kernels for one compute type T over inputs of element type E (query, key and value:
+   T itself, or bfloat16 bits for float). Strides (ld*) are in elements. */
+#define REFATTN_DECLARE_OPS(T, E, NAME)                                                        \
     typedef struct NAME {                                                                      \
         int64_t bq; /* query rows per tile */                                                  \
         int64_t bk; /* keys per tile, a multiple of 16 */                                      \
+        int64_t kstep; /* dims per step of the packed keys: Dk rounded up to it is packed */   \
         /* Copy keys [0, n) of k (rows of Dk, row stride ldk) into kp, in whatever layout      \
-           `scores` reads; kp holds Dk·bk elements. */                                         \
-        void (*pack_keys)(T *kp, const T *k, int64_t ldk, int64_t n, int64_t Dk);              \
+           `scores` reads; kp holds Dkp·bk elements, Dkp = Dk rounded up to kstep. */          \
+        void (*pack_keys)(E *kp, const E *k, int64_t ldk, int64_t n, int64_t Dk);              \
         /* s[r·lds + j] = scale·(q_r · k_j) for r < m, j < n; columns up to the next multiple  \
            of 16 may be written too (lds >= bk). */                                            \
-        void (*scores)(T *s, int64_t lds, const T *q, int64_t ldq, const T *kp, int64_t m,     \
+        void (*scores)(T *s, int64_t lds, const E *q, int64_t ldq, const E *kp, int64_t m,     \
                        int64_t n, int64_t Dk, T scale);                                        \
         /* The same scores straight from the key rows k (row stride ldk), with no packing:     \
            for tiles of at most few_rows query rows (decode), where packing would cost more   \
            than the arithmetic it feeds. Columns up to the next multiple of 16 may be written. */\
         int64_t few_rows;                                                                      \
-        void (*scores_rows)(T *s, int64_t lds, const T *q, int64_t ldq, const T *k,            \
+        void (*scores_rows)(T *s, int64_t lds, const E *q, int64_t ldq, const E *k,            \
                             int64_t ldk, int64_t m, int64_t n, int64_t Dk, T scale);           \
         /* One row of the online softmax: s[0, n) holds scores (-inf where hidden). Updates    \
            the running max *mx and sum *sum, overwrites s with p = exp(s - max), and sets     \
-           *alpha to the factor that rescales the row's accumulator (1 when the max holds). */ \
+           *alpha to the factor that rescales the row's accumulator (1 when the max holds).    \
+           With bfloat16 inputs, p is then rounded to bfloat16 (the sum is of p unrounded). */ \
         void (*softmax)(T *s, int64_t n, T *mx, T *sum, T *alpha);                             \
         /* o[r] = alpha[r]·o[r] + Σ_j p[r·ldp + j]·v_j for r < m, over j < n (v rows of Dv,    \
            row stride ldv). With vis, keys with vis[r·ldvis + j] == 0 are left out entirely    \
            (not multiplied by 0: a NaN value of a hidden key must not reach the row). */      \
         void (*weigh)(T *o, int64_t ldo, const T *p, int64_t ldp, const uint8_t *vis,         \
-                      int64_t ldvis, const T *alpha, const T *v, int64_t ldv, int64_t m,       \
+                      int64_t ldvis, const T *alpha, const E *v, int64_t ldv, int64_t m,       \
                       int64_t n, int64_t Dv);                                                  \
     } NAME;
 
-REFATTN_DECLARE_OPS(float, refattn_ops_f32)
-REFATTN_DECLARE_OPS(double, refattn_ops_f64)
+REFATTN_DECLARE_OPS(float, float, refattn_ops_f32)
+REFATTN_DECLARE_OPS(double, double, refattn_ops_f64)
+REFATTN_DECLARE_OPS(float, uint16_t, refattn_ops_bf16) /* bfloat16 inputs, float32 compute */
+
+/* bfloat16: the upper half of a float32's bits. Widening is exact; narrowing rounds to nearest
+   even, through gradual underflow and to ±inf past the largest bfloat16 (as ml_dtypes does), and
+   keeps a NaN a (quiet) NaN, which truncating its payload could turn into an infinity. */
+static inline float refattn_bf16_to_float(uint16_t x) {
+    const uint32_t bits = (uint32_t)x << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline uint16_t refattn_bf16_from_float(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((bits >> 16) | 0x0040u);
+    bits += 0x7FFFu + ((bits >> 16) & 1u);
+    return (uint16_t)(bits >> 16);
+}
 
 /* The shift of a row's exponentials p = exp(s - shift) in every softmax kernel (the scalar ones
    and the SIMD body), given the row's running max `now` after a tile: `now` itself, or 0 while
@@ -76,6 +100,7 @@ REFATTN_DECLARE_OPS(double, refattn_ops_f64)
    that cannot target them). */
 extern const refattn_ops_f32 *const refattn_avx512_ops;
 extern const refattn_ops_f32 *const refattn_avx2_ops;
+extern const refattn_ops_bf16 *const refattn_avx512_bf16_ops;
 
 /* Does this CPU, with this OS, run the instruction set? (CPUID, and XGETBV for the register
    state the OS saves.) Cached after the first call. */
@@ -88,5 +113,6 @@ void refattn_team_starts(int64_t threads);
 /* The drivers, one per dtype; `call` has been checked by refattn_attention. */
 int refattn_flash_f32(const refattn_call *call, int isa, int num_threads);
 int refattn_flash_f64(const refattn_call *call, int num_threads);
+int refattn_flash_bf16(const refattn_call *call, int isa, int num_threads);
 
 #endif

@@ -23,6 +23,7 @@
 #endif
 
 #include "vec_avx2.h"
+#include "elem_f32.h"
 #include "kernels_simd.h"
 
 #ifdef __clang__

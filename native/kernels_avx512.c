@@ -26,6 +26,7 @@
 #endif
 
 #include "vec_avx512.h"
+#include "elem_f32.h"
 #include "kernels_simd.h"
 
 #ifdef __clang__

@@ -1,21 +1,28 @@
-/* kernels_simd.h: the SIMD tile kernels, float32, one body for every instruction set.
+/* kernels_simd.h: the SIMD tile kernels, float32 compute, one body for every instruction set
+   and input element.
 
    What it does: the tile kernels of internal.h over the vector operations of a vec_*.h header
    (a vector of VW floats, masks, exp, reductions, a VW × VW transpose) and its blocking
-   constants (MR, NP, WIDE, BQ, BK, FEW_ROWS):
-     pack_keys    transposes keys into panels of VW (kp[panel][d][VW]), so that
+   constants (MR, NP, WIDE, BQ, BK, FEW_ROWS), for the input elements of an elem_*.h header:
+   float (elem_f32.h: one dim per step of a dot product, by FMA) or bfloat16 (elem_bf16.h:
+   KSTEP = 2 dims per step, a pair of bfloat16 in each 32-bit lane, by vdpbf16ps):
+     pack_keys    transposes keys into panels of VW (kp[panel][d / KSTEP][VW][KSTEP]), so that
      scores       computes a block of MR query rows × NP·VW keys held in MR·NP accumulators,
-                  one broadcast query element times NP key vectors per step of d;
+                  KSTEP broadcast query elements times NP key vectors per step of d (an odd
+                  Dk with KSTEP 2 ends on a pair padded with 0, in the keys and the query);
      scores_rows  scores for 1–FEW_ROWS query rows straight from unpacked key rows (decode);
-     softmax      does one row: vector max, vectorised exp, vector sum;
+     softmax      does one row: vector max, vectorised exp, vector sum; p as the element
+                  header rounds it for P·V (bfloat16: to bfloat16, after the sum);
      weigh        accumulates p·V into a block of MR rows × NP vectors of value columns (1–2
-                  rows × WIDE vectors).
+                  rows × WIDE vectors), value elements widened to float.
    What it does not do: decide anything about masks or tiles (the driver does), choose between
    instruction sets (each kernels_<isa>.c includes its vec header, then this body, inside its
    own target pragma, and refattn_cpu_has is asked before any of it runs), or differ between
-   them: every intended difference stands in the vec header.
+   them: every intended difference stands in the vec header, and every difference between
+   input elements in the elem header.
 
-   Legend: m query rows against n keys; Dk, Dv head dims; r row, j key, d dim; VW lanes. */
+   Legend: m query rows against n keys; Dk, Dv head dims, Dkp = Dk rounded up to KSTEP; r row,
+   j key, d dim; VW lanes. */
 
 static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -43,48 +50,61 @@ static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 #define ROWS_7(F) ROWS_6(F) F(7)
 #define ROWS_8(F) ROWS_7(F) F(8)
 
-/* kp[panel][d][VW]: key VW·panel + t at kp[panel·Dk·VW + d·VW + t]; keys past n are 0. */
-static void pack_keys(float *kp, const float *k, int64_t ldk, int64_t n, int64_t Dk) {
+static inline int64_t packed_dk(int64_t Dk) { return (Dk + KSTEP - 1) / KSTEP * KSTEP; }
+
+/* kp[panel][d / KSTEP][VW][KSTEP]: element d of key VW·panel + t at
+   kp[panel·Dkp·VW + (d / KSTEP)·VW·KSTEP + t·KSTEP + d % KSTEP]; keys past n and dims past Dk
+   are 0. A step of KSTEP elements is one 32-bit lane, so the transpose is that of floats. */
+static void pack_keys(elem *kp, const elem *k, int64_t ldk, int64_t n, int64_t Dk) {
+    const int64_t Dkp = packed_dk(Dk);
     for (int64_t j0 = 0; j0 < n; j0 += VW) {
         const int64_t count = imin(VW, n - j0);
-        float *panel = kp + (j0 / VW) * Dk * VW;
-        for (int64_t d0 = 0; d0 < Dk; d0 += VW) {
-            const int64_t dims = imin(VW, Dk - d0);
-            const vmask dmask = vlanes(dims);
+        elem *panel = kp + (j0 / VW) * Dkp * VW;
+        for (int64_t d0 = 0; d0 < Dk; d0 += VW * KSTEP) {
+            const int64_t dims = imin(VW * KSTEP, Dk - d0), steps = (dims + KSTEP - 1) / KSTEP;
             vec rows[VW];
             UNROLL for (int t = 0; t < VW; t++)
-                rows[t] = t < count ? vload_part(dmask, k + (j0 + t) * ldk + d0) : vzero();
+                rows[t] = t < count ? vload_dims_part(k + (j0 + t) * ldk + d0, dims) : vzero();
             vtranspose(rows);
             /* t runs over constants: a variable index would keep rows[] in memory */
             UNROLL for (int t = 0; t < VW; t++)
-                if (t < dims) vstore(panel + (d0 + t) * VW, rows[t]);
+                if (t < steps) vstore_dims(panel + (d0 + t * KSTEP) * VW, rows[t]);
         }
     }
 }
 
+/* acc += the step of dims [d, d + KSTEP) of q (ROWS rows) times the kp panels, of which the
+   first `have` dims are real (have < KSTEP: the last step of an odd Dk, the rest 0). */
+INLINE void scores_step(vec acc[MR][NP], const elem *q, int64_t ldq, const elem *kp,
+                        int64_t Dkp, int64_t d, int64_t have, const int ROWS, const int PANELS) {
+    vec key[NP];
+    UNROLL for (int v = 0; v < PANELS; v++) key[v] = vload_dims(kp + (v * Dkp + d) * VW);
+    UNROLL for (int r = 0; r < ROWS; r++) {
+        const vec qd = have == KSTEP ? vbroadcast_dims(q + r * ldq + d)
+                                     : vbroadcast_dims_part(q + r * ldq + d, have);
+        UNROLL for (int v = 0; v < PANELS; v++) acc[r][v] = vdot(qd, key[v], acc[r][v]);
+    }
+}
+
 /* s (ROWS, VW·PANELS) = scale · q (ROWS, Dk) · kp panels */
-INLINE void scores_block(float *s, int64_t lds, const float *q, int64_t ldq, const float *kp,
+INLINE void scores_block(float *s, int64_t lds, const elem *q, int64_t ldq, const elem *kp,
                          int64_t Dk, float scale, const int ROWS, const int PANELS) {
+    const int64_t Dkp = packed_dk(Dk);
     vec acc[MR][NP];
     UNROLL for (int r = 0; r < ROWS; r++) UNROLL for (int v = 0; v < PANELS; v++)
         acc[r][v] = vzero();
-    for (int64_t d = 0; d < Dk; d++) {
-        vec key[NP];
-        UNROLL for (int v = 0; v < PANELS; v++) key[v] = vload(kp + (v * Dk + d) * VW);
-        UNROLL for (int r = 0; r < ROWS; r++) {
-            const vec qd = vbroadcast(q + r * ldq + d);
-            UNROLL for (int v = 0; v < PANELS; v++) acc[r][v] = vfmadd(qd, key[v], acc[r][v]);
-        }
-    }
+    int64_t d = 0;
+    for (; d + KSTEP <= Dk; d += KSTEP) scores_step(acc, q, ldq, kp, Dkp, d, KSTEP, ROWS, PANELS);
+    if (d < Dk) scores_step(acc, q, ldq, kp, Dkp, d, Dk - d, ROWS, PANELS);
     const vec sc = vset1(scale);
     UNROLL for (int r = 0; r < ROWS; r++) UNROLL for (int v = 0; v < PANELS; v++)
         vstore(s + r * lds + v * VW, vmul(acc[r][v], sc));
 }
 
-typedef void (*scores_fn)(float *, int64_t, const float *, int64_t, const float *, int64_t, float);
+typedef void (*scores_fn)(float *, int64_t, const elem *, int64_t, const elem *, int64_t, float);
 #define SCORES(R, P)                                                                            \
-    static void scores_##R##x##P(float *s, int64_t lds, const float *q, int64_t ldq,            \
-                                 const float *kp, int64_t Dk, float scale) {                    \
+    static void scores_##R##x##P(float *s, int64_t lds, const elem *q, int64_t ldq,             \
+                                 const elem *kp, int64_t Dk, float scale) {                     \
         scores_block(s, lds, q, ldq, kp, Dk, scale, R, P);                                      \
     }
 #define SCORES_ROW(R) UPTO(NP, SCORES, R)
@@ -93,28 +113,28 @@ ROWS(MR, SCORES_ROW)
 #define SCORES_ENTRY(R) {UPTO(NP, SCORES_NAME, R)},
 static const scores_fn scores_table[MR][NP] = {ROWS(MR, SCORES_ENTRY)};
 
-static void scores(float *s, int64_t lds, const float *q, int64_t ldq, const float *kp, int64_t m,
+static void scores(float *s, int64_t lds, const elem *q, int64_t ldq, const elem *kp, int64_t m,
                    int64_t n, int64_t Dk, float scale) {
-    const int64_t panels = (n + VW - 1) / VW;
+    const int64_t panels = (n + VW - 1) / VW, Dkp = packed_dk(Dk);
     for (int64_t p0 = 0; p0 < panels; p0 += NP) {
         const int64_t np = imin(NP, panels - p0);
         for (int64_t r0 = 0; r0 < m; r0 += MR) {
             const int64_t mr = imin(MR, m - r0);
             scores_table[mr - 1][np - 1](s + r0 * lds + p0 * VW, lds, q + r0 * ldq, ldq,
-                                         kp + p0 * Dk * VW, Dk, scale);
+                                         kp + p0 * Dkp * VW, Dk, scale);
         }
     }
 }
 
 /* s (m, n) = scale · q (m, Dk) · kᵀ straight from the key rows, for decode-sized tiles: per
-   row and VW keys, one accumulator per key along d (whole vectors, the tail of Dk masked),
-   then vsum_each turns the VW partial vectors into VW dot products. Reads each key row once
-   per query row and packs nothing. */
-static void scores_rows(float *s, int64_t lds, const float *q, int64_t ldq, const float *k,
+   row and VW keys, one accumulator per key along d (whole vectors of VW·KSTEP dims, the tail
+   of Dk masked, 0 in the query and the key), then vsum_each turns the VW partial vectors into
+   VW dot products. Reads each key row once per query row and packs nothing. */
+static void scores_rows(float *s, int64_t lds, const elem *q, int64_t ldq, const elem *k,
                         int64_t ldk, int64_t m, int64_t n, int64_t Dk, float scale) {
     const vec sc = vset1(scale);
     for (int64_t r = 0; r < m; r++) {
-        const float *qr = q + r * ldq;
+        const elem *qr = q + r * ldq;
         for (int64_t j0 = 0; j0 < n; j0 += VW) {
             const int64_t count = imin(VW, n - j0);
             vec acc[VW];
@@ -122,13 +142,14 @@ static void scores_rows(float *s, int64_t lds, const float *q, int64_t ldq, cons
             /* key by key, each row read front to back: the order memory streams best in */
             UNROLL for (int t = 0; t < VW; t++) {
                 if (t >= count) break;
-                const float *kr = k + (j0 + t) * ldk;
+                const elem *kr = k + (j0 + t) * ldk;
                 int64_t d0 = 0;
-                for (; d0 + VW <= Dk; d0 += VW)
-                    acc[t] = vfmadd(vload(qr + d0), vload(kr + d0), acc[t]);
+                for (; d0 + VW * KSTEP <= Dk; d0 += VW * KSTEP)
+                    acc[t] = vdot(vload_dims(qr + d0), vload_dims(kr + d0), acc[t]);
                 if (d0 < Dk) {
-                    const vmask dmask = vlanes(Dk - d0);
-                    acc[t] = vfmadd(vload_part(dmask, qr + d0), vload_part(dmask, kr + d0), acc[t]);
+                    const int64_t dims = Dk - d0;
+                    acc[t] = vdot(vload_dims_part(qr + d0, dims), vload_dims_part(kr + d0, dims),
+                                  acc[t]);
                 }
             }
             vstore(s + r * lds + j0, vmul(vsum_each(acc), sc));
@@ -153,20 +174,20 @@ static void softmax(float *s, int64_t n, float *mx, float *sum, float *alpha) {
     const float tile = vreduce_max(vmax(top, top2)), old = *mx;
     const float now = tile > old ? tile : old;
 
-    /* pass 2: p = exp(s - shift) and their sum; masked stores only at the tail (they are slow
-       on AMD's Zen 4 too) */
+    /* pass 2: p = exp(s - shift) and their sum, and p as P·V takes it (vround_p); masked
+       stores only at the tail (they are slow on AMD's Zen 4 too) */
     const vec shift = vset1(SOFTMAX_SHIFT(now));
     vec total = vzero();
     j = 0;
     for (; j + VW <= n; j += VW) {
         const vec p = vexp(vsub(vload(s + j), shift));
-        vstore(s + j, p);
+        vstore(s + j, vround_p(p));
         total = vadd(total, p);
     }
     if (j < n) {
         const vmask k = vlanes(n - j);
         const vec p = vexp(vsub(vload_part(k, s + j), shift));
-        vstore_part(s + j, k, p);
+        vstore_part(s + j, k, vround_p(p));
         total = vadd_part(total, k, p);
     }
     /* old = -inf: 0, nothing to keep */
@@ -180,7 +201,7 @@ static void softmax(float *s, int64_t n, float *mx, float *sum, float *alpha) {
    lanes of `tail`. CAREFUL: keys with vis 0 are left out (the old accumulator is kept, not
    multiplied by 0: a NaN value of a hidden key must not reach the row). */
 INLINE void weigh_block(float *o, int64_t ldo, const float *p, int64_t ldp, const uint8_t *vis,
-                        int64_t ldvis, const float *alpha, const float *v, int64_t ldv, int64_t n,
+                        int64_t ldvis, const float *alpha, const elem *v, int64_t ldv, int64_t n,
                         vmask tail, const int ROWS, const int VECS, const int CAREFUL) {
     vec acc[MR][WIDE];
     vmask cols[WIDE];
@@ -193,7 +214,7 @@ INLINE void weigh_block(float *o, int64_t ldo, const float *p, int64_t ldp, cons
     }
     for (int64_t j = 0; j < n; j++) {
         vec val[WIDE];
-        UNROLL for (int c = 0; c < VECS; c++) val[c] = vload_part(cols[c], v + j * ldv + c * VW);
+        UNROLL for (int c = 0; c < VECS; c++) val[c] = vload_values(cols[c], v + j * ldv + c * VW);
         UNROLL for (int r = 0; r < ROWS; r++) {
             const vec pj = vbroadcast(p + r * ldp + j);
             if (CAREFUL) {
@@ -221,11 +242,11 @@ INLINE void weigh_block(float *o, int64_t ldo, const float *p, int64_t ldp, cons
 #define WEIGH_VECS_7 NP
 #define WEIGH_VECS_8 NP
 typedef void (*weigh_fn)(float *, int64_t, const float *, int64_t, const uint8_t *, int64_t,
-                         const float *, const float *, int64_t, int64_t, vmask);
+                         const float *, const elem *, int64_t, int64_t, vmask);
 #define WEIGH_FN(R, V, C)                                                                       \
     static void weigh_##R##x##V##_##C(float *o, int64_t ldo, const float *p, int64_t ldp,       \
                                       const uint8_t *vis, int64_t ldvis, const float *alpha,    \
-                                      const float *v, int64_t ldv, int64_t n, vmask tail) {     \
+                                      const elem *v, int64_t ldv, int64_t n, vmask tail) {      \
         weigh_block(o, ldo, p, ldp, vis, ldvis, alpha, v, ldv, n, tail, R, V, C);               \
     }
 #define WEIGH(R, V) WEIGH_FN(R, V, 0) WEIGH_FN(R, V, 1)
@@ -239,7 +260,7 @@ static const weigh_fn weigh_table[2][MR][WIDE] = {{ROWS(MR, WEIGH_ENTRY_0)},
                                                   {ROWS(MR, WEIGH_ENTRY_1)}};
 
 static void weigh(float *o, int64_t ldo, const float *p, int64_t ldp, const uint8_t *vis,
-                  int64_t ldvis, const float *alpha, const float *v, int64_t ldv, int64_t m,
+                  int64_t ldvis, const float *alpha, const elem *v, int64_t ldv, int64_t m,
                   int64_t n, int64_t Dv) {
     const int careful = vis != NULL;
     for (int64_t r0 = 0; r0 < m; r0 += MR) {
@@ -256,9 +277,10 @@ static void weigh(float *o, int64_t ldo, const float *p, int64_t ldp, const uint
     }
 }
 
-static const refattn_ops_f32 ops = {
+static const ELEM_OPS ops = {
     .bq = BQ,
     .bk = BK,
+    .kstep = KSTEP,
     .pack_keys = pack_keys,
     .scores = scores,
     .few_rows = FEW_ROWS,

@@ -9,6 +9,12 @@ softmax, float32 accumulation (float64 for float64 inputs), OpenMP threads, and 
 chosen at run time. float16 inputs are computed in float32; out comes back in the query's
 dtype, lse and weights in the compute dtype.
 
+bfloat16 inputs are computed by bfloat16 kernels where there are some: isa "avx512_bf16"
+(vdpbf16ps) and "scalar" (portable C, their baseline) read the bfloat16 query, key and value
+as they are, accumulate products and the softmax in float32, round P to bfloat16 before P·V
+and write out in bfloat16 (what spec/tolerance.py, 5, takes). With "avx512" or "avx2" they
+are converted to float32 and computed by the float32 kernels, out rounded to bfloat16.
+
 Each call takes four steps: validate (`refattn._checks`, shared with the reference), take the
 buffers (any strides NumPy gives; broadcast masks and biases are passed with their broadcast
 strides, never copied B·H times), call the C core (the GIL is released meanwhile), and turn its
@@ -25,8 +31,9 @@ Extra arguments:
         create one). In a process forked after a call ran on two threads or more, every call
         runs on one thread: libgomp's threads do not survive fork (README, "Threads and fork").
         info()["threads"] says how many a call may take.
-    isa: "avx512", "avx2" or "scalar", the SIMD kernels for this call (float32; float64 always
-        runs portable C); default REFATTN_ISA (read at import), else the fastest this CPU runs.
+    isa: "avx512_bf16", "avx512", "avx2" or "scalar", the SIMD kernels for this call (float32
+        and bfloat16; float64 always runs portable C; float32 runs the "avx512" kernels under
+        "avx512_bf16"); default REFATTN_ISA (read at import), else the fastest this CPU runs.
 """
 
 from __future__ import annotations
@@ -40,8 +47,10 @@ import numpy as np
 from refattn._checks import in_compute_dtype
 from refattn._native import ffi, lib
 from refattn.call import AttentionCall, call_signature
+from refattn.dtypes import BFLOAT16
 
 ISAS = {
+    "avx512_bf16": lib.REFATTN_ISA_AVX512_BF16,
     "avx512": lib.REFATTN_ISA_AVX512,
     "avx2": lib.REFATTN_ISA_AVX2,
     "scalar": lib.REFATTN_ISA_SCALAR,
@@ -52,7 +61,13 @@ _CAUSAL = {
     "top_left": lib.REFATTN_CAUSAL_TOP_LEFT,
     "bottom_right": lib.REFATTN_CAUSAL_BOTTOM_RIGHT,
 }
-_DTYPE = {np.dtype(np.float32): lib.REFATTN_FLOAT32, np.dtype(np.float64): lib.REFATTN_FLOAT64}
+_DTYPE = {
+    np.dtype(np.float32): lib.REFATTN_FLOAT32,
+    np.dtype(np.float64): lib.REFATTN_FLOAT64,
+    BFLOAT16: lib.REFATTN_BFLOAT16,
+}
+# The instruction sets with bfloat16 kernels; the others take bfloat16 converted to float32.
+_BFLOAT16_ISAS = (lib.REFATTN_ISA_AVX512_BF16, lib.REFATTN_ISA_SCALAR)
 
 
 def available_isas() -> list[str]:
@@ -122,8 +137,8 @@ def _rows(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """x in the compute dtype with aligned elements and contiguous rows: what the kernel reads
     vector by vector. Other strides (transposed heads, negative steps) are kept as they are."""
     if x.dtype != dtype:
-        # float16 in: a converted copy, C-ordered (astype would keep a Fortran layout, whose
-        # rows are not contiguous)
+        # float16 in (or bfloat16 for float32 kernels): a converted copy, C-ordered (astype
+        # would keep a Fortran layout, whose rows are not contiguous)
         return np.array(x, dtype=dtype, order="C")
     flags = x.flags
     if flags.c_contiguous and flags.aligned:
@@ -143,10 +158,11 @@ def _aligned(x: np.ndarray) -> np.ndarray:
 
 def _address(x: np.ndarray, keep: list):
     """x's first element as a C pointer. A C-contiguous array goes through ffi.from_buffer
-    (a tenth of the cost of reading __array_interface__); the cdata it returns joins `keep`,
-    which outlives the C call."""
+    (a tenth of the cost of reading __array_interface__; bfloat16 seen as its uint16 bits,
+    which the buffer protocol knows); the cdata it returns joins `keep`, which outlives the
+    C call."""
     if x.flags.c_contiguous:
-        buffer = ffi.from_buffer(x)
+        buffer = ffi.from_buffer(x.view(np.uint16) if x.dtype == BFLOAT16 else x)
         keep.append(buffer)
         return buffer
     return ffi.cast("void *", x.__array_interface__["data"][0])
@@ -203,12 +219,15 @@ def attention(query, key, value, *, num_threads=None, isa=None, **options):
     isa_code = _isa(isa)
     threads = _threads(num_threads)
 
-    # 2. buffers
+    # 2. buffers: q, k, v and out in `elem` (the input dtype where the kernels take it, else
+    # the compute dtype), bias, lse and weights in the compute dtype
     dtype = call.compute_dtype
+    native_bf16 = call.query.dtype == BFLOAT16 and isa_code in _BFLOAT16_ISAS
+    elem = BFLOAT16 if native_bf16 else dtype
     batch, nbatch = call.batch_shape, len(call.batch_shape)
     B = math.prod(batch)
     Hq, Lq, Lk, Dv = call.Hq, call.Lq, call.Lk, call.Dv
-    out = np.empty((B, Hq, Lq, Dv), dtype=dtype)
+    out = np.empty((B, Hq, Lq, Dv), dtype=elem)
     lse = np.empty((B, Hq, Lq), dtype=dtype) if call.return_lse else None
     weights = np.empty((B, Hq, Lq, Lk), dtype=dtype) if call.return_weights else None
     c = ffi.new("refattn_call *")
@@ -218,7 +237,7 @@ def attention(query, key, value, *, num_threads=None, isa=None, **options):
         c.lse = _address(lse, keep)
     if weights is not None:
         c.weights = _address(weights, keep)
-    q, k, v = _rows(call.query, dtype), _rows(call.key, dtype), _rows(call.value, dtype)
+    q, k, v = _rows(call.query, elem), _rows(call.key, elem), _rows(call.value, elem)
     _tensor(c.query, q, nbatch, keep)
     _tensor(c.key, k, nbatch, keep)
     _tensor(c.value, v, nbatch, keep)
@@ -234,7 +253,7 @@ def attention(query, key, value, *, num_threads=None, isa=None, **options):
         keep.append(lengths)
         c.kv_lengths = ffi.cast("int64_t *", lengths.__array_interface__["data"][0])
     c.B, c.Hq, c.Hkv, c.Lq, c.Lk, c.Dk, c.Dv = B, Hq, call.Hkv, Lq, Lk, call.Dk, Dv
-    c.dtype = _DTYPE[dtype]
+    c.dtype = _DTYPE[elem]
     c.causal = _CAUSAL[call.causal]
     left, right = call.window if call.window is not None else (None, None)
     # A side longer than Lq + Lk hides nothing; clamping keeps huge ints out of int64.
