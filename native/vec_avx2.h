@@ -36,6 +36,8 @@
 #define BQ 96       /* query rows per tile */
 #define BK 128      /* keys per tile */
 #define FEW_ROWS 2  /* tiles of at most this many rows score straight from the key rows */
+#define GRAD_BQ 64  /* the backward's tiles (kernels_grad.h): query rows, and keys; its   */
+#define GRAD_BK 128 /* four (bq, bk) tiles and the packed keys and values stay in L2    */
 
 typedef __m256 vec;
 typedef __m256i vmask; /* lanes of all ones where a masked operation acts, for vmaskmov */

@@ -35,6 +35,8 @@
 #define BQ 96       /* query rows per tile */
 #define BK 256      /* keys per tile: half the accumulator rescaling and reloading of 128 */
 #define FEW_ROWS 2  /* tiles of at most this many rows score straight from the key rows */
+#define GRAD_BQ 64  /* the backward's tiles (kernels_grad.h): query rows, and keys; its   */
+#define GRAD_BK 128 /* four (bq, bk) tiles and the packed keys and values stay in L2    */
 
 typedef __m512 vec;
 typedef __mmask16 vmask; /* which lanes a masked operation touches */
