@@ -172,7 +172,9 @@ def _address(x: np.ndarray, keep: list):
 
 def _tensor(field, x: np.ndarray, nbatch: int, keep: list) -> None:
     """Describe x, (B..., H, L, last), in a refattn_tensor: its address and element strides,
-    the batch dims flattened into one stride when they line up, else one offset per entry."""
+    the batch dims flattened into one stride when they line up, else one offset per entry.
+    x joins `keep` (a converted copy or a broadcast view may have no other owner)."""
+    keep.append(x)
     field.data = _address(x, keep)
     if x.flags.c_contiguous:
         # The common case: the batch dims flatten into one stride, and rows are contiguous.
