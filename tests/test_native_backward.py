@@ -1,10 +1,10 @@
 """Targeted tests of the native backward (refattn.native.attention_backward), beyond the spec's
 gradient invariants (tests/test_spec_native.py runs ATT-G1..G10 against it): every call of
 tests/test_backward.py against the spec's float64 gradients, each kernel table at and around
-its tiles (scalar 32 x 64, SIMD 64 x 128) with every mask, the hidden-key, fully masked and NaN
-rules, bit-identity across thread counts (and so across the fused and the two-pass plans) and
-repeated calls, the forward's out and lse passed in, low-precision inputs, memory without an
-Lq x Lk buffer, and every bad input's message.
+its tiles (scalar 32 x 64, AVX2 96 x 96, AVX-512 96 x 128) with every mask, the hidden-key,
+fully masked and NaN rules, bit-identity across thread counts (and so across the fused and the
+two-pass plans) and repeated calls, the forward's out and lse passed in, low-precision inputs,
+memory without an Lq x Lk buffer, and every bad input's message.
 """
 
 import json
@@ -89,11 +89,24 @@ def test_float32_within_the_tolerance_model_on_every_call(name, isa):
     _check(q, k, v, grad_out, grad_lse, isa=isa, **options)
 
 
-# Tiles: lengths at k·tile - 1, k·tile and k·tile + 1 of both tables' tiles (scalar 32 query
-# rows x 64 keys; SIMD 64 x 128), past the register blocks (6 rows; 16 or 8 lanes), with every
-# mask, GQA and Dk != Dv.
+# Tiles: lengths at k·tile - 1, k·tile and k·tile + 1 of every table's tiles (query rows x keys:
+# scalar 32 x 64, AVX2 96 x 96, AVX-512 96 x 128), past the register blocks (6 rows; 16 or 8
+# lanes), with every mask, GQA and Dk != Dv.
 
-LENGTHS = [(1, 1), (31, 63), (32, 64), (33, 65), (63, 127), (64, 128), (65, 129), (129, 257)]
+LENGTHS = [
+    (1, 1),
+    (31, 63),
+    (32, 64),
+    (33, 65),
+    (95, 95),
+    (96, 96),
+    (97, 97),
+    (96, 127),
+    (97, 128),
+    (193, 129),
+    (191, 193),
+    (65, 257),
+]
 
 
 def _features(kind, rng, B, Hq, Lq, Lk, dtype):
