@@ -148,6 +148,25 @@ def test_every_mask_at_tile_boundaries(isa, Lq, Lk, kind):
     _check(q, k, v, grad_out, grad_lse, isa=isa, num_threads=2, **options)
 
 
+@pytest.mark.parametrize("isa", [isa for isa in ISAS if isa != "scalar"])
+@pytest.mark.parametrize(("Lq", "Lk"), [(95, 129), (193, 257)], ids=["95x129", "193x257"])
+@pytest.mark.parametrize("causal", [None, "bottom_right"])
+def test_simd_agrees_with_scalar(isa, Lq, Lk, causal):
+    """Each SIMD table's gradients within twice the tolerance of the scalar table's, the
+    baseline every fast kernel is checked against."""
+    rng = np.random.default_rng(Lq + Lk)
+    q = rng.standard_normal((2, 2, Lq, 64)).astype(np.float32)
+    k = rng.standard_normal((2, 1, Lk, 64)).astype(np.float32)
+    v = rng.standard_normal((2, 1, Lk, 48)).astype(np.float32)
+    grad_out = rng.standard_normal((2, 2, Lq, 48)).astype(np.float32)
+    fast = _check(q, k, v, grad_out, isa=isa, causal=causal)
+    plain = _check(q, k, v, grad_out, isa="scalar", causal=causal)
+    tol = expect_gradients(q, k, v, grad_out, causal=causal).tol
+    for name in ("query", "key", "value"):
+        problem = mismatch(getattr(fast, name), getattr(plain, name), 2 * getattr(tol, name))
+        assert problem is None, f"{isa} against scalar, d{name}: {problem}"
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_all_features_together_in_float32_and_float64(isa):
     rng = np.random.default_rng(5)
