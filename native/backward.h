@@ -119,15 +119,24 @@ static size_t FN(grad_work_layout)(FN(grad_work) *w, char *mine, int64_t Dk, int
     return at;
 }
 
-/* Can some row of [i0, i0 + m) see some key of [j0, j0 + n)? Structural masks only (both
-   ends of visible_range grow with i); the one test both plans use, so that they visit the
-   same tiles. */
-static inline int FN(tiles_meet)(const FN(plan) *p, int64_t b, int64_t i0, int64_t m, int64_t j0,
-                                 int64_t n) {
-    int64_t lo_first, hi_first, lo_last, hi_last;
-    FN(visible_range)(p, b, i0, &lo_first, &hi_first);
-    FN(visible_range)(p, b, i0 + m - 1, &lo_last, &hi_last);
-    return m > 0 && n > 0 && lo_first < j0 + n && hi_last > j0;
+/* The part of the tile rows [i0, i0 + m) × keys [j0, j0 + n) that the structural masks leave
+   to compute: rows [i0 + *r0, i0 + *r1), from the first that sees a key of the tile to the last
+   (rows that see none come first or last: both ends of visible_range grow with i), against
+   keys [j0, j0 + *nn), up to the last key the last of them sees (a tile crossing the causal
+   diagonal loses the triangle no row sees). Returns 0 when no row sees a key of the tile. The
+   one statement of what both plans compute, so that they compute the same. */
+static int FN(tile_extent)(const FN(plan) *p, int64_t b, int64_t i0, int64_t m, int64_t j0,
+                           int64_t n, int64_t *r0, int64_t *r1, int64_t *nn) {
+    int64_t lo, hi, first = 0, end = m;
+#define SEES(r) (FN(visible_range)(p, b, i0 + (r), &lo, &hi), lo < hi && hi > j0 && lo < j0 + n)
+    while (first < m && !SEES(first)) first++;
+    if (first == m || n <= 0) return 0;
+    while (!SEES(end - 1)) end--; /* stops at first, which sees */
+#undef SEES
+    *r0 = first;
+    *r1 = end;
+    *nn = min64(n, hi - j0); /* hi of row end - 1, the largest */
+    return 1;
 }
 
 /* count zeros from x; x may be NULL when count is 0 (an empty output) */
@@ -297,24 +306,25 @@ static void FN(key_tile)(const FN(grad_plan) *gp, FN(grad_work) *w, int64_t b, i
                     hkv * c->key.stride[1] + j0 * c->key.stride[2];
     const int64_t ldq = c->query.stride[2], ldk = c->key.stride[2];
     for (int64_t h = hkv * p->G; h < (hkv + 1) * p->G; h++) {
-        for (int64_t i0 = 0; i0 < Lq; i0 += bq) {
-            const int64_t m = min64(bq, Lq - i0);
-            if (!FN(tiles_meet)(p, b, i0, m, j0, n)) continue;
+        for (int64_t t0 = 0; t0 < Lq; t0 += bq) {
+            int64_t r0, r1, nn;
+            if (!FN(tile_extent)(p, b, t0, min64(bq, Lq - t0), j0, n, &r0, &r1, &nn)) continue;
+            const int64_t i0 = t0 + r0, m = r1 - r0;
             FN(load_rows)(gp, w, b, h, i0, m);
             const int64_t row0 = (b * Hq + h) * Lq + i0;
             REAL *ds = g->grad_scores ? (REAL *)g->grad_scores + row0 * Lk + j0 : NULL;
-            const int hidden = FN(grad_tile)(gp, w, b, h, i0, m, j0, n, ds, Lk);
+            const int hidden = FN(grad_tile)(gp, w, b, h, i0, m, j0, nn, ds, Lk);
             const uint8_t *vis = hidden ? w->vis : NULL;
             const REAL *dout = (const REAL *)g->grad_out + row0 * Dv;
             const ELEM *q = (const ELEM *)c->query.data + batch_offset(&c->query, b) +
                             h * c->query.stride[1] + i0 * ldq;
             /* dV += Pᵀ·dO and dK += (scale·dX)ᵀ·Q: rows are keys, the sum runs over queries
                (P is 0 at hidden pairs and dO finite: no pair to leave out in dV) */
-            if (Dv > 0) gops->accumulate(dv, Dv, w->p, 1, bk, NULL, 0, 0, dout, Dv, n, m, Dv);
-            gops->accumulate(dk, Dk, w->dx, 1, bk, vis, 1, bk, q, ldq, n, m, Dk);
+            if (Dv > 0) gops->accumulate(dv, Dv, w->p, 1, bk, NULL, 0, 0, dout, Dv, nn, m, Dv);
+            gops->accumulate(dk, Dk, w->dx, 1, bk, vis, 1, bk, q, ldq, nn, m, Dk);
             if (with_dq) {
                 REAL *dq = (REAL *)g->grad_query + row0 * Dk;
-                gops->accumulate(dq, Dk, w->dx, bk, 1, vis, bk, 1, k, ldk, m, n, Dk);
+                gops->accumulate(dq, Dk, w->dx, bk, 1, vis, bk, 1, k, ldk, m, nn, Dk);
             }
         }
     }
@@ -327,19 +337,22 @@ static void FN(query_tile)(const FN(grad_plan) *gp, FN(grad_work) *w, int64_t b,
     const FN(plan) *p = &gp->f;
     const refattn_call *c = p->c;
     const int64_t Lq = c->Lq, Dk = c->Dk, bk = p->bk, hkv = h / p->G;
-    const int64_t i0 = qt * p->bq, m = min64(p->bq, Lq - i0);
-    REAL *dq = (REAL *)gp->g->grad_query + ((b * c->Hq + h) * Lq + i0) * Dk;
-    FN(zero)(dq, m * Dk);
-    FN(load_rows)(gp, w, b, h, i0, m);
+    const int64_t t0 = qt * p->bq, tm = min64(p->bq, Lq - t0);
+    const int64_t row0 = (b * c->Hq + h) * Lq + t0;
+    FN(zero)((REAL *)gp->g->grad_query + row0 * Dk, tm * Dk);
     const int64_t ldk = c->key.stride[2];
     for (int64_t jt = 0; jt < p->nkt; jt++) {
         const int64_t j0 = jt * bk;
-        if (!FN(tiles_meet)(p, b, i0, m, j0, min64(bk, c->Lk - j0))) continue;
-        const int64_t n = FN(pack_tile)(gp, w, b, hkv, jt);
-        const int hidden = FN(grad_tile)(gp, w, b, h, i0, m, j0, n, NULL, 0);
+        int64_t r0, r1, nn;
+        if (!FN(tile_extent)(p, b, t0, tm, j0, min64(bk, c->Lk - j0), &r0, &r1, &nn)) continue;
+        const int64_t i0 = t0 + r0, m = r1 - r0;
+        FN(pack_tile)(gp, w, b, hkv, jt);
+        FN(load_rows)(gp, w, b, h, i0, m);
+        const int hidden = FN(grad_tile)(gp, w, b, h, i0, m, j0, nn, NULL, 0);
         const ELEM *k = (const ELEM *)c->key.data + batch_offset(&c->key, b) +
                         hkv * c->key.stride[1] + j0 * ldk;
-        gp->gops->accumulate(dq, Dk, w->dx, bk, 1, hidden ? w->vis : NULL, bk, 1, k, ldk, m, n,
+        REAL *dq = (REAL *)gp->g->grad_query + (row0 + r0) * Dk;
+        gp->gops->accumulate(dq, Dk, w->dx, bk, 1, hidden ? w->vis : NULL, bk, 1, k, ldk, m, nn,
                              Dk);
     }
 }
