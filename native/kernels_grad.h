@@ -71,13 +71,14 @@ INLINE void accumulate_block(float *o, int64_t ldo, const float *p, int64_t pr, 
                              int64_t ldv, int64_t n, vmask tail, const int ROWS, const int VECS,
                              const int CAREFUL) {
     vec acc[MR][NP];
-    vmask cols[NP];
-    UNROLL for (int c = 0; c < VECS; c++) cols[c] = c == VECS - 1 ? tail : vwhole();
+    /* whole vectors but the last, which holds the lanes of tail: plain loads and stores there
+       (masked ones are slow on AMD), decided at compile time (c and VECS are constants) */
+#define LOAD(c, at) ((c) == VECS - 1 ? vload_part(tail, at) : vload(at))
     UNROLL for (int r = 0; r < ROWS; r++) UNROLL for (int c = 0; c < VECS; c++)
-        acc[r][c] = vload_part(cols[c], o + r * ldo + c * VW);
+        acc[r][c] = LOAD(c, o + r * ldo + c * VW);
     for (int64_t j = 0; j < n; j++) {
         vec val[NP];
-        UNROLL for (int c = 0; c < VECS; c++) val[c] = vload_part(cols[c], v + j * ldv + c * VW);
+        UNROLL for (int c = 0; c < VECS; c++) val[c] = LOAD(c, v + j * ldv + c * VW);
         UNROLL for (int r = 0; r < ROWS; r++) {
             const vec pj = vbroadcast(p + r * pr + j * pc);
             if (CAREFUL) {
@@ -89,8 +90,11 @@ INLINE void accumulate_block(float *o, int64_t ldo, const float *p, int64_t pr, 
             }
         }
     }
-    UNROLL for (int r = 0; r < ROWS; r++) UNROLL for (int c = 0; c < VECS; c++)
-        vstore_part(o + r * ldo + c * VW, cols[c], acc[r][c]);
+#undef LOAD
+    UNROLL for (int r = 0; r < ROWS; r++) UNROLL for (int c = 0; c < VECS; c++) {
+        if (c == VECS - 1) vstore_part(o + r * ldo + c * VW, tail, acc[r][c]);
+        else vstore(o + r * ldo + c * VW, acc[r][c]);
+    }
 }
 
 typedef void (*accumulate_fn)(float *, int64_t, const float *, int64_t, int64_t, const uint8_t *,
