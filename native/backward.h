@@ -18,8 +18,8 @@
               the G query heads of the group and every query tile that can see the key tile.
      pass B   work item (b, query head, query tile): owns its rows of dQ, loops over the key
               tiles it can see, recomputing what pass A computed for them (S, P, dP, dS).
-     fused    when the kv heads alone keep every thread busy (B·Hkv >= FUSED_ITEMS per thread,
-              or one thread), work item (b, kv head) runs pass A for each key tile in order and
+     fused    when the kv heads alone keep the threads busy (see FUSED_BALANCE), work item
+              (b, kv head) runs pass A for each key tile in order and
               adds each tile's dX·K to dQ as it goes: no recomputation. Each dQ row then sums
               the same tiles, computed by the same kernels, in the same order (key tiles
               ascending) as pass B would: the two plans give the same bits.
@@ -357,8 +357,13 @@ static void FN(query_tile)(const FN(grad_plan) *gp, FN(grad_work) *w, int64_t b,
     }
 }
 
-/* The fused plan when at least this many kv heads (b, hkv) per thread keep the team busy. */
-#define FUSED_ITEMS 4
+/* The fused plan computes S and dP once where the two passes compute them twice: 5 products of
+   a tile rather than 7, 1.4 times less work. Its items are the kv heads, all of equal cost but
+   for kv_lengths, so B·Hkv items on T threads keep them B·Hkv / (T·ceil(B·Hkv / T)) busy: it
+   is taken when that is at least FUSED_BALANCE (3/4: 8 heads on 2 or 3 threads, 2 on 2, 6 on
+   4; not 1 on 2, 2 on 3 or 5 on 4), and always on one thread. */
+#define FUSED_BALANCE_NUM 3
+#define FUSED_BALANCE_DEN 4
 
 static int FN(backward)(const refattn_grad_call *g, const OPS *ops, const GRAD_OPS *gops,
                         int num_threads) {
@@ -389,7 +394,8 @@ static int FN(backward)(const refattn_grad_call *g, const OPS *ops, const GRAD_O
     const double work = (double)rows * (double)c->Lk * (double)(Dk + Dv);
     if (threads > items) threads = items > 0 ? items : 1;
     if (work < 65536.0) threads = 1;
-    const int fused = threads == 1 || BHkv >= FUSED_ITEMS * threads;
+    const int64_t busy = FUSED_BALANCE_DEN * BHkv, all = FUSED_BALANCE_NUM * threads;
+    const int fused = threads == 1 || busy >= all * cdiv(BHkv, threads);
 
     /* Allocate everything before the parallel region, so a failure is one clean return. */
     const size_t per_thread = FN(grad_work_layout)(NULL, NULL, Dk, Dv, bq, bk);

@@ -304,8 +304,10 @@ def test_fully_masked_rows_across_tiles_and_nan_keys_beyond_kv_lengths(isa):
 
 # Determinism: bit for bit across thread counts, plans and calls.
 
-# B·Hkv = 8 kv heads: the fused plan (one item a kv head) at 1 and 2 threads, the two-pass plan
-# (key tiles, then query tiles) at 3 and 4; B·Hkv = 2: the two-pass plan from 2 threads on.
+# The fused plan (one item a kv head) on 1 thread, and on T threads when B·Hkv kv heads keep them
+# 3/4 busy (native/backward.h, FUSED_BALANCE); else the two-pass plan (key tiles, then query
+# tiles). B·Hkv = 8: fused on 1 to 4 threads; 2: fused on 1 and 2, two passes on 3 and 4;
+# 1: two passes from 2 threads on.
 SHAPES = [(4, 4, 2, 200, 300), (1, 6, 2, 257, 129), (1, 2, 1, 70, 1000)]
 
 
