@@ -18,11 +18,11 @@
               the G query heads of the group and every query tile that can see the key tile.
      pass B   work item (b, query head, query tile): owns its rows of dQ, loops over the key
               tiles it can see, recomputing what pass A computed for them (S, P, dP, dS).
-     fused    when the kv heads alone keep the threads busy (see FUSED_BALANCE), work item
-              (b, kv head) runs pass A for each key tile in order and
-              adds each tile's dX·K to dQ as it goes: no recomputation. Each dQ row then sums
-              the same tiles, computed by the same kernels, in the same order (key tiles
-              ascending) as pass B would: the two plans give the same bits.
+     fused    when the kv heads alone keep the threads busy (FUSED_BALANCE), work item
+              (b, kv head) runs pass A for each key tile in order and adds each tile's dX·K to
+              dQ as it goes: no recomputation. Each dQ row then sums the same tiles (the same
+              extents, tile_extent), computed by the same kernels, in the same order (key
+              tiles ascending) as pass B would: the two plans give the same bits.
    What it does not do: validation (refattn_attention_backward checks the call), bfloat16 or
    float16 (the wrapper converts), SIMD arithmetic (the tables do), or run the forward (the
    wrapper passes its out and lse).
