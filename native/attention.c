@@ -38,7 +38,9 @@ static int tensor_ok(const refattn_tensor *t, int rows_contiguous) {
     return !rows_contiguous || t->stride[3] == 1;
 }
 
-int refattn_attention(const refattn_call *c) {
+/* The checks every call takes, forward or backward: REFATTN_OK when the call is safe to run
+   (its rows may still be none). */
+static int check_call(const refattn_call *c) {
     if (!c) return REFATTN_EINVAL;
     if (c->B < 0 || c->Hq < 1 || c->Hkv < 1 || c->Lq < 0 || c->Lk < 0 || c->Dk < 1 || c->Dv < 0)
         return REFATTN_EINVAL;
@@ -55,19 +57,42 @@ int refattn_attention(const refattn_call *c) {
     if (c->dtype == REFATTN_BFLOAT16 && c->isa != REFATTN_ISA_SCALAR &&
         c->isa != REFATTN_ISA_AVX512_BF16)
         return REFATTN_EINVAL;
-    const int64_t rows = c->B * c->Hq * c->Lq;
-    if (rows == 0) return REFATTN_OK; /* nothing to compute or write */
-    if (!c->out || !tensor_ok(&c->query, 1)) return REFATTN_EINVAL;
-    if (c->Lk > 0 && (!tensor_ok(&c->key, 1) || (c->Dv > 0 && !tensor_ok(&c->value, 1))))
+    if (c->B * c->Hq * c->Lq > 0 && !tensor_ok(&c->query, 1)) return REFATTN_EINVAL;
+    if (c->B > 0 && c->Lk > 0 && (!tensor_ok(&c->key, 1) || (c->Dv > 0 && !tensor_ok(&c->value, 1))))
         return REFATTN_EINVAL;
     if (c->kv_lengths)
         for (int64_t b = 0; b < c->B; b++)
             if (c->kv_lengths[b] < 0 || c->kv_lengths[b] > c->Lk) return REFATTN_EINVAL;
+    return REFATTN_OK;
+}
+
+int refattn_attention(const refattn_call *c) {
+    const int status = check_call(c);
+    if (status != REFATTN_OK) return status;
+    const int64_t rows = c->B * c->Hq * c->Lq;
+    if (rows == 0) return REFATTN_OK; /* nothing to compute or write */
+    if (!c->out) return REFATTN_EINVAL;
     if (c->Dv == 0 && !c->lse && !c->weights) return REFATTN_OK; /* out is empty: no work */
     const int threads = refattn_threads(c->num_threads);
     if (c->dtype == REFATTN_FLOAT32) return refattn_flash_f32(c, c->isa, threads);
     if (c->dtype == REFATTN_BFLOAT16) return refattn_flash_bf16(c, c->isa, threads);
     return refattn_flash_f64(c, threads);
+}
+
+int refattn_attention_backward(const refattn_grad_call *g) {
+    if (!g) return REFATTN_EINVAL;
+    const refattn_call *c = g->call;
+    const int status = check_call(c);
+    if (status != REFATTN_OK) return status;
+    if (c->dtype != REFATTN_FLOAT32 && c->dtype != REFATTN_FLOAT64) return REFATTN_EINVAL;
+    const int64_t rows = c->B * c->Hq * c->Lq, keys = c->B * c->Hkv * c->Lk;
+    if (rows == 0 && keys == 0) return REFATTN_OK; /* nothing to compute or write */
+    if (rows > 0 && (!c->out || !c->lse || !g->grad_out || !g->grad_query)) return REFATTN_EINVAL;
+    if (keys > 0 && (!g->grad_key || (c->Dv > 0 && !g->grad_value))) return REFATTN_EINVAL;
+    if (c->bias.data && rows > 0 && keys > 0 && !g->grad_scores) return REFATTN_EINVAL;
+    const int threads = refattn_threads(c->num_threads);
+    if (c->dtype == REFATTN_FLOAT32) return refattn_backward_f32(g, c->isa, threads);
+    return refattn_backward_f64(g, threads);
 }
 
 int refattn_isa_supported(int isa) {

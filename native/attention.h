@@ -86,6 +86,30 @@ typedef struct refattn_call {
 /* Computes one call. Returns REFATTN_OK, or a status code with the outputs unspecified. */
 int refattn_attention(const refattn_call *call);
 
+/* The gradients of one call (the backward pass), for float32 and float64: a loss's gradients
+   dO and dlse with respect to out and lse carried back to query, key, value and the scores.
+   Outputs first, then inputs. Every array here is C-contiguous, in the compute dtype. */
+typedef struct refattn_grad_call {
+    /* outputs */
+    void *grad_query;          /* dQ (B, Hq, Lq, Dk) */
+    void *grad_key;            /* dK (B, Hkv, Lk, Dk): summed over each kv head's group */
+    void *grad_value;          /* dV (B, Hkv, Lk, Dv) */
+    void *grad_scores;         /* dS (B, Hq, Lq, Lk), zeros on entry, or NULL: the bias's
+                                  gradient before it is summed to the bias's shape; only the
+                                  pairs some row's tiles reach are written */
+    /* inputs */
+    const refattn_call *call;  /* the forward call: query, key, value, masks and options, its
+                                  out (B, Hq, Lq, Dv) and lse (B, Hq, Lq) as the forward wrote
+                                  them (inputs here; weights is not read) */
+    const void *grad_out;      /* dO (B, Hq, Lq, Dv) */
+    const void *grad_lse;      /* dlse (B, Hq, Lq), or NULL: 0 */
+} refattn_grad_call;
+
+/* Computes one backward call: dtype REFATTN_FLOAT32 (isa as the forward's) or REFATTN_FLOAT64.
+   Results are the same bit for bit whatever num_threads. Returns REFATTN_OK, or a status code
+   with the outputs unspecified. */
+int refattn_attention_backward(const refattn_grad_call *call);
+
 /* 1 if this build has kernels for `isa` and this CPU and OS can run them, else 0. */
 int refattn_isa_supported(int isa);
 

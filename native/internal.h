@@ -56,6 +56,32 @@ REFATTN_DECLARE_OPS(float, float, refattn_ops_f32)
 REFATTN_DECLARE_OPS(double, double, refattn_ops_f64)
 REFATTN_DECLARE_OPS(float, uint16_t, refattn_ops_bf16) /* bfloat16 inputs, float32 compute */
 
+/* Tile kernels of the backward pass for one compute type T (float32 and float64 only: bfloat16
+   and float16 are converted by the wrapper). It scores with the forward table's pack_keys and
+   scores (query rows against keys, and dO rows against values); these do the rest. A tile is m
+   rows against n columns; strides (ld*, and the row/column steps *r, *c) are in elements. */
+#define REFATTN_DECLARE_GRAD_OPS(T, NAME)                                                      \
+    typedef struct NAME {                                                                      \
+        int64_t bq; /* query rows per tile */                                                  \
+        int64_t bk; /* keys per tile, a multiple of 16 */                                      \
+        /* p[r·ldp + j] = exp(p[r·ldp + j] - shift[r]) for r < m, j < n: scores to weights. */  \
+        void (*probs)(T *p, int64_t ldp, const T *shift, int64_t m, int64_t n);                \
+        /* ds = p ⊙ (dp - t[r]) and dx = ds ⊙ slope · scale (no slope when NULL) for r < m,    \
+           j < n, all with row stride ld but ds (ldds; not stored when NULL). Writes exactly    \
+           n columns of dx and ds. */                                                          \
+        void (*dscores)(T *dx, T *ds, int64_t ldds, const T *p, const T *dp, const T *slope,   \
+                        int64_t ld, const T *t, T scale, int64_t m, int64_t n);                \
+        /* o[r·ldo + d] += Σ_j p[r·pr + j·pc]·v[j·ldv + d] for r < m, d < D, over j < n in     \
+           order. With vis, pairs with vis[r·vr + j·vc] == 0 are left out entirely (not        \
+           multiplied by 0: a NaN in a hidden key or a fully masked row must not get in). */   \
+        void (*accumulate)(T *o, int64_t ldo, const T *p, int64_t pr, int64_t pc,              \
+                           const uint8_t *vis, int64_t vr, int64_t vc, const T *v, int64_t ldv, \
+                           int64_t m, int64_t n, int64_t D);                                   \
+    } NAME;
+
+REFATTN_DECLARE_GRAD_OPS(float, refattn_grad_ops_f32)
+REFATTN_DECLARE_GRAD_OPS(double, refattn_grad_ops_f64)
+
 /* bfloat16: the upper half of a float32's bits. Widening is exact; narrowing rounds to nearest
    even, through gradual underflow and to ±inf past the largest bfloat16 (as ml_dtypes does), and
    keeps a NaN a (quiet) NaN, which truncating its payload could turn into an infinity. */
@@ -101,6 +127,8 @@ static inline uint16_t refattn_bf16_from_float(float f) {
 extern const refattn_ops_f32 *const refattn_avx512_ops;
 extern const refattn_ops_f32 *const refattn_avx2_ops;
 extern const refattn_ops_bf16 *const refattn_avx512_bf16_ops;
+extern const refattn_grad_ops_f32 *const refattn_avx512_grad_ops;
+extern const refattn_grad_ops_f32 *const refattn_avx2_grad_ops;
 
 /* Does this CPU, with this OS, run the instruction set? (CPUID, and XGETBV for the register
    state the OS saves.) Cached after the first call. */
@@ -114,5 +142,10 @@ void refattn_team_starts(int64_t threads);
 int refattn_flash_f32(const refattn_call *call, int isa, int num_threads);
 int refattn_flash_f64(const refattn_call *call, int num_threads);
 int refattn_flash_bf16(const refattn_call *call, int isa, int num_threads);
+
+/* The backward drivers (backward.h, in flash_f32.c and flash_f64.c); `call` has been checked
+   by refattn_attention_backward. */
+int refattn_backward_f32(const refattn_grad_call *call, int isa, int num_threads);
+int refattn_backward_f64(const refattn_grad_call *call, int num_threads);
 
 #endif

@@ -7,6 +7,8 @@
      softmax    does one row: vector max, vectorised exp, vector sum;
      weigh      accumulates p·V into a block of 6 rows × 16 value columns.
      scores_rows  scores for 1–2 query rows straight from unpacked key rows (decode).
+   and the backward's (kernels_grad.h): probs, dscores and accumulate, o += p·v for any steps
+   through p (Pᵀ·dO, dXᵀ·Q, dX·K).
    What they do not do: decide anything about masks or tiles (the driver does), or run on a
    CPU without AVX2 and FMA (refattn_cpu_has is asked first). Compiled with a target pragma.
 
@@ -25,6 +27,7 @@
 #include "vec_avx2.h"
 #include "elem_f32.h"
 #include "kernels_simd.h"
+#include "kernels_grad.h"
 
 #ifdef __clang__
 #pragma clang attribute pop
@@ -33,9 +36,11 @@
 #endif
 
 const refattn_ops_f32 *const refattn_avx2_ops = &ops;
+const refattn_grad_ops_f32 *const refattn_avx2_grad_ops = &grad_ops;
 
 #else
 
 const refattn_ops_f32 *const refattn_avx2_ops = 0;
+const refattn_grad_ops_f32 *const refattn_avx2_grad_ops = 0;
 
 #endif

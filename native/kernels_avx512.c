@@ -8,6 +8,8 @@
      softmax    does one row: vector max, vectorised exp, vector sum;
      weigh      accumulates p·V into a block of 6 rows × 64 value columns (1–2 rows × 128).
      scores_rows  scores for 1–2 query rows straight from unpacked key rows (decode).
+   and the backward's (kernels_grad.h): probs, dscores and accumulate, o += p·v for any steps
+   through p (Pᵀ·dO, dXᵀ·Q, dX·K).
    What they do not do: decide anything about masks or tiles (the driver does), or run on a
    CPU without AVX-512 (refattn_cpu_has is asked first). This file is compiled with a target
    pragma rather than -mavx512f, so the rest of the build stays portable.
@@ -28,6 +30,7 @@
 #include "vec_avx512.h"
 #include "elem_f32.h"
 #include "kernels_simd.h"
+#include "kernels_grad.h"
 
 #ifdef __clang__
 #pragma clang attribute pop
@@ -36,9 +39,11 @@
 #endif
 
 const refattn_ops_f32 *const refattn_avx512_ops = &ops;
+const refattn_grad_ops_f32 *const refattn_avx512_grad_ops = &grad_ops;
 
 #else
 
 const refattn_ops_f32 *const refattn_avx512_ops = 0;
+const refattn_grad_ops_f32 *const refattn_avx512_grad_ops = 0;
 
 #endif

@@ -36,6 +36,9 @@
 #define BQ 96       /* query rows per tile */
 #define BK 128      /* keys per tile */
 #define FEW_ROWS 2  /* tiles of at most this many rows score straight from the key rows */
+#define GRAD_BQ 96  /* the backward's tiles (kernels_grad.h): query rows (16 blocks of 6) */
+#define GRAD_BK 96  /* and keys (16 blocks of 6 rows in dK, dV; 6 of 2 panels in scores);
+                       4 (bq, bk) tiles and the packed keys and values take 190 KB at D = 64 */
 
 typedef __m256 vec;
 typedef __m256i vmask; /* lanes of all ones where a masked operation acts, for vmaskmov */

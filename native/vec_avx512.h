@@ -35,6 +35,9 @@
 #define BQ 96       /* query rows per tile */
 #define BK 256      /* keys per tile: half the accumulator rescaling and reloading of 128 */
 #define FEW_ROWS 2  /* tiles of at most this many rows score straight from the key rows */
+#define GRAD_BQ 96  /* the backward's tiles (kernels_grad.h): query rows (16 blocks of 6) */
+#define GRAD_BK 128 /* and keys (2 blocks of 4 panels); 4 (bq, bk) tiles and the packed keys
+                       and values take 260 KB at D = 64: they stay in L2 */
 
 typedef __m512 vec;
 typedef __mmask16 vmask; /* which lanes a masked operation touches */

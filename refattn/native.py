@@ -2,12 +2,14 @@
 
     out = attention(query, key, value, *, mask, bias, causal, window, kv_lengths, scale,
                     softcap, return_lse, return_weights, num_threads, isa)
+    grads = attention_backward(query, key, value, grad_out, *, grad_lse, out, lse, ...)
 
 computes what `refattn.reference.attention` defines (its docstring has the formula, the shape
 letters and every option), FlashAttention-2 style: tiles of queries and keys, an online
 softmax, float32 accumulation (float64 for float64 inputs), OpenMP threads, and SIMD kernels
 chosen at run time. float16 inputs are computed in float32; out comes back in the query's
-dtype, lse and weights in the compute dtype.
+dtype, lse and weights in the compute dtype. `attention_backward` gives the gradients of
+`refattn.reference.attention_backward` (refattn._native_backward has the details).
 
 bfloat16 inputs are computed by bfloat16 kernels where there are some: isa "avx512_bf16"
 (vdpbf16ps) and "scalar" (portable C, their baseline) read the bfloat16 query, key and value
@@ -170,7 +172,9 @@ def _address(x: np.ndarray, keep: list):
 
 def _tensor(field, x: np.ndarray, nbatch: int, keep: list) -> None:
     """Describe x, (B..., H, L, last), in a refattn_tensor: its address and element strides,
-    the batch dims flattened into one stride when they line up, else one offset per entry."""
+    the batch dims flattened into one stride when they line up, else one offset per entry.
+    x joins `keep` (a converted copy or a broadcast view may have no other owner)."""
+    keep.append(x)
     field.data = _address(x, keep)
     if x.flags.c_contiguous:
         # The common case: the batch dims flatten into one stride, and rows are contiguous.
@@ -207,6 +211,52 @@ _STATUS = {
 }
 
 
+def _raise_for(status: int, who: str) -> None:
+    """The exception for a C status code other than REFATTN_OK."""
+    if status != lib.REFATTN_OK:
+        kind, message = _STATUS.get(status, (RuntimeError, f"unknown status {status}"))
+        raise kind(f"{who}: {message}")
+
+
+def _call_struct(call: AttentionCall, elem: np.dtype, isa_code: int, threads: int, keep: list):
+    """A refattn_call for a checked call, its inputs (query, key and value in `elem`, bias in
+    the compute dtype, masks and kv_lengths) and options filled in; its outputs left NULL.
+    Arrays it points into join `keep`, which must outlive the C call."""
+    dtype = call.compute_dtype
+    nbatch = len(call.batch_shape)
+    Lq, Lk = call.Lq, call.Lk
+    c = ffi.new("refattn_call *")
+    keep.append(c)
+    q, k, v = _rows(call.query, elem), _rows(call.key, elem), _rows(call.value, elem)
+    _tensor(c.query, q, nbatch, keep)
+    _tensor(c.key, k, nbatch, keep)
+    _tensor(c.value, v, nbatch, keep)
+    if call.mask is not None:
+        mask = np.broadcast_to(call.mask, call.scores_shape)  # strides 0: no copy
+        _tensor(c.mask, mask, nbatch, keep)
+    if call.bias is not None:
+        bias = in_compute_dtype(call.bias, dtype)
+        bias = np.broadcast_to(_aligned(bias), call.scores_shape)
+        _tensor(c.bias, bias, nbatch, keep)
+    if call.kv_lengths is not None:
+        lengths = np.ascontiguousarray(call.kv_lengths.reshape(-1))
+        keep.append(lengths)
+        c.kv_lengths = ffi.cast("int64_t *", lengths.__array_interface__["data"][0])
+    c.B, c.Hq, c.Hkv, c.Lq, c.Lk = math.prod(call.batch_shape), call.Hq, call.Hkv, Lq, Lk
+    c.Dk, c.Dv = call.Dk, call.Dv
+    c.dtype = _DTYPE[np.dtype(elem)]
+    c.causal = _CAUSAL[call.causal]
+    left, right = call.window if call.window is not None else (None, None)
+    # A side longer than Lq + Lk hides nothing; clamping keeps huge ints out of int64.
+    c.window_left = -1 if left is None else min(left, Lq + Lk)
+    c.window_right = -1 if right is None else min(right, Lq + Lk)
+    c.scale = call.scale_or_default
+    c.softcap = 0.0 if call.softcap is None else call.softcap
+    c.num_threads = threads
+    c.isa = isa_code
+    return c
+
+
 @call_signature
 def attention(query, key, value, *, num_threads=None, isa=None, **options):
     """Scaled dot-product attention in C; the semantics of `refattn.reference.attention`.
@@ -224,53 +274,25 @@ def attention(query, key, value, *, num_threads=None, isa=None, **options):
     dtype = call.compute_dtype
     native_bf16 = call.query.dtype == BFLOAT16 and isa_code in _BFLOAT16_ISAS
     elem = BFLOAT16 if native_bf16 else dtype
-    batch, nbatch = call.batch_shape, len(call.batch_shape)
+    batch = call.batch_shape
     B = math.prod(batch)
     Hq, Lq, Lk, Dv = call.Hq, call.Lq, call.Lk, call.Dv
     out = np.empty((B, Hq, Lq, Dv), dtype=elem)
     lse = np.empty((B, Hq, Lq), dtype=dtype) if call.return_lse else None
     weights = np.empty((B, Hq, Lq, Lk), dtype=dtype) if call.return_weights else None
-    c = ffi.new("refattn_call *")
     keep = []  # arrays that must outlive the C call
+    c = _call_struct(call, elem, isa_code, threads, keep)
     c.out = _address(out, keep)
     if lse is not None:
         c.lse = _address(lse, keep)
     if weights is not None:
         c.weights = _address(weights, keep)
-    q, k, v = _rows(call.query, elem), _rows(call.key, elem), _rows(call.value, elem)
-    _tensor(c.query, q, nbatch, keep)
-    _tensor(c.key, k, nbatch, keep)
-    _tensor(c.value, v, nbatch, keep)
-    if call.mask is not None:
-        mask = np.broadcast_to(call.mask, call.scores_shape)  # strides 0: no copy
-        _tensor(c.mask, mask, nbatch, keep)
-    if call.bias is not None:
-        bias = in_compute_dtype(call.bias, dtype)
-        bias = np.broadcast_to(_aligned(bias), call.scores_shape)
-        _tensor(c.bias, bias, nbatch, keep)
-    if call.kv_lengths is not None:
-        lengths = np.ascontiguousarray(call.kv_lengths.reshape(-1))
-        keep.append(lengths)
-        c.kv_lengths = ffi.cast("int64_t *", lengths.__array_interface__["data"][0])
-    c.B, c.Hq, c.Hkv, c.Lq, c.Lk, c.Dk, c.Dv = B, Hq, call.Hkv, Lq, Lk, call.Dk, Dv
-    c.dtype = _DTYPE[elem]
-    c.causal = _CAUSAL[call.causal]
-    left, right = call.window if call.window is not None else (None, None)
-    # A side longer than Lq + Lk hides nothing; clamping keeps huge ints out of int64.
-    c.window_left = -1 if left is None else min(left, Lq + Lk)
-    c.window_right = -1 if right is None else min(right, Lq + Lk)
-    c.scale = call.scale_or_default
-    c.softcap = 0.0 if call.softcap is None else call.softcap
-    c.num_threads = threads
-    c.isa = isa_code
 
     # 3. call (cffi releases the GIL for the duration)
     status = lib.refattn_attention(c)
 
     # 4. status -> exception
-    if status != lib.REFATTN_OK:
-        kind, message = _STATUS.get(status, (RuntimeError, f"unknown status {status}"))
-        raise kind(f"refattn.native.attention: {message}")
+    _raise_for(status, "refattn.native.attention")
     del keep
     out = out.reshape(*batch, Hq, Lq, Dv)
     if out.dtype != call.query.dtype:
@@ -298,3 +320,7 @@ def info() -> dict:
         "openmp": openmp or None,
         "build": ffi.string(lib.refattn_build_info()).decode(),
     }
+
+
+# The backward pass, in a module of its own; it takes the helpers above.
+from refattn._native_backward import attention_backward  # noqa: E402, F401

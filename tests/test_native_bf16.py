@@ -55,7 +55,8 @@ def test_native_bf16_conforms(inv, isa, threads):
     function = partial(native.attention, isa=isa, num_threads=threads)
     impl = Adapter.of(f"native:{isa}", function, BF16_ONLY)
     missing = sorted(set(inv.requires) - impl.capabilities)
-    if missing:  # the gradient invariants: the native core has no backward yet
+    if missing:  # the gradient invariants: the bfloat16 kernels are forward only (the backward
+        # takes bfloat16 in float32: tests/test_spec_native.py, tests/test_native_backward.py)
         pytest.skip(f"native does not claim {', '.join(missing)}")
     property_test(inv, impl)()
 

@@ -30,7 +30,8 @@ the spec would be checking the adapter instead of the implementation.
 Implementations by name (`load`):
 
     reference       refattn.reference.attention
-    native          refattn.native.attention, the C core with the kernels it picks
+    native          refattn.native.attention, the C core with the kernels it picks (and
+                    refattn.native.attention_backward, its backward)
     native:ISA      the same with the kernels of one instruction set (avx512_bf16, avx512,
                     avx2, scalar)
     numpy           the textbook formula in NumPy, softmax(q·kᵀ/sqrt(D))·v (a baseline)
@@ -480,12 +481,21 @@ def _native(isa: str | None = None) -> Callable[..., Adapter]:
         if threads is not None:
             fixed["num_threads"] = threads
         setup = ("from refattn import native",)
+
+        def backward_snippet(call, grad_out, grad_lse, prefix):
+            upstream = (grad_out, grad_lse)
+            function = "native.attention_backward"
+            return reference_snippet(call, prefix, function, setup, upstream=upstream, **fixed)
+
         return Adapter(
             name,
             reference_protocol(native.attention, **fixed),
+            ALL,
             snippet_of=lambda call, p: reference_snippet(
                 call, p, "native.attention", setup, **fixed
             ),
+            prepare_backward=reference_backward_protocol(native.attention_backward, **fixed),
+            backward_snippet_of=backward_snippet,
             title="refattn.native",
             threads_how="num_threads={n} on every call",
         )
