@@ -34,6 +34,7 @@ class Case:
     mask_density: float = 0.5  # chance that a mask entry is True
     bias_shape: tuple[int, ...] | None = None
     bias_hidden: float = 0.0  # chance that a bias entry is -inf (hides the key)
+    bias_magnitude: float = 1.0  # standard deviation of the finite bias entries
     causal: str | None = None
     window: tuple[int | None, int | None] | None = None
     kv_lengths: tuple[int, ...] | None = None  # one per batch element, flattened
@@ -51,7 +52,7 @@ class Case:
         if self.mask_shape is not None:
             options["mask"] = rng.random(self.mask_shape) < self.mask_density
         if self.bias_shape is not None:
-            bias = rng.standard_normal(self.bias_shape)
+            bias = self.bias_magnitude * rng.standard_normal(self.bias_shape)
             bias[rng.random(self.bias_shape) < self.bias_hidden] = -np.inf
             options["bias"] = bias.astype(dtype)
         if self.causal is not None:

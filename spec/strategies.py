@@ -16,6 +16,14 @@ from refattn.capabilities import CAPABILITIES, exclusive_pairs
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")  # shrinks toward float64: no rounding
 SMALL = 8  # lengths and dims up to this are drawn first; larger ones exercise kernel tiles
+# Where fast kernels change path, drawn on purpose rather than left to a lucky seed:
+TILES = (16, 32, 64, 128, 256)  # key and query tile widths (refattn's, FlashAttention's, torch's)
+HEAD_DIMS = (16, 32, 64, 80, 96, 128, 160, 192, 256)  # register blocks end at 64, 128, 256
+LONG_KEYS = 4096  # decode shapes: split-KV kernels split the keys past a few hundred
+# scales and softcaps at the edges of their legal ranges, beside the middle ones
+EDGE_SCALES = (0.0, 1e-7, -1e-7, 100.0, -100.0)
+EDGE_SOFTCAPS = (1e-3, 0.05, 1e3, 1e4)
+BIAS_MAGNITUDES = (1.0, 1e-3, 30.0)  # standard deviations of a bias: flat to near one-hot
 _FEATURE_VALUES = (False, True, "always")
 
 
@@ -26,10 +34,21 @@ def _check_options(**options) -> None:
 
 
 def _size(low: int, high: int):
-    """Sizes from [low, high]: small ones first (they shrink there), then the long tail."""
+    """Sizes from [low, high]: small ones first (they shrink there), then the long tail, and
+    the lengths on either side of a tile boundary (k·T - 1, k·T, k·T + 1 for T in TILES)."""
     if high <= SMALL or low > SMALL:
         return st.integers(low, high)
-    return st.one_of(st.integers(low, SMALL), st.integers(SMALL + 1, high))
+    edges = tile_edges(SMALL + 1, high)
+    tail = st.integers(SMALL + 1, high)
+    return st.one_of(
+        st.integers(low, SMALL), st.one_of(tail, st.sampled_from(edges)) if edges else tail
+    )
+
+
+def tile_edges(low: int, high: int) -> list[int]:
+    """The lengths in [low, high] next to a multiple of a tile width: k·T - 1, k·T, k·T + 1."""
+    near = {k * t + d for t in TILES for k in range(1, high // t + 2) for d in (-1, 0, 1)}
+    return sorted(n for n in near if low <= n <= high)
 
 
 @st.composite
@@ -39,8 +58,10 @@ def cases(
     *,
     dtypes=None,
     max_len=320,
-    max_dim=128,
+    max_dim=256,
     max_heads=4,
+    max_group=8,
+    long_keys=LONG_KEYS,
     max_batch_dims=2,
     budget=2**19,
     min_lq=1,
@@ -69,10 +90,16 @@ def cases(
     alignment, "top_left" or "bottom_right", to always draw that one.
 
     dtypes: the dtypes to draw from (default: every float dtype the implementation has).
-    max_len, max_dim, max_heads, max_batch_dims: upper bounds of the sizes (defaults 320, 128,
-    4, 2); budget (default 2**19) bounds B·Hq·Lq·Lk·max(Dk, Dv) so the float64 reference stays
+    max_len, max_dim, max_heads (of key/value heads), max_group (query heads per key/value
+    head, with gqa), max_batch_dims: upper bounds of the sizes (defaults 320, 256, 4, 8, 2);
+    budget (default 2**19) bounds B·Hq·Lq·Lk·max(Dk, Dv) so the float64 reference stays
     quick. min_lq and min_lk (default 1) may be 0 when the implementation has "empty"; max_lq
-    and max_lk default to max_len; square=True (default False) draws Lk = Lq.
+    and max_lk default to max_len; square=True (default False) draws Lk = Lq. long_keys
+    (default LONG_KEYS): with at most SMALL queries and no max_lk, Lk may reach this (decode
+    shapes, where split-KV kernels change path); 0 never draws past max_len.
+    Lengths and head dims next to the tile widths and register blocks of common kernels
+    (TILES, HEAD_DIMS), scales and softcaps at the edges of their ranges (EDGE_SCALES,
+    EDGE_SOFTCAPS, and negative scales) and the largest group are drawn on purpose.
     min_batch_dims (default 0): at least this many batch dims.
     magnitudes: standard deviations to draw q, k and v entries with (default (1.0,)).
     With "combined_masks", masking features are drawn together, except the pairs in
@@ -117,14 +144,17 @@ def cases(
     if square:
         Lk = Lq
     else:
-        Lk = draw(
-            _size(min_lk if empty_ok else max(min_lk, 1), max_len if max_lk is None else max_lk),
-            label="Lk",
-        )
+        high = max_len if max_lk is None else max_lk
+        lengths = _size(min_lk if empty_ok else max(min_lk, 1), high)
+        if max_lk is None and Lq <= SMALL and long_keys > high:
+            longer = st.integers(high + 1, long_keys)
+            lengths = st.one_of(lengths, longer, st.sampled_from(tile_edges(high + 1, long_keys)))
+        Lk = draw(lengths, label="Lk")
     Dk = draw(
         st.one_of(
             _size(1, min(SMALL, max_dim)),
-            st.sampled_from([d for d in (16, 32, 64, 80, 128) if d <= max_dim] or [1]),
+            st.sampled_from([d for d in HEAD_DIMS if d <= max_dim] or [1]),
+            st.sampled_from(tile_edges(SMALL + 1, min(max_dim, 129)) or [1]),  # a block tail
         ),
         label="Dk",
     )
@@ -134,9 +164,10 @@ def cases(
     room = max(1, budget // max(1, Lq * Lk * max(Dk, Dv)))
     Hkv = draw(st.integers(1, max(1, min(max_heads, room))), label="Hkv")
     group = 1
-    if wanted("gqa", gqa) and max_heads // Hkv >= 2 and room // Hkv >= 2:
+    top = min(max_group, room // Hkv)
+    if wanted("gqa", gqa) and top >= 2:
         low = 2 if gqa == "always" else 1
-        group = draw(st.integers(low, min(max_heads, room) // Hkv), label="GQA group")
+        group = draw(st.one_of(st.integers(low, top), st.just(top)), label="GQA group")
     Hq = Hkv * group
     room //= Hq
     batch = []
@@ -182,13 +213,22 @@ def cases(
     # scale and softcap: float32 numbers for a float64 call to an implementation whose options
     # are 32-bit floats (no float64_options), so that their rounding is not what is tested.
     width = 32 if dtype == "float64" and "float64_options" not in caps else 64
+
+    def of_width(x: float) -> float:
+        return float(np.float32(x)) if width == 32 else x
+
     if wanted("softcap", softcap) and (
         softcap == "always" or draw(st.booleans(), label="use softcap")
     ):
-        case = case.replace(softcap=draw(st.floats(0.5, 30.0, width=width), label="softcap"))
+        middle = st.floats(0.5, 30.0, width=width)
+        edges = st.sampled_from([of_width(c) for c in EDGE_SOFTCAPS])
+        case = case.replace(softcap=draw(st.one_of(middle, edges), label="softcap"))
     if wanted("scale", scale) and (scale == "always" or draw(st.booleans(), label="use scale")):
-        low = 0.01 if width == 64 else float(np.float32(0.01))  # bounds of the width's floats
-        case = case.replace(scale=draw(st.floats(low, 4.0, width=width), label="scale"))
+        low = of_width(0.01)  # bounds of the width's floats
+        middle = st.floats(low, 4.0, width=width)
+        edges = st.sampled_from([of_width(x) for x in EDGE_SCALES])
+        scales = st.one_of(middle, middle.map(lambda x: -x), edges)
+        case = case.replace(scale=draw(scales, label="scale"))
     if strided and (strided == "always" or draw(st.booleans(), label="strided")):
         case = case.replace(strided=True)
     magnitude = draw(st.sampled_from(magnitudes), label="magnitude")
@@ -259,6 +299,7 @@ def _draw_masking(draw, case: Case, name: str, full, caps, alignment) -> Case:
         return case.replace(
             bias_shape=draw(broadcast_shapes(full), label="bias shape"),
             bias_hidden=draw(st.sampled_from([0.0, 0.3]), label="bias -inf share"),
+            bias_magnitude=draw(st.sampled_from(BIAS_MAGNITUDES), label="bias magnitude"),
         )
     if name == "causal":
         options = [a for a in ("top_left", "bottom_right") if f"causal_{a}" in caps]
@@ -280,7 +321,9 @@ def _draw_masking(draw, case: Case, name: str, full, caps, alignment) -> Case:
 
 @st.composite
 def broadcast_shapes(draw, full: tuple[int, ...]):
-    """Returns a strategy for shapes that broadcast to `full`, (..., Lq, Lk) last.
+    """Returns a strategy for shapes that broadcast to `full`, (..., Lq, Lk) last, or 1 in
+    place of Lq (the same keys for every query) or of Lk (one entry for all of a query's keys:
+    a query padding mask).
 
     Shrinks toward (Lq, Lk): no leading dims, one row of keys per query.
     """
@@ -291,7 +334,8 @@ def broadcast_shapes(draw, full: tuple[int, ...]):
         for size in leading[len(leading) - kept :]
     ]
     one_row = draw(st.booleans(), label="same row for every query")
-    return (*shape, 1 if one_row else Lq, Lk)
+    one_key = draw(st.booleans(), label="same entry for every key")
+    return (*shape, 1 if one_row else Lq, 1 if one_key else Lk)
 
 
 @st.composite

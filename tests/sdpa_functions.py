@@ -228,6 +228,8 @@ def jax_arrays(query, key, value, *, mask=None, scale=None):
 
     assert isinstance(query, jax.Array), f"got {type(query).__name__}, not a jax.Array"
     scale = query.shape[-1] ** -0.5 if scale is None else scale
+    group = query.shape[-3] // key.shape[-3]  # the refattn protocol carries GQA
+    key, value = (jnp.repeat(x, group, axis=-3) for x in (key, value))
     s = jnp.einsum("...id,...jd->...ij", query, key) * scale
     if mask is not None:
         s = jnp.where(mask, s, -jnp.inf)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import find, given, settings
 from hypothesis import strategies as st
+from refattn.spec import coverage
 from refattn.spec.cases import Case, MHACase, Upstream
 from refattn.spec.strategies import broadcast_shapes, cases, mha_cases, upstreams
 
@@ -106,7 +107,7 @@ def test_broadcast_shapes_broadcast(data):
     full = tuple(data.draw(st.lists(st.integers(1, 4), min_size=2, max_size=5), label="full"))
     shape = data.draw(broadcast_shapes(full), label="shape")
     assert np.broadcast_shapes(shape, full) == full
-    assert shape[-1] == full[-1]
+    assert len(shape) >= 2 and shape[-2] in (1, full[-2]) and shape[-1] in (1, full[-1])
 
 
 @given(cases(ALL))
@@ -200,3 +201,19 @@ def test_upstream_stream_is_not_the_cases():
     """At the same seed, grad_out is not the query (they would be the same normal draws)."""
     case = Case(Hq=2, Lq=3, Dk=4, Dv=4, seed=0)
     assert not np.array_equal(Upstream(seed=0).build(case)[0], case.build()[0])
+
+
+def test_the_drawn_space_stays_covered():
+    """Each region of the call space where kernels change path (refattn.spec.coverage.REGIONS:
+    tile edges, long decode keys, head dims past 128, large GQA groups, edge scales and
+    softcaps, masks broadcast along either axis, ...) is drawn at least at its floor."""
+    measured = coverage.shares(coverage.sample(examples=2000))
+    below = [name for name, share in measured.items() if share < coverage.REGIONS[name][1]]
+    assert not below, f"drawn below the floor: {below}\n{coverage.report(measured)}"
+
+
+def test_a_shrunk_drawn_space_is_reported():
+    """The coverage check sees a strategy that stopped drawing a region."""
+    measured = coverage.shares(coverage.sample(examples=300, max_dim=128, long_keys=0))
+    assert measured["Dk > 128"] == 0 and measured["Lk >= 512 (decode against long keys)"] == 0
+    assert "Dk > 128" in coverage.report(measured) and "BELOW FLOOR" in coverage.report(measured)

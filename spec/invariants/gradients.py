@@ -7,8 +7,8 @@ implementation for dQ, dK, dV (and dbias) through `run_backward`.
 
 Sizes: the spec's float64 gradients (oracle.attention_backward) loop over the rows in Python, so
 calls are drawn smaller than the forward's: budget 2**14 bounds B·Hq·Lq·Lk·max(Dk, Dv) and
-max_len 48 each length (`SIZES`): at most a few thousand rows, tens of milliseconds an example,
-and still past the 32-row tiles of blocked kernels.
+max_len 48 each length, with no long decode keys (`SIZES`): at most a few thousand rows, tens
+of milliseconds an example, and still past the 32-row tiles of blocked kernels.
 """
 
 import numpy as np
@@ -28,7 +28,7 @@ from refattn.spec.tolerance import DifferenceBound, expect_gradients, gradient_t
 from refattn.spec.tolerance import expect as reference_expect
 
 NAMES = ("query", "key", "value", "bias")  # AttentionGradients' fields
-SIZES = {"budget": 2**14, "max_len": 48}
+SIZES = {"budget": 2**14, "max_len": 48, "long_keys": 0}
 LOSS = "L = Σ grad_out·out + Σ grad_lse·lse"
 
 
