@@ -2,7 +2,8 @@
 
 "A conformance suite is worth the bugs it catches in code nobody showed it, and the correct
 code it leaves alone." Each module holds kernels of one bug class, written to the SDPA
-protocol on NumPy (B, H, L, D) arrays and independently of refattn (nothing here imports it):
+protocol on NumPy (B, H, L, D) arrays (causal_or_mask: the refattn protocol, which can pass a
+mask with causal) and independently of refattn (nothing here imports it):
 
     online_softmax  blocked online softmax over key (and query) tiles, FlashAttention-style
     split_kv        split-KV / decode merges of partial outputs by their lse
@@ -63,35 +64,12 @@ SAMPLE = (
 SAMPLE_CONTROLS = ("mutants.controls:online_k64_q32",)
 
 # MUST-level mutants that `refattn conform` does not catch at its defaults (100 examples,
-# seed 0), and why: the spec change that would catch each is in tests/mutants/README.md.
-# Their tests are xfail(strict=True): when the spec catches one, remove it from here.
-SURVIVORS: dict[str, str] = {
-    "mutants.online_softmax:loop_bound_lk_minus_one": (
-        "wrong only for Lk % 64 == 1 and Lk > 64 (65, 129, 193, 257): the strategies draw"
-        " none of these 4 lengths in 100 examples at seed 0"
-    ),
-    "mutants.online_softmax:head_dim_over_128_half_dropped": (
-        "wrong only for Dk > 128: the strategies draw Dk from 1..8, 16, 32, 64, 80, 128"
-    ),
-    "mutants.split_kv:long_context_split": (
-        "wrong only for Lk >= 512: the strategies draw Lk <= 320 (max_len)"
-    ),
-    "mutants.masks:query_mask_squeezed_onto_keys": (
-        "wrong only for masks broadcast along the keys (..., Lq, 1): the strategies always"
-        " give a mask all Lk keys"
-    ),
-    "mutants.causal:causal_or_mask": (
-        "unreachable: the SDPA protocol never passes attn_mask together with is_causal, and"
-        " ATT-M9 needs combined_masks"
-    ),
-    "mutants.gqa:gqa_large_group_tiled": (
-        "wrong only for GQA groups G > 4: the strategies draw at most 4 query heads"
-    ),
-    "mutants.options:negative_scale_abs": (
-        "wrong only for negative scales: the strategies draw scales in [0.01, 4] (ATT-S3 adds"
-        " 0 and 1e-7, ATT-S4 500)"
-    ),
-}
+# seed 0), each with why; the spec change that would catch it goes in tests/mutants/README.md.
+# Their tests are xfail(strict=True): when the spec catches one, remove it from here. Empty
+# since the strategies draw tile edges, head dims past 128, long decode keys, masks broadcast
+# along the keys, GQA groups up to 8 and scales of both signs (and causal_or_mask moved to the
+# refattn protocol, which can pass a mask with causal).
+SURVIVORS: dict[str, str] = {}
 
 
 def registry() -> dict[str, tuple[str, tuple[str, ...], str]]:

@@ -116,22 +116,23 @@ def causal_only_square(
     return _with_visible(query, key, value, attn_mask, scale, enable_gqa, causal)
 
 
-def causal_or_mask(
-    query, key, value, attn_mask=None, is_causal=False, scale=None, enable_gqa=False
-):
-    """Bug: given both, the causal mask and a bool attn_mask are combined with OR: a key
-    either of them allows is attended. Imitates: `mask | causal` where `&` was meant.
-    Caught by: ATT-M9, which needs combined_masks; the SDPA protocol never passes a mask
-    together with is_causal, so no invariant can reach this bug through it."""
-    q, k, v = inputs(query, key, value, enable_gqa)
+def causal_or_mask(query, key, value, *, mask=None, causal=None, scale=None):
+    """Bug: given both, the causal bound and a bool mask are combined with OR: a key either
+    of them allows is attended. Imitates: `mask | causal` where `&` was meant.
+    Written to the refattn protocol (keyword options mask, causal "top_left" or
+    "bottom_right", scale; (B..., H, L, D) arrays), which passes a mask together with causal:
+    the SDPA protocol never does, so no invariant could reach this bug through it.
+    Caught by: ATT-M9 (combined masks: every masking option at once)."""
+    q, k, v = inputs(query, key, value)
     s = scores(q, k, resolve_scale(scale, q.shape[-1]))
     Lq, Lk = s.shape[-2:]
-    visible, bias = masking(attn_mask, False, s.shape, q.dtype)
-    if bias is not None:
-        s = s + bias
-    if is_causal:
-        causal = _tril(Lq, Lk)
-        visible = (visible | causal) if attn_mask is not None else (visible & causal)  # bug
+    visible = np.ones(s.shape, dtype=bool)
+    if mask is not None:
+        visible = visible & mask
+    if causal is not None:
+        shift = 0 if causal == "top_left" else Lk - Lq  # bottom-right: the last query sees all
+        bound = np.arange(Lk)[None, :] <= np.arange(Lq)[:, None] + shift
+        visible = (visible | bound) if mask is not None else (visible & bound)  # bug: &
     return attend(s, visible, v).astype(query.dtype)
 
 
