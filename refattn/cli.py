@@ -76,6 +76,7 @@ def _bench(args) -> int:
             repeat=args.repeat,
             memory=not args.no_memory,
             memory_shapes=args.memory_shapes,
+            backward=args.backward,
             json_path=args.json,
             plot_path=args.plot,
             command=shlex.join(["refattn", *args.argv]),
@@ -180,6 +181,12 @@ def _add_bench(commands) -> None:
         "standard grid, none with --shapes)",
     )
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    bench.add_argument(
+        "--backward",
+        action="store_true",
+        help="time the gradients (forward and backward, as training runs them) of "
+        "implementations that have a backward; default grid: issue 17's shapes",
+    )
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     bench.add_argument("--plot", metavar="PATH", help="also draw GFLOP/s vs N as a PNG")
     bench.set_defaults(run=_bench)

@@ -317,3 +317,59 @@ def test_tiny_run_plot_is_a_png(tiny_run, tmp_path, capsys):
     bad.write_text("{}")
     assert main(["plot", "bench", str(bad), "--out", str(again)]) == 2
     assert "not a `refattn bench --json` file" in capsys.readouterr().err
+
+
+def test_backward_run_times_the_gradients(capsys):
+    """--backward: each implementation's gradients are checked (dQ of a few rows against the
+    spec), timed and measured; one without a backward is skipped, saying so."""
+    document = run.bench(
+        shapes=[(1, 2, 16, 16, 8)],
+        causal="yes",
+        impls=["native", "numpy"],
+        repeat=1,
+        memory_shapes=[(1, 1, 8, 8, 8)],
+        backward=True,
+        limits=(64, (256, 64)),
+    )
+    assert document["settings"]["backward"] is True
+    assert document["settings"]["flops_counted"].startswith("14·B·H·pairs·D")
+    (case,) = document["cases"]
+    native, numpy = case["results"]["native"], case["results"]["numpy"]
+    assert native["status"] == "ok" and native["max_abs_error"] < 1e-5
+    seconds = native["ms"]["median"] / 1e3
+    assert native["gflops"] == pytest.approx(14 * 2 * 136 * 8 / seconds / 1e9)
+    assert numpy["status"] == "skipped" and "does not claim backward" in numpy["reason"]
+    memory = document["memory"][0]
+    assert memory["impl"] == "native" and memory["status"] == "ok"
+    inputs = 4 * 8 * 8 * 4  # q, k, v and dO, (1, 1, 8, 8) float32
+    assert memory["inputs_mib"] == pytest.approx(inputs / 2**20)
+    assert "forward + backward" in capsys.readouterr().out
+
+
+def test_backward_check_refuses_wrong_gradients():
+    """A backward whose dQ is off by 1% is not timed: the check against the spec fails."""
+    import dataclasses
+
+    from refattn.adapters import Prepared, load
+    from refattn.bench import measure
+    from refattn.bench.cases import Case
+
+    native = load("native")
+
+    def off(call, grad_out, grad_lse):
+        prepared = native.prepare_backward(call, grad_out, grad_lse)
+
+        def output(returned):
+            gradients = prepared.output(returned)
+            return gradients._replace(query=1.01 * gradients.query)
+
+        return Prepared(prepared.run, output)
+
+    case = Case(1, 2, 16, 16, 8)
+    call, rows, grad_out = case.call(), measure.check_rows(case), case.upstream()
+    expected = measure.expected_rows(case, call, rows, grad_out)
+    wrong = dataclasses.replace(native, prepare_backward=off)
+    prepared, result, _ = measure.make_ready(wrong, call, expected, rows, grad_out)
+    assert prepared is None and result["status"] == "failed" and "dQ max error" in result["reason"]
+    prepared, result, _ = measure.make_ready(native, call, expected, rows, grad_out)
+    assert prepared is not None and result["status"] == "ok"

@@ -25,6 +25,10 @@ DECODE_SHAPES = ((1, 32, 1, 4096, 128), (1, 32, 1, 32768, 128))
 # the long one is where materialising the (B, H, Lq, Lk) scores needs gigabytes.
 MEMORY_SHAPES = ((1, 8, 4096, 4096, 64), (1, 8, 16384, 16384, 64), (1, 32, 1, 32768, 128))
 
+# The backward (--backward): issue 17's shapes, and the long one whose memory must stay O(N).
+BACKWARD_SHAPES = ((1, 8, 2048, 2048, 64), (4, 8, 1024, 1024, 64), (1, 16, 1024, 1024, 128))
+BACKWARD_MEMORY_SHAPES = ((1, 8, 16384, 16384, 64),)
+
 CAUSAL_CHOICES = {"both": (False, True), "yes": (True,), "no": (False,)}
 DTYPES = ("float32", "float64")
 
@@ -82,6 +86,11 @@ class Case:
         return self.B * self.H * self.Lq * self.D * self.itemsize
 
     @property
+    def gradient_bytes(self) -> int:
+        """Bytes of dQ, dK and dV: the inputs' sizes."""
+        return self.input_bytes
+
+    @property
     def kv_bytes(self) -> int:
         """Bytes of K and V: what a decode step must read at least once."""
         return 2 * self.B * self.H * self.Lk * self.D * self.itemsize
@@ -110,6 +119,12 @@ class Case:
         """The call the case times: its inputs, bottom-right causal when causal."""
         q, k, v = self.inputs(seed)
         return AttentionCall.check(q, k, v, causal="bottom_right" if self.causal else None)
+
+    def upstream(self, seed: int = 0) -> np.ndarray:
+        """dO, the gradient of a loss with respect to out, (B, H, Lq, D): standard normal."""
+        rng = np.random.default_rng((seed, 1))
+        shape = (self.B, self.H, self.Lq, self.D)
+        return rng.standard_normal(shape, dtype=np.float32).astype(self.dtype, copy=False)
 
     def to_json(self) -> dict:
         return {
@@ -180,18 +195,25 @@ def cases_for(shapes, *, causal: str = "both", dtype: str = "float32") -> list[C
     return list(dict.fromkeys(found))  # drop repeats, keep order
 
 
-def default_shapes() -> list[tuple[int, int, int, int, int]]:
-    """The standard grid: N = 128 … 8192 at D = 64 and 128, a batch case, and decode."""
+def default_shapes(*, backward: bool = False) -> list[tuple[int, int, int, int, int]]:
+    """The standard grid: N = 128 … 8192 at D = 64 and 128, a batch case, and decode; for the
+    backward, BACKWARD_SHAPES."""
+    if backward:
+        return list(BACKWARD_SHAPES)
     sweep = [(1, SWEEP_HEADS[D], N, N, D) for D in SWEEP_HEADS for N in SWEEP_N]
     batch = [(B, H, N, N, D) for B, H, N, D in BATCH_SHAPES]
     return sweep + batch + list(DECODE_SHAPES)
 
 
-def default_cases(*, causal: str = "both", dtype: str = "float32") -> list[Case]:
-    return cases_for(default_shapes(), causal=causal, dtype=dtype)
+def default_cases(*, causal: str = "both", dtype: str = "float32", backward=False) -> list[Case]:
+    return cases_for(default_shapes(backward=backward), causal=causal, dtype=dtype)
 
 
-def memory_cases(shapes=MEMORY_SHAPES, *, dtype: str = "float32") -> list[Case]:
+def memory_cases(shapes=None, *, dtype: str = "float32", backward=False) -> list[Case]:
+    """Cases for peak memory: `shapes`, or the standard ones (MEMORY_SHAPES, or for the
+    backward BACKWARD_MEMORY_SHAPES)."""
+    if shapes is None:
+        shapes = BACKWARD_MEMORY_SHAPES if backward else MEMORY_SHAPES
     return [Case(*shape, causal=False, dtype=dtype) for shape in shapes]
 
 

@@ -6,12 +6,18 @@ affinity set, so that every library loads with the same number of threads. It re
 leaves stdout and stderr to the libraries.
 
 Timing ("time" plan): per case, every implementation is prepared, its output checked against
-refattn.reference on a few query rows, warmed up, and then timed in rounds: each round times one
-sample of every implementation, in an order that rotates (and turns round), so that drift in
+the spec's float64 expectation on a few query rows, warmed up, and then timed in rounds: each
+round times one sample of every implementation, in an order that rotates (and turns round), so
+that drift in
 the machine (a neighbour's job, the clock) hits them alike. A sample is `number` back-to-back
 calls, enough to last MIN_SAMPLE_S; the result is per call (calls of a second or more: one call
 a sample, in LONG_ROUNDS rounds). The machine's limits (matmul peak, streaming read
 bandwidth) are measured at the start and at the end of the same run.
+
+With "backward" in the plan, what is prepared, checked and timed is each implementation's
+gradients of the case (Adapter.prepare_backward with dO = Case.upstream()): its forward and its
+backward, as a training step runs them, checked on the dQ of a few query rows (dQ_i depends on
+query i alone), and memory is measured on the same call.
 
 Memory ("memory" plan): one implementation and one case per fresh process. After a warm-up call
 the kernel's peak-RSS counter is reset (/proc/self/clear_refs), one call is made, and the peak
@@ -101,16 +107,32 @@ def stream_rate(dtype: str, shape=STREAM_SHAPE, samples: int = LIMIT_SAMPLES) ->
 # ------------------------------------------------------------------------------------- checking
 
 
-def expected_rows(case: Case, call, rows: list[int]):
+def expected_rows(case: Case, call, rows: list[int], grad_out=None):
     """The spec's float64 expectation, with its tolerance, for a few query rows of the case's
-    call (a bool mask keeps their causal positions)."""
-    from refattn.spec.tolerance import expect  # the spec's oracle and tolerance model
+    call (a bool mask keeps their causal positions): of out, or with grad_out, of dQ (whose
+    row i depends on query row i alone)."""
+    from refattn.spec.tolerance import expect, expect_gradients  # the spec's oracle and model
 
     q, k, v = call.query, call.key, call.value
     mask = None
     if case.causal:
         mask = np.tri(case.Lq, case.Lk, case.Lk - case.Lq, dtype=bool)[rows]
-    return expect(q[..., rows, :], k, v, mask=mask)
+    if grad_out is None:
+        return expect(q[..., rows, :], k, v, mask=mask)
+    return expect_gradients(q[..., rows, :], k, v, grad_out[..., rows, :], mask=mask)
+
+
+def _problems(got: np.ndarray, expected) -> list[str]:
+    """What is wrong with an output (Expected) or a dQ (ExpectedGradients) of checked rows."""
+    if hasattr(expected, "problems"):
+        return expected.problems(got)
+    error = np.abs(got.astype(np.float64) - expected.query)
+    if not np.isfinite(got).all():
+        return ["dQ is not finite"]
+    worst = float(error.max(initial=0))
+    if worst > expected.tol.query:
+        return [f"dQ max error {worst:.3g} > tolerance {expected.tol.query:.3g}"]
+    return []
 
 
 def check_rows(case: Case) -> list[int]:
@@ -118,27 +140,37 @@ def check_rows(case: Case) -> list[int]:
     return sorted({round(i * (case.Lq - 1) / max(1, CHECK_ROWS - 1)) for i in range(CHECK_ROWS)})
 
 
-def make_ready(impl: Adapter, call, expected, rows):
-    """Prepare an implementation for a case and check its first output before any timing.
+def prepared_call(impl: Adapter, call, grad_out=None):
+    """The implementation's call prepared (with grad_out: its gradients, forward and backward),
+    and what to read off its output to check: out, or dQ."""
+    if grad_out is None:
+        return impl.prepare(call), lambda returned: returned.out
+    return impl.prepare_backward(call, grad_out, None), lambda returned: returned.query
+
+
+def make_ready(impl: Adapter, call, expected, rows, grad_out=None):
+    """Prepare an implementation for a case and check its first output (with grad_out, its dQ)
+    before any timing.
 
     Returns (prepared, result, first): `prepared` is None when the implementation cannot be
     timed here, and `result` says why ({"status": "skipped" | "failed", "reason": ...}), or
     {"status": "ok", "max_abs_error": ...}; `first` is how long the first call took.
     """
-    why = impl.refusal(call)
+    why = impl.refusal(call, backward=grad_out is not None)
     if why:
         return None, {"status": "skipped", "reason": why}, 0.0
     try:
-        prepared = impl.prepare(call)
+        prepared, checked = prepared_call(impl, call, grad_out)
         start = time.perf_counter()
-        out = prepared.output(prepared.run()).out  # first call: compiles, loads; checked
+        out = checked(prepared.output(prepared.run()))  # first call: compiles, loads; checked
         first = time.perf_counter() - start
     except Exception as error:  # the library refused the call: say what it said
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
         return None, {"status": "failed", "reason": f"{type(error).__name__}: {message}"}, 0.0
     got = out[..., rows, :]
-    error = float(np.max(np.abs(got.astype(np.float64) - expected.out), initial=0))
-    problems = expected.problems(got)
+    want = expected.out if grad_out is None else expected.query
+    error = float(np.max(np.abs(got.astype(np.float64) - want), initial=0))
+    problems = _problems(got, expected)
     if problems:
         reason = (
             f"output differs from the spec's float64 expectation on query rows {rows} beyond "
@@ -169,13 +201,15 @@ def _summary(samples: list[float]) -> dict:
     return {"median": float(np.median(ms)), "min": ms[0], "max": ms[-1]}
 
 
-def time_case(case: Case, impls: dict, repeat: int, events, progress: dict) -> dict:
-    """Prepare, check, warm up and time every implementation on one case, interleaved."""
+def time_case(case: Case, impls: dict, repeat: int, events, progress: dict, backward=False):
+    """Prepare, check, warm up and time every implementation on one case, interleaved (with
+    backward, its gradients: forward and backward)."""
     call, rows = case.call(), check_rows(case)
-    expected = expected_rows(case, call, rows)
+    grad_out = case.upstream() if backward else None
+    expected = expected_rows(case, call, rows, grad_out)
     results, runs, numbers, fast = {}, {}, {}, {}
     for name, impl in impls.items():
-        prepared, results[name], first = make_ready(impl, call, expected, rows)
+        prepared, results[name], first = make_ready(impl, call, expected, rows, grad_out)
         if prepared is None:
             continue
         numbers[name] = warm_up(prepared.run, first)
@@ -235,7 +269,7 @@ def run_timing(plan: dict, events) -> dict:
     for index, case in enumerate(cases):
         skipped = skips.get(case.id, {})
         ready = {n: loaded[n] for n in impls if n in loaded and n not in skipped}
-        found = time_case(case, ready, repeat, events, progress)
+        found = time_case(case, ready, repeat, events, progress, plan.get("backward", False))
         for name in impls:
             if name in skipped:
                 found[name] = {"status": "skipped", "reason": skipped[name]}
@@ -304,10 +338,11 @@ def run_memory(plan: dict, events) -> dict:
     impl = load(plan["impl"], threads=plan["threads"])
     baseline = _status_kib("VmRSS")  # the interpreter and the library, before any input
     call = case.call()
-    why = impl.refusal(call)
+    backward = plan.get("backward", False)
+    why = impl.refusal(call, backward=backward)
     if why:
         return {"status": "skipped", "reason": why}
-    prepared = impl.prepare(call)
+    prepared, _ = prepared_call(impl, call, case.upstream() if backward else None)
     del call  # only what the implementation keeps stays alive
     prepared.run()  # warm-up: compilation, thread pools, lazily loaded kernels
     gc.collect()

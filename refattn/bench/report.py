@@ -24,6 +24,14 @@ FLOPS_COUNTED = (
     "4·B·H·pairs·D: 2·D for q·k and 2·D for p·v per (query, key) pair; a causal case counts "
     "only its visible pairs, N(N+1)/2 per head when Lq = Lk = N"
 )
+# The gradients: the forward's two products and the backward's five (q·k again, dO·vᵀ, Pᵀ·dO,
+# dS·k, dSᵀ·q), as FlashAttention-2's backward counts them.
+BACKWARD_FLOPS = 14 / 4
+FLOPS_COUNTED_BACKWARD = (
+    "14·B·H·pairs·D: the forward's q·k and p·v, and the backward's five products (q·k again, "
+    "dO·vᵀ, Pᵀ·dO, dS·k, dSᵀ·q), 2·D each per (query, key) pair; a causal case counts only its "
+    "visible pairs"
+)
 
 
 def _spread(values: list[float], how: str) -> dict:
@@ -51,6 +59,7 @@ def build(*, timing, memory, settings, impls, cpus, created, command, elapsed, b
         f"({rows * cols * np.dtype(dtype).itemsize / 2**20:.0f} MiB, OpenBLAS gemv), "
         f"{threads} threads: bytes of the matrix / time; samples at the start and the end",
     )
+    work = BACKWARD_FLOPS if settings.get("backward") else 1
     cases = []
     for entry in timing["cases"]:
         case, results = entry["case"], entry["results"]
@@ -58,7 +67,7 @@ def build(*, timing, memory, settings, impls, cpus, created, command, elapsed, b
             if result["status"] != "ok":
                 continue
             seconds = result["ms"]["median"] / 1e3
-            result["gflops"] = case["flops"] / seconds / 1e9
+            result["gflops"] = work * case["flops"] / seconds / 1e9
             result["pct_peak"] = 100 * result["gflops"] / peak["median"]
             if case["decode"]:
                 result["gbps"] = case["kv_bytes"] / seconds / 1e9
@@ -92,7 +101,11 @@ def build(*, timing, memory, settings, impls, cpus, created, command, elapsed, b
             "longer); calls of primer_below_s or more: one call a sample, in the first "
             "long_call_rounds rounds only",
             "causal_alignment": "bottom-right (the same as top-left when Lq = Lk)",
-            "flops_counted": FLOPS_COUNTED,
+            "flops_counted": FLOPS_COUNTED_BACKWARD if settings.get("backward") else FLOPS_COUNTED,
+            "timed": "each implementation's gradients of the case, dQ, dK and dV for dO: its "
+            "forward and its backward, as a training step runs them"
+            if settings.get("backward")
+            else "each implementation's forward call",
         },
         "machine": {
             "cpu": machine.cpu_model(),
@@ -145,8 +158,9 @@ def table(document: dict) -> str:
     peak, stream = box["matmul_peak_gflops"], box["stream_read_gbps"]
     impls = list(document["implementations"])
     has_native = "native" in impls
+    what = "forward + backward (gradients), " if settings.get("backward") else ""
     lines = [
-        f"refattn bench: {settings['dtype']}, {settings['threads']} threads, "
+        f"refattn bench: {what}{settings['dtype']}, {settings['threads']} threads, "
         f"{_rounds(settings)} (median, min–max per call), {document['created']}",
         f"machine: {box['cpu']} ({_flags(box)}), CPUs {box['cpus_pinned']} of "
         f"{box['cpus_allowed']}",
@@ -187,7 +201,7 @@ def table(document: dict) -> str:
     if has_native:
         lines.append("native × = the peer's median time / native's: above 1, native is faster.")
     if document["memory"]:
-        lines += ["", _memory_table(document["memory"])]
+        lines += ["", _memory_table(document["memory"], backward=settings.get("backward", False))]
     lines.append(f"\nelapsed {document['elapsed_s']:.0f} s")
     return "\n".join(lines) + "\n"
 
@@ -202,12 +216,17 @@ def _busy_line(busy: dict) -> str:
     return line
 
 
-def _memory_table(memory: list[dict]) -> str:
+def _memory_table(memory: list[dict], *, backward: bool) -> str:
     lines = [
         "peak memory: one fresh process per implementation and case; one call after a warm-up",
         "  peak = the most resident memory (VmHWM) during that call, over the process after "
         "imports",
         "  beyond = peak − inputs − output: the implementation's own working memory",
+        *(
+            ["  (the gradients: inputs q, k, v and dO; outputs out, dQ, dK and dV)"]
+            if backward
+            else []
+        ),
         f"{'case':<26} {'impl':<12} {'inputs+out MiB':>14} {'peak MiB':>9} {'beyond MiB':>11}",
     ]
     lines.append("-" * len(lines[-1]))

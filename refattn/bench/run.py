@@ -259,6 +259,7 @@ def bench(
     repeat: int = DEFAULT_REPEAT,
     memory_shapes=None,
     memory: bool = True,
+    backward: bool = False,
     json_path: str | None = None,
     plot_path: str | None = None,
     command: str = "refattn bench",
@@ -274,6 +275,9 @@ def bench(
     limits: (n, (rows, cols)), the sizes of the matmul and the matrix-vector product that
     measure the machine's limits; smaller ones make quick runs (the tests), which the report
     states. Default: measure.PEAK_N, measure.STREAM_SHAPE.
+    backward: time and measure each implementation's gradients of the cases (its forward and
+    its backward, as a training step runs them; implementations without a backward are
+    skipped), on cases.BACKWARD_SHAPES and BACKWARD_MEMORY_SHAPES by default.
     """
     out = out or sys.stdout
     err = err or sys.stderr
@@ -291,14 +295,14 @@ def bench(
     default_grid = shapes is None
     try:
         cases = (
-            default_cases(causal=causal, dtype=dtype)
+            default_cases(causal=causal, dtype=dtype, backward=backward)
             if default_grid
             else cases_for(shapes, causal=causal, dtype=dtype)
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
     if memory_shapes is None:
-        memory_shapes = memory_cases(dtype=dtype) if default_grid else []
+        memory_shapes = memory_cases(dtype=dtype, backward=backward) if default_grid else []
     else:
         memory_shapes = memory_cases(memory_shapes, dtype=dtype)
     if not memory:
@@ -311,6 +315,7 @@ def bench(
     peak_n, stream_shape = limits or (measure.PEAK_N, measure.STREAM_SHAPE)
     plan = {
         "mode": "time",
+        "backward": backward,
         "peak_n": peak_n,
         "stream_shape": list(stream_shape),
         "dtype": dtype,
@@ -337,7 +342,9 @@ def bench(
     try:
         for done, (case, name) in enumerate(jobs):
             progress.update(done, len(jobs), case.label, name)
-            measured_memory.append(_memory_one(case, chosen[name], threads, available))
+            measured_memory.append(
+                _memory_one(case, chosen[name], threads, available, backward=backward)
+            )
     finally:
         progress.close()
 
@@ -352,6 +359,7 @@ def bench(
             "causal": causal,
             "peak_n": peak_n,
             "stream_shape": list(stream_shape),
+            "backward": backward,
         },
         impls=names,
         cpus=_cpus(threads),
@@ -371,10 +379,12 @@ def bench(
     return document
 
 
-def _memory_one(case: Case, impl: Adapter, threads: int, available: int) -> dict:
+def _memory_one(case: Case, impl: Adapter, threads: int, available: int, backward=False) -> dict:
+    """Peak memory of one call in a fresh process. With backward, the call is the gradients:
+    its inputs are q, k, v and dO, its outputs out and dQ, dK, dV."""
     entry = {"case": case.to_json(), "impl": impl.name}
-    entry["inputs_mib"] = case.input_bytes / 2**20
-    entry["output_mib"] = case.output_bytes / 2**20
+    entry["inputs_mib"] = (case.input_bytes + backward * case.output_bytes) / 2**20
+    entry["output_mib"] = (case.output_bytes + backward * case.gradient_bytes) / 2**20
     need = memory_estimate(impl, case)
     if impl.score_copies and need > MEMORY_HEADROOM * available:
         entry.update(
@@ -386,6 +396,7 @@ def _memory_one(case: Case, impl: Adapter, threads: int, available: int) -> dict
         )
         return entry
     plan = {"mode": "memory", "impl": impl.name, "case": case.to_json(), "threads": threads}
+    plan["backward"] = backward
     try:
         entry.update(run_worker(plan, threads))
     except BenchError as error:
