@@ -56,9 +56,11 @@ def two_pass_float64(
     m = safe_max(s.max(axis=-1, initial=-np.inf))
     with np.errstate(divide="ignore"):
         lse = m + np.log(np.exp(s - m[..., None]).sum(axis=-1))
-    # pass 2: the weights from the lse, the values weighed by them
-    with np.errstate(invalid="ignore"):  # -inf - -inf in rows that see nothing: hidden anyway
-        p = np.where(visible, np.exp(s - lse[..., None]), 0.0)
+    # pass 2: the weights from the lse, the values weighed by them; a row whose lse is -inf
+    # (it sees no key, or only -inf scores) weighs nothing: exp(-inf - -inf) would be NaN
+    with np.errstate(invalid="ignore"):
+        seen = visible & (lse[..., None] != -np.inf)  # a NaN row keeps its NaN
+        p = np.where(seen, np.exp(s - lse[..., None]), 0.0)
     return weigh(p, v, visible).astype(query.dtype)
 
 
