@@ -199,42 +199,7 @@ static int FN(grad_tile)(const FN(grad_plan) *gp, FN(grad_work) *w, int64_t b, i
                 hidden = 1;
                 continue;
             }
-            int64_t lo, hi;
-            FN(visible_range)(p, b, i, &lo, &hi);
-            const int64_t jl = min64(max64(lo - j0, 0), n), jh = max64(jl, min64(hi - j0, n));
-            if (!has_mask && !has_bias) {
-                /* structural only: the row sees the run [jl, jh) */
-                memset(vis, 0, (size_t)jl);
-                memset(vis + jl, 1, (size_t)(jh - jl));
-                memset(vis + jh, 0, (size_t)(n - jh));
-                for (int64_t j = 0; j < jl; j++) s[j] = -INFINITY;
-                for (int64_t j = jh; j < n; j++) s[j] = -INFINITY;
-                hidden |= jl > 0 || jh < n;
-                continue;
-            }
-            for (int64_t j = 0; j < n; j++) vis[j] = j >= jl && j < jh;
-            if (has_mask) {
-                const refattn_tensor *t = &c->mask;
-                const uint8_t *mrow = (const uint8_t *)t->data + batch_offset(t, b) +
-                                      h * t->stride[1] + i * t->stride[2] + j0 * t->stride[3];
-                for (int64_t j = 0; j < n; j++) vis[j] &= mrow[j * t->stride[3]] != 0;
-            }
-            if (has_bias) {
-                const refattn_tensor *t = &c->bias;
-                const REAL *brow = (const REAL *)t->data + batch_offset(t, b) + h * t->stride[1] +
-                                   i * t->stride[2] + j0 * t->stride[3];
-                for (int64_t j = 0; j < n; j++) {
-                    const REAL add = brow[j * t->stride[3]];
-                    if (add == -INFINITY) vis[j] = 0; /* hides the key even if its score is NaN */
-                    s[j] += add;
-                }
-            }
-            for (int64_t j = 0; j < n; j++) {
-                if (!vis[j]) {
-                    s[j] = -INFINITY;
-                    hidden = 1;
-                }
-            }
+            hidden |= FN(mask_row)(p, b, h, i, j0, n, s, vis);
         }
     }
 

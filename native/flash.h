@@ -209,6 +209,53 @@ static inline void FN(visible_range)(const FN(plan) *p, int64_t b, int64_t i, in
     *hi = end;
 }
 
+/* Row i of head h against keys [j0, j0 + n), its scores s already scaled and softcapped:
+   the bias added, vis[j] set to whether key j0 + j is visible (causal and window bounds,
+   kv_lengths, the mask, a -inf bias) and every hidden score set to -inf. Returns whether some
+   key of the run is hidden. Shared by the forward's score_tile and the backward's. */
+static int FN(mask_row)(const FN(plan) *p, int64_t b, int64_t h, int64_t i, int64_t j0,
+                        int64_t n, REAL *s, uint8_t *vis) {
+    const refattn_call *c = p->c;
+    int64_t lo, hi;
+    FN(visible_range)(p, b, i, &lo, &hi);
+    const int64_t jl = min64(max64(lo - j0, 0), n), jh = max64(jl, min64(hi - j0, n));
+    if (!c->mask.data && !c->bias.data) {
+        /* Only causal, window and kv_lengths: the row sees the run [jl, jh), hidden on either
+           side; no per-key tests (the diagonal tiles of every causal call). */
+        memset(vis, 0, (size_t)jl);
+        memset(vis + jl, 1, (size_t)(jh - jl));
+        memset(vis + jh, 0, (size_t)(n - jh));
+        for (int64_t j = 0; j < jl; j++) s[j] = -INFINITY;
+        for (int64_t j = jh; j < n; j++) s[j] = -INFINITY;
+        return jl > 0 || jh < n;
+    }
+    for (int64_t j = 0; j < n; j++) vis[j] = j >= jl && j < jh;
+    if (c->mask.data) {
+        const refattn_tensor *t = &c->mask;
+        const uint8_t *mrow = (const uint8_t *)t->data + batch_offset(t, b) + h * t->stride[1] +
+                              i * t->stride[2] + j0 * t->stride[3];
+        for (int64_t j = 0; j < n; j++) vis[j] &= mrow[j * t->stride[3]] != 0;
+    }
+    if (c->bias.data) {
+        const refattn_tensor *t = &c->bias;
+        const REAL *brow = (const REAL *)t->data + batch_offset(t, b) + h * t->stride[1] +
+                           i * t->stride[2] + j0 * t->stride[3];
+        for (int64_t j = 0; j < n; j++) {
+            const REAL add = brow[j * t->stride[3]];
+            if (add == -INFINITY) vis[j] = 0; /* hides the key even if its score is NaN */
+            s[j] += add;
+        }
+    }
+    int hidden = 0;
+    for (int64_t j = 0; j < n; j++) {
+        if (!vis[j]) {
+            s[j] = -INFINITY;
+            hidden = 1;
+        }
+    }
+    return hidden;
+}
+
 /* Scores of rows [i0, i0 + m) of head h against keys [j0, j0 + n) into w->s, with hidden keys
    at -inf. Returns 1 when some key of the tile is hidden from some row (w->vis then says
    which), 0 when every row sees every key of the tile. kp: keys j0 onwards already packed
@@ -243,7 +290,6 @@ static int FN(score_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, 
     int has_mask = c->mask.data != NULL, has_bias = c->bias.data != NULL;
     if (inside && !has_mask && !has_bias && p->softcap == 0) return 0;
 
-    const int structural = !has_mask && !has_bias && p->softcap == 0;
     int hidden_any = 0;
     for (int64_t r = 0; r < m; r++) {
         const int64_t i = i0 + r;
@@ -253,43 +299,7 @@ static int FN(score_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, 
             const REAL cap = p->softcap;
             for (int64_t j = 0; j < n; j++) s[j] = cap * TANH(s[j] / cap);
         }
-        int64_t lo, hi;
-        FN(visible_range)(p, b, i, &lo, &hi);
-        const int64_t jl = min64(max64(lo - j0, 0), n), jh = max64(jl, min64(hi - j0, n));
-        if (structural) {
-            /* Only causal, window and kv_lengths: the row sees the run [jl, jh), hidden on
-               either side; no per-key tests (the diagonal tiles of every causal call). */
-            memset(vis, 0, (size_t)jl);
-            memset(vis + jl, 1, (size_t)(jh - jl));
-            memset(vis + jh, 0, (size_t)(n - jh));
-            for (int64_t j = 0; j < jl; j++) s[j] = -INFINITY;
-            for (int64_t j = jh; j < n; j++) s[j] = -INFINITY;
-            hidden_any |= jl > 0 || jh < n;
-            continue;
-        }
-        for (int64_t j = 0; j < n; j++) vis[j] = j >= jl && j < jh;
-        if (has_mask) {
-            const refattn_tensor *t = &c->mask;
-            const uint8_t *mrow = (const uint8_t *)t->data + batch_offset(t, b) +
-                                  h * t->stride[1] + i * t->stride[2] + j0 * t->stride[3];
-            for (int64_t j = 0; j < n; j++) vis[j] &= mrow[j * t->stride[3]] != 0;
-        }
-        if (has_bias) {
-            const refattn_tensor *t = &c->bias;
-            const REAL *brow = (const REAL *)t->data + batch_offset(t, b) + h * t->stride[1] +
-                               i * t->stride[2] + j0 * t->stride[3];
-            for (int64_t j = 0; j < n; j++) {
-                const REAL add = brow[j * t->stride[3]];
-                if (add == -INFINITY) vis[j] = 0; /* hides the key even if its score is NaN */
-                s[j] += add;
-            }
-        }
-        for (int64_t j = 0; j < n; j++) {
-            if (!vis[j]) {
-                s[j] = -INFINITY;
-                hidden_any = 1;
-            }
-        }
+        hidden_any |= FN(mask_row)(p, b, h, i, j0, n, s, vis);
     }
     return hidden_any;
 }
