@@ -101,21 +101,15 @@ typedef struct FN(grad_work) {
 static size_t FN(grad_work_layout)(FN(grad_work) *w, char *mine, int64_t Dk, int64_t Dv,
                                    int64_t bq, int64_t bk) {
     size_t at = 0;
-#define PIECE(field, type, count)                                                              \
-    do {                                                                                       \
-        if (mine) w->field = (type *)(mine + at);                                              \
-        at += round_up(sizeof(type) * (size_t)(count));                                        \
-    } while (0)
-    PIECE(kp, REAL, Dk * bk);
-    PIECE(vp, REAL, Dv * bk);
-    PIECE(p, REAL, bq * bk);
-    PIECE(dp, REAL, bq * bk);
-    PIECE(dx, REAL, bq * bk);
-    PIECE(slope, REAL, bq * bk);
-    PIECE(vis, uint8_t, bq * bk);
-    PIECE(shift, REAL, bq);
-    PIECE(t, REAL, bq);
-#undef PIECE
+    LAYOUT_PIECE(kp, REAL, Dk * bk);
+    LAYOUT_PIECE(vp, REAL, Dv * bk);
+    LAYOUT_PIECE(p, REAL, bq * bk);
+    LAYOUT_PIECE(dp, REAL, bq * bk);
+    LAYOUT_PIECE(dx, REAL, bq * bk);
+    LAYOUT_PIECE(slope, REAL, bq * bk);
+    LAYOUT_PIECE(vis, uint8_t, bq * bk);
+    LAYOUT_PIECE(shift, REAL, bq);
+    LAYOUT_PIECE(t, REAL, bq);
     return at;
 }
 

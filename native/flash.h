@@ -48,6 +48,14 @@ static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static inline size_t round_up(size_t n) { return (n + ALIGN - 1) / ALIGN * ALIGN; }
 
+/* One piece of a thread's block in a *_layout function (whose locals are w, mine and at): its
+   64-byte aligned size added to at, and with mine non-NULL, w->field pointed at it. */
+#define LAYOUT_PIECE(field, type, count)                                                       \
+    do {                                                                                       \
+        if (mine) w->field = (type *)(mine + at);                                              \
+        at += round_up(sizeof(type) * (size_t)(count));                                        \
+    } while (0)
+
 /* The element offset of batch entry b of a tensor. */
 static inline int64_t batch_offset(const refattn_tensor *t, int64_t b) {
     return t->batch_offsets ? t->batch_offsets[b] : b * t->stride[0];
@@ -175,19 +183,13 @@ typedef struct FN(work) {
 static size_t FN(work_layout)(FN(work) *w, char *mine, int64_t Dkp, int64_t Dv, int64_t bq,
                               int64_t bk) {
     size_t at = 0;
-#define PIECE(field, type, count)                                                              \
-    do {                                                                                       \
-        if (mine) w->field = (type *)(mine + at);                                              \
-        at += round_up(sizeof(type) * (size_t)(count));                                        \
-    } while (0)
-    PIECE(kp, ELEM, Dkp * bk);
-    PIECE(s, REAL, bq * bk);
-    PIECE(vis, uint8_t, bq * bk);
-    PIECE(o, REAL, bq * Dv);
-    PIECE(mx, REAL, bq);
-    PIECE(sum, REAL, bq);
-    PIECE(alpha, REAL, bq);
-#undef PIECE
+    LAYOUT_PIECE(kp, ELEM, Dkp * bk);
+    LAYOUT_PIECE(s, REAL, bq * bk);
+    LAYOUT_PIECE(vis, uint8_t, bq * bk);
+    LAYOUT_PIECE(o, REAL, bq * Dv);
+    LAYOUT_PIECE(mx, REAL, bq);
+    LAYOUT_PIECE(sum, REAL, bq);
+    LAYOUT_PIECE(alpha, REAL, bq);
     return at;
 }
 
