@@ -34,9 +34,11 @@ of Numerical Algorithms*, §3.1: a dot product of n terms errs by at most γ_n·
    as FlashAttention kernels do, which moves o_id by at most u_L·Σ_j p_ij·|v_jd|, and rounds
    the output to the input dtype, u_L·|o_id|:
 
-       |Δo_id| += 2·u_L·max_id (Σ_j p_ij·|v_jd| + |o_id|)
+       |Δo_id| += 2·u_L·max_id (Σ_j p_ij·|v_jd| + |o_id|) + 2·f_L
 
-   (2 for the second-order terms). One that accumulates the softmax sum or P·V in the low
+   (2 for the second-order terms), where f_L is half the smallest subnormal of the dtype
+   (2^-25 for float16): a result that rounds into the subnormal range errs by up to f_L, not
+   by u_L of itself. One that accumulates the softmax sum or P·V in the low
    precision dtype loses u_L at every one of Lk steps and falls outside.
 
 Each bound is multiplied by a safety factor of 4: 2 because the float64 oracle errs too
@@ -95,7 +97,8 @@ A gradient's tolerance is the largest of its element bounds times the safety fac
 float16 gradients add twice 2^-11 times the size of their terms (the largest of Pᵀ·|dO|,
 |scale|·|dX|·|K|, |scale|·|dX|ᵀ·|Q| and |dS| summed like dbias): once for their rounding to
 float16, and once for that of the float16 operand of their last product (P, dS) in a kernel
-that keeps one, each at most 2^-11 times that size.
+that keeps one, each at most 2^-11 times that size, plus f_L for each of the two roundings (a
+gradient of a tiny scale, ~1e-7, lies in float16's subnormal range, spaced 2^-24).
 
 Finite differences (`DifferenceBound`, ATT-G2). The central difference of
 L = Σ dO·out + Σ dlse·lse, the implementation's own float64 forward, in one entry x moved by
@@ -141,6 +144,9 @@ UNIT_ROUNDOFF = {
     "float64": 2.0**-53,
 }
 OUTPUT_ROUNDING = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "float32": 0.0, "float64": 0.0}
+# f_L: half the smallest subnormal of a low-precision dtype, the most rounding a result into
+# its subnormal range can cost (a relative u_L does not bound it there).
+SUBNORMAL_ROUNDING = {"float16": 2.0**-25, "bfloat16": 2.0**-134, "float32": 0.0, "float64": 0.0}
 
 
 @dataclass(frozen=True)
@@ -238,7 +244,7 @@ def _tolerance(dtype, q, k, v, options, lse, weights, out) -> Tolerance:
         with np.errstate(invalid="ignore"):
             weighed = np.nan_to_num(weights, nan=0.0) @ np.nan_to_num(v_per_head, posinf=0.0)
             rounded = 2 * OUTPUT_ROUNDING[dtype] * (weighed + np.abs(out))
-        rounded = np.where(np.isfinite(rounded), rounded, 0.0)
+        rounded = np.where(np.isfinite(rounded), rounded, 0.0) + 2 * SUBNORMAL_ROUNDING[dtype]
     return Tolerance(
         out=SAFETY * out_bound + _finite_max(np.asarray(rounded)),
         out_each=SAFETY * out_bound + rounded,
@@ -454,10 +460,11 @@ def gradient_tolerance(query, key, value, grad_out, grad_lse=None, **options) ->
         size_q = scale * (np.abs(d_x) @ k_abs)
         size_k = _per_kv_head(scale * (np.swapaxes(np.abs(d_x), -1, -2) @ np.abs(q)), Hkv)
     rounding16 = 2 * OUTPUT_ROUNDING[dtype]  # the gradient's rounding and its operand's
+    floor16 = 2 * SUBNORMAL_ROUNDING[dtype]  # the same two, into the subnormal range
     tol = {
-        "query": SAFETY * _finite_max(e_dq) + rounding16 * _finite_max(size_q),
-        "key": SAFETY * _finite_max(e_dk) + rounding16 * _finite_max(size_k),
-        "value": SAFETY * _finite_max(e_dv) + rounding16 * _finite_max(size_v),
+        "query": SAFETY * _finite_max(e_dq) + rounding16 * _finite_max(size_q) + floor16,
+        "key": SAFETY * _finite_max(e_dk) + rounding16 * _finite_max(size_k) + floor16,
+        "value": SAFETY * _finite_max(e_dv) + rounding16 * _finite_max(size_v) + floor16,
         "bias": None,
     }
     bias = options.get("bias")
@@ -465,7 +472,7 @@ def gradient_tolerance(query, key, value, grad_out, grad_lse=None, **options) ->
         m = max(1, int(np.prod(visible.shape)) // max(1, int(np.prod(np.shape(bias)))))
         e_db = oracle.to_bias_shape(e_ds + (m + 1) * u * np.abs(d_s), np.shape(bias))
         size_b = oracle.to_bias_shape(np.abs(d_s), np.shape(bias))
-        tol["bias"] = SAFETY * _finite_max(e_db) + rounding16 * _finite_max(size_b)
+        tol["bias"] = SAFETY * _finite_max(e_db) + rounding16 * _finite_max(size_b) + floor16
     return GradientTolerance(**tol)
 
 
