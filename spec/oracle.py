@@ -142,8 +142,10 @@ def _filled(s, query, key, value, options, fill: float) -> Attention:
     (as `where(mask, s, fill)` does), then a plain softmax over every key not at -inf: a key a
     mask hides weighs exp(fill - max), 0 until scores are huge, and a row that sees no key
     averages all its keys (lse = fill + log n); a row whose every score is -inf (a -inf bias
-    everywhere) is 0/0, NaN. The spec's NaN rules hold otherwise; a hidden key's value reaches
-    the row only where it weighs more than 0."""
+    everywhere) has out and weights 0/0, NaN, and lse log Σ_j exp(-inf) = log 0 = -inf (NaN
+    only from a shift by its -inf maximum, which is not the definition of the lse). The spec's
+    NaN rules hold otherwise; a hidden key's value reaches the row only where it weighs more
+    than 0."""
     masked_options = {n: x for n, x in options.items() if n != "bias"}
     shown = visibility(query, key, masked_options)  # what the masks alone let through
     filled = np.where(shown, s, fill)
@@ -155,7 +157,7 @@ def _filled(s, query, key, value, options, fill: float) -> Attention:
     nothing &= filled.shape[-1] > 0
     return Attention(
         np.where(nothing[..., None], np.nan, found.out),
-        np.where(nothing, np.nan, found.lse),
+        found.lse,  # -inf there: softmax_attention's rule for a row whose every score is -inf
         np.where(nothing[..., None], np.nan, found.weights),
     )
 
