@@ -2,6 +2,8 @@
 to end, and a peer fails only where docs/conformance says it does (a new failure means the
 published reports are stale: regenerate them and check the finding by hand)."""
 
+import re
+
 import pytest
 from refattn.spec.registry import all_invariants
 from refattn.spec.runner import FAIL, run_all
@@ -44,6 +46,24 @@ KNOWN_FAILURES = {
 }
 
 
+# A published bug that whatever invariant draws its trigger fails on, told by the failure's own
+# (shrunk) counterexample: which invariants meet it depends on the draws, and those differ
+# between an editable and an installed refattn (hypothesis draws from local modules' constants).
+KNOWN_TRIGGERS = {
+    # the CPU flash kernel: NaN for is_causal with a scale <= 0 (findings.md)
+    "torch": (r"causal='top_left'.*scale=(-|0\.0\b)",),
+    "torch-flash": (r"causal='top_left'.*scale=(-|0\.0\b)",),
+    # onnxruntime's kernel refuses a scale <= 0 and the path that returns weights gives NaN
+    # for one; onnx.reference takes sqrt(scale) on Q and K (NaN)
+    "onnxruntime": (r"scale must be greater than 0", r"scale=-"),
+    "onnx-reference": (r"scale=-",),
+}
+
+
+def _triggered(name: str, detail: str) -> bool:
+    return any(re.search(t, detail, re.DOTALL) for t in KNOWN_TRIGGERS.get(name, ()))
+
+
 @pytest.mark.parametrize("name", KNOWN_FAILURES)
 def test_peer_fails_only_where_published(name):
     try:
@@ -55,7 +75,11 @@ def test_peer_fails_only_where_published(name):
     )
     for o in outcomes:  # an adapter refusing what it claims is a bug of the adapter
         assert "raised Unsupported" not in o.detail, (o.id, o.detail)
-    unexpected = {o.id: o.detail.splitlines()[0] for o in outcomes if o.status == FAIL}
+    unexpected = {
+        o.id: o.detail.splitlines()[0]
+        for o in outcomes
+        if o.status == FAIL and not _triggered(name, o.detail)
+    }
     for known in KNOWN_FAILURES[name]:
         unexpected.pop(known, None)
     assert not unexpected

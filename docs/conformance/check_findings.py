@@ -428,6 +428,25 @@ def ort_scale_zero():
         return "scale must be greater than 0" in str(error), str(error).split("was false.")[-1]
 
 
+@finding("onnxruntime", "ATT-S3 and every invariant that draws a negative scale: refused")
+def ort_negative_scale():
+    q, k, v = _qkv(np.float32)
+    try:
+        _onnx_attention("onnxruntime", 24, {"Q": q, "K": k, "V": v}, {"scale": -1.0})
+        return False, "accepted"
+    except Exception as error:
+        return "scale must be greater than 0" in str(error), str(error).split("was false.")[-1]
+
+
+@finding("onnx-reference", "ATT-W2: a negative scale gives NaN (sqrt(scale) on Q and K)")
+def onnx_reference_negative_scale():
+    q, k, v = (np.ones((1, 1, 1, 2), np.float32) for _ in range(3))
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (out,) = _onnx_attention("reference", 24, {"Q": q, "K": k, "V": v}, {"scale": -1.0})
+    return bool(np.isnan(out).all()), f"Y {out.ravel()}, expected v = [1, 1]"
+
+
 @finding("onnxruntime", "float16 not claimed: weights (qk_matmul_output mode 3) are float16")
 def ort_float16_weights():
     q, k, v = _qkv(np.float16)

@@ -75,6 +75,9 @@ NOTES = (
     "only) and the weights output is of the input type. Measured: max error 0.0037 (onnxruntime "
     "opset 24) and 0.0027 (onnx.reference) on a 2 x 140 call whose float32-computed float16 "
     "answer errs by 0.0002; softmax_precision=FLOAT changes neither.",
+    "An attn_mask whose last dim is shorter than the keys is padded with -inf by ONNX's rule, "
+    "not broadcast: the adapter spells a mask broadcast along the keys, (..., Lq, 1), out "
+    "along Lk.",
 )
 
 
@@ -138,6 +141,11 @@ def prepare(onnx, runtime, threads, call: AttentionCall) -> Prepared:
     scores = call.mask if call.mask is not None else call.bias
     if scores is not None:
         scores = scores_to_4d(scores, batch)
+        if scores.shape[-1] != Lk:
+            # ONNX pads an attn_mask whose last dim is short with -inf (the operator's
+            # documented rule, onnx.reference does it) rather than broadcasting it: a mask
+            # broadcast along the keys, (..., Lq, 1), is spelled out along them.
+            scores = np.broadcast_to(scores, (*scores.shape[:-1], Lk))
         if runtime == "onnxruntime" and (scores.ndim < 2 or scores.shape[-2] != Lq):
             # onnxruntime's kernel refuses a 1-D attn_mask and one whose Lq dim broadcasts
             # (explicit checks); the same mask, spelled out along Lq, is what it takes.
