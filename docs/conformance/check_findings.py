@@ -428,7 +428,7 @@ def ort_scale_zero():
         return "scale must be greater than 0" in str(error), str(error).split("was false.")[-1]
 
 
-@finding("onnxruntime", "ATT-S3 and every invariant that draws a negative scale: refused")
+@finding("onnxruntime", "ATT-S3, and in float32 every invariant that draws a scale < 0: refused")
 def ort_negative_scale():
     q, k, v = _qkv(np.float32)
     try:
@@ -438,7 +438,18 @@ def ort_negative_scale():
         return "scale must be greater than 0" in str(error), str(error).split("was false.")[-1]
 
 
-@finding("onnx-reference", "ATT-W2: a negative scale gives NaN (sqrt(scale) on Q and K)")
+@finding("onnxruntime", "ATT-W1/W2/W3/N1: float64 with a negative scale gives NaN (sqrt(scale))")
+def ort_float64_negative_scale():
+    # the float32 kernel refuses scale < 0 (above); float64, which it does not register, runs
+    # the operator's function body, which scales Q and K by sqrt(scale) each
+    q, k, v = (np.ones((1, 1, 1, 2), np.float64) for _ in range(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (out,) = _onnx_attention("onnxruntime", 24, {"Q": q, "K": k, "V": v}, {"scale": -1.0})
+    return bool(np.isnan(out).all()), f"Y {out.ravel()}, expected v = [1, 1]"
+
+
+@finding("onnx-reference", "ATT-W1/W2/W3/N1/N7: a negative scale gives NaN (sqrt(scale) on Q, K)")
 def onnx_reference_negative_scale():
     q, k, v = (np.ones((1, 1, 1, 2), np.float32) for _ in range(3))
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
@@ -510,7 +521,7 @@ def ort_mask_broadcast():
     return all("ok" not in s for s in seen), "; ".join(seen)
 
 
-@finding("onnx-reference", "ATT-W1/M9/S2/S3/H4/A1/N1/N2/N7/N8/N9: is_causal, mask along Lq")
+@finding("onnx-reference", "ATT-W1/M9/S2/S3/H4/A1/N1/N2/N6/N7/N8/N9: is_causal, mask along Lq")
 def onnx_ref_causal_broadcast_mask():
     q, k, v = _qkv(np.float64, ((1, 1, 2, 2), (1, 1, 2, 2), (1, 1, 2, 2)))
     mask = np.array([[False, True]])  # one row for both queries: hide key 0
