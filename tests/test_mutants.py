@@ -14,7 +14,8 @@ here is what the CLI finds, whatever else this pytest session imports.
 The default run takes a sample (mutants.SAMPLE, mutants.SAMPLE_CONTROLS); `pytest -m mutants`
 runs the rest. The known survivors (mutants.SURVIVORS) are strict xfails. A summary table
 (mutant, class, expected, killed by, first failing example) is printed at the end of the
-module, and written as JSON to $REFATTN_MUTANTS_JSON when that is set.
+module, and written as JSON to $REFATTN_MUTANTS_JSON when that is set ("{worker}" in it
+becomes the xdist worker's id, so that parallel workers do not overwrite each other).
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def summary(request):
     if not RESULTS:
         return
     path = os.environ.get("REFATTN_MUTANTS_JSON")
-    if path:
+    if path:  # one file per xdist worker, each holding the mutants that worker hunted
+        path = path.replace("{worker}", os.environ.get("PYTEST_XDIST_WORKER", "main"))
         Path(path).write_text(json.dumps(RESULTS, indent=1) + "\n")
     capture = request.config.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():  # past pytest's capture, to the terminal
