@@ -127,6 +127,7 @@ static inline uint16_t refattn_bf16_from_float(float f) {
 extern const refattn_ops_f32 *const refattn_avx512_ops;
 extern const refattn_ops_f32 *const refattn_avx2_ops;
 extern const refattn_ops_bf16 *const refattn_avx512_bf16_ops;
+extern const refattn_ops_bf16 *const refattn_amx_bf16_ops;
 extern const refattn_grad_ops_f32 *const refattn_avx512_grad_ops;
 extern const refattn_grad_ops_f32 *const refattn_avx2_grad_ops;
 
