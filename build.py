@@ -73,7 +73,22 @@ __m256 probe(__m256 a, __m256 b) { return _mm256_fmadd_ps(a, b, a); }
 """
 have_avx512 = x86_64 and _compiles(_AVX512_PROBE, [])
 have_avx512_bf16 = have_avx512 and _compiles(_AVX512_BF16_PROBE, [])
+# AMX: tdpbf16ps and the tile intrinsics (GCC 11, clang 12).
+_AMX_PROBE = """
+#include <immintrin.h>
+__attribute__((target("amx-tile,amx-bf16,avx512f,avx512bf16")))
+void probe(const void *config, const void *a, void *c) {
+    _tile_loadconfig(config);
+    _tile_loadd(4, a, 64);
+    _tile_zero(0);
+    _tile_loadd(5, a, 64);
+    _tile_dpbf16ps(0, 4, 5);
+    _tile_stored(0, c, 64);
+    _tile_release();
+}
+"""
 have_avx2 = x86_64 and _compiles(_AVX2_PROBE, [])
+have_amx = have_avx512_bf16 and _compiles(_AMX_PROBE, [])
 
 # OpenMP: GCC and most clangs take -fopenmp; Apple's clang has no OpenMP runtime, so try to
 # compile *and link* a program that uses it, and build without threads when that fails.
@@ -106,6 +121,8 @@ if not have_avx512:
     defines.append(("REFATTN_NO_AVX512", "1"))
 if not have_avx512_bf16:
     defines.append(("REFATTN_NO_AVX512_BF16", "1"))
+if not have_amx:
+    defines.append(("REFATTN_NO_AMX", "1"))
 if not have_avx2:
     defines.append(("REFATTN_NO_AVX2", "1"))
 
@@ -131,6 +148,7 @@ ffibuilder.set_source(
         "native/kernels_avx2.c",
         "native/kernels_avx512.c",
         "native/kernels_avx512_bf16.c",
+        "native/kernels_amx.c",
     ],
     include_dirs=["native"],
     # setuptools rebuilds when a source is newer than the extension; the headers count too.

@@ -50,12 +50,12 @@ static int check_call(const refattn_call *c) {
     if (c->causal < REFATTN_CAUSAL_NONE || c->causal > REFATTN_CAUSAL_BOTTOM_RIGHT)
         return REFATTN_EINVAL;
     if (c->window_left < -1 || c->window_right < -1 || !(c->softcap >= 0)) return REFATTN_EINVAL;
-    if (c->isa < REFATTN_ISA_SCALAR || c->isa > REFATTN_ISA_AVX512_BF16) return REFATTN_EINVAL;
+    if (c->isa < REFATTN_ISA_SCALAR || c->isa > REFATTN_ISA_AMX_BF16) return REFATTN_EINVAL;
     if (c->dtype != REFATTN_FLOAT64 && !refattn_isa_supported(c->isa)) return REFATTN_EISA;
-    /* bfloat16 has its own kernels in scalar C and AVX-512 BF16 only (the wrapper converts it to
-       float32 for the others) */
+    /* bfloat16 has its own kernels in scalar C, AVX-512 BF16 and AMX only (the wrapper converts
+       it to float32 for the others) */
     if (c->dtype == REFATTN_BFLOAT16 && c->isa != REFATTN_ISA_SCALAR &&
-        c->isa != REFATTN_ISA_AVX512_BF16)
+        c->isa != REFATTN_ISA_AVX512_BF16 && c->isa != REFATTN_ISA_AMX_BF16)
         return REFATTN_EINVAL;
     if (c->B * c->Hq * c->Lq > 0 && !tensor_ok(&c->query, 1)) return REFATTN_EINVAL;
     if (c->B > 0 && c->Lk > 0 && (!tensor_ok(&c->key, 1) || (c->Dv > 0 && !tensor_ok(&c->value, 1))))
@@ -101,10 +101,13 @@ int refattn_isa_supported(int isa) {
     if (isa == REFATTN_ISA_AVX512) return refattn_avx512_ops != NULL && refattn_cpu_has(isa);
     if (isa == REFATTN_ISA_AVX512_BF16)
         return refattn_avx512_ops != NULL && refattn_avx512_bf16_ops != NULL && refattn_cpu_has(isa);
+    if (isa == REFATTN_ISA_AMX_BF16)
+        return refattn_avx512_ops != NULL && refattn_amx_bf16_ops != NULL && refattn_cpu_has(isa);
     return 0;
 }
 
 int refattn_isa_best(void) {
+    if (refattn_isa_supported(REFATTN_ISA_AMX_BF16)) return REFATTN_ISA_AMX_BF16;
     if (refattn_isa_supported(REFATTN_ISA_AVX512_BF16)) return REFATTN_ISA_AVX512_BF16;
     if (refattn_isa_supported(REFATTN_ISA_AVX512)) return REFATTN_ISA_AVX512;
     if (refattn_isa_supported(REFATTN_ISA_AVX2)) return REFATTN_ISA_AVX2;

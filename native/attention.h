@@ -34,6 +34,7 @@
 #define REFATTN_ISA_AVX2 1        /* AVX2 + FMA, 8 floats per vector */
 #define REFATTN_ISA_AVX512 2      /* AVX-512 F/DQ/BW/VL, 16 floats per vector */
 #define REFATTN_ISA_AVX512_BF16 3 /* ... and AVX512_BF16 (vdpbf16ps); float32 as AVX512 */
+#define REFATTN_ISA_AMX_BF16 4    /* ... and AMX-TILE, AMX-BF16 (tdpbf16ps); float32 as AVX512 */
 
 #define REFATTN_FLOAT32 4         /* dtype codes: the element size in bytes */
 #define REFATTN_FLOAT64 8
@@ -72,7 +73,7 @@ typedef struct refattn_call {
     /* options */
     int dtype;                 /* REFATTN_FLOAT32, REFATTN_FLOAT64, or REFATTN_BFLOAT16 (query,
                                   key, value and out; bias, lse, weights float32) with isa
-                                  REFATTN_ISA_SCALAR or REFATTN_ISA_AVX512_BF16 */
+                                  REFATTN_ISA_SCALAR, _AVX512_BF16 or _AMX_BF16 */
     int causal;                /* REFATTN_CAUSAL_* */
     int64_t window_left;       /* key j visible iff j >= i + offset - window_left; -1: unbounded */
     int64_t window_right;      /* ... and j <= i + offset + window_right; -1: unbounded */

@@ -1,5 +1,7 @@
 /* Which instruction sets this CPU and its OS can run, asked once at run time: AVX2 + FMA,
-   AVX-512 F/DQ/BW/VL, and AVX-512 with AVX512_BF16 (which adds no register state of its own).
+   AVX-512 F/DQ/BW/VL, AVX-512 with AVX512_BF16 (which adds no register state of its own), and
+   that with AMX-TILE and AMX-BF16 (whose 8 KB of tile data Linux saves only for a process that
+   asked for it: arch_prctl(ARCH_REQ_XCOMP_PERM), made here, once).
 
    A CPU flag is not enough: AVX and AVX-512 registers are usable only when the OS saves their
    state on a context switch, which XGETBV(0) reports (XCR0). The build never assumes the
@@ -9,6 +11,20 @@
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>
+#ifdef __linux__
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+/* Linux: ask for the AMX tile data state for this process (every thread of it); 1 if granted. */
+static int amx_permitted(void) {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    const long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+#else
+    return 0;
+#endif
+}
 
 static uint64_t xgetbv0(void) {
     uint32_t lo, hi;
@@ -32,11 +48,17 @@ static int detect(int isa) {
     /* ... and the opmask and upper ZMM state (XCR0 bits 5, 6, 7) */
     const int avx512 = avx2 && fma && f && dq && bw && vl && (xcr0 & 0xE0) == 0xE0;
     if (isa == REFATTN_ISA_AVX512) return avx512;
-    if (isa == REFATTN_ISA_AVX512_BF16) {
-        /* AVX512_BF16 (vdpbf16ps, vcvtneps2bf16): leaf 7, subleaf 1, EAX bit 5 */
-        if (!avx512 || leaf7_subleaves < 1) return 0;
-        __cpuid_count(7, 1, a, b, c, d);
-        return (a >> 5) & 1;
+    const int amx_tile = (d >> 24) & 1, amx_bf16 = (d >> 22) & 1; /* leaf 7, subleaf 0, EDX */
+    /* AVX512_BF16 (vdpbf16ps, vcvtneps2bf16): leaf 7, subleaf 1, EAX bit 5 */
+    if (!avx512 || leaf7_subleaves < 1) return 0;
+    __cpuid_count(7, 1, a, b, c, d);
+    const int avx512_bf16 = (a >> 5) & 1;
+    if (isa == REFATTN_ISA_AVX512_BF16) return avx512_bf16;
+    if (isa == REFATTN_ISA_AMX_BF16) {
+        /* ... the tile configuration and data state saved by the OS (XCR0 bits 17, 18), and
+           this process allowed to use it */
+        const int tile_state = (xcr0 & 0x60000) == 0x60000;
+        return avx512_bf16 && amx_tile && amx_bf16 && tile_state && amx_permitted();
     }
     return 0;
 }
@@ -49,9 +71,9 @@ static int detect(int isa) {
 
 int refattn_cpu_has(int isa) {
     /* Benign race: every thread computes the same answer. */
-    static volatile int cached[4] = {-1, -1, -1, -1};
+    static volatile int cached[5] = {-1, -1, -1, -1, -1};
     if (isa == REFATTN_ISA_SCALAR) return 1;
-    if (isa < 0 || isa > REFATTN_ISA_AVX512_BF16) return 0;
+    if (isa < 0 || isa > REFATTN_ISA_AMX_BF16) return 0;
     if (cached[isa] < 0) cached[isa] = detect(isa);
     return cached[isa];
 }

@@ -165,11 +165,13 @@ typedef struct FN(plan) {
     ELEM *kpack;        /* (group, nkt, Dkp·bk): the key tiles of a group of kv heads, or NULL */
     int64_t nkt;        /* key tiles per kv head */
     int64_t kv_group;   /* kv heads (b, hk) packed at a time: all of them without packing */
+    int64_t vp_elems;   /* a thread's packed values (ops->pack_values), 0 without them */
 } FN(plan);
 
 /* One thread's tiles. */
 typedef struct FN(work) {
     ELEM *kp;         /* packed keys, Dkp·bk */
+    ELEM *vp;         /* packed values, for ops->weigh_packed (plan.vp_elems) */
     REAL *s;          /* scores, then probabilities, (bq, bk) */
     uint8_t *vis;     /* visibility of the tile when some key is hidden, (bq, bk) */
     REAL *o;          /* unnormalised output rows, (bq, Dv) */
@@ -181,9 +183,10 @@ typedef struct FN(work) {
    the size in bytes (w is not touched); otherwise w's pointers too. The one statement of the
    layout, for sizing the block and for carving it. */
 static size_t FN(work_layout)(FN(work) *w, char *mine, int64_t Dkp, int64_t Dv, int64_t bq,
-                              int64_t bk) {
+                              int64_t bk, int64_t vp_elems) {
     size_t at = 0;
     LAYOUT_PIECE(kp, ELEM, Dkp * bk);
+    LAYOUT_PIECE(vp, ELEM, vp_elems);
     LAYOUT_PIECE(s, REAL, bq * bk);
     LAYOUT_PIECE(vis, uint8_t, bq * bk);
     LAYOUT_PIECE(o, REAL, bq * Dv);
@@ -355,6 +358,10 @@ static void FN(attend_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h
             ops->pack_keys(w->kp, k + j0 * ldk, ldk, n, c->Dk);
             kp = w->kp;
         }
+        /* values packed for weigh_packed once per key tile, where the table has it, the rows
+           are many enough and every value of the tile is finite (else weigh takes them all) */
+        const int packed = p->vp_elems > 0 && m > ops->few_rows && Dv > 0 &&
+                           ops->pack_values(w->vp, v + j0 * ldv, ldv, n, Dv);
         for (int64_t r0 = 0; r0 < m; r0 += block) {
             const int64_t mb = min64(block, m - r0);
             int64_t nb = n;
@@ -366,8 +373,11 @@ static void FN(attend_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h
             const int hidden = FN(score_tile)(p, w, b, h, i0 + r0, mb, j0, nb, kp);
             for (int64_t r = r0; r < r0 + mb; r++)
                 ops->softmax(w->s + (r - r0) * bk, nb, &w->mx[r], &w->sum[r], &w->alpha[r]);
-            ops->weigh(w->o + r0 * Dv, Dv, w->s, bk, hidden ? w->vis : NULL, bk, w->alpha + r0,
-                       v + j0 * ldv, ldv, mb, nb, Dv);
+            if (packed && !hidden && mb > ops->few_rows)
+                ops->weigh_packed(w->o + r0 * Dv, Dv, w->s, bk, w->alpha + r0, w->vp, mb, nb, Dv);
+            else
+                ops->weigh(w->o + r0 * Dv, Dv, w->s, bk, hidden ? w->vis : NULL, bk,
+                           w->alpha + r0, v + j0 * ldv, ldv, mb, nb, Dv);
         }
     }
 
@@ -502,7 +512,8 @@ static int FN(flash)(const refattn_call *c, const OPS *ops, int num_threads) {
 
     /* Allocate everything before the parallel region, so a failure is one clean return. */
     const int64_t bq = p.bq, bk = p.bk;
-    const size_t per_thread = FN(work_layout)(NULL, NULL, p.dkp, Dv, bq, bk);
+    p.vp_elems = ops->pack_values ? ops->values_elems(bk, Dv) : 0;
+    const size_t per_thread = FN(work_layout)(NULL, NULL, p.dkp, Dv, bq, bk, p.vp_elems);
     const int need_lse = c->weights != NULL || p.nsplit > 1;
     const size_t lse_bytes = need_lse && !c->lse ? round_up(sizeof(REAL) * (size_t)rows) : 0;
     size_t part_bytes = 0;
@@ -547,7 +558,8 @@ static int FN(flash)(const refattn_call *c, const OPS *ops, int num_threads) {
 #pragma omp parallel num_threads((int)threads) if (threads > 1)
     {
         FN(work) w;
-        FN(work_layout)(&w, base + (size_t)THREAD_ID() * per_thread, p.dkp, Dv, bq, bk);
+        FN(work_layout)(&w, base + (size_t)THREAD_ID() * per_thread, p.dkp, Dv, bq, bk,
+                        p.vp_elems);
 
         for (int64_t g0 = 0; g0 < BHkv; g0 += p.kv_group) {
             const int64_t g1 = min64(BHkv, g0 + p.kv_group), Dk = c->Dk, Dkp = p.dkp;

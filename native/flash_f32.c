@@ -16,8 +16,8 @@
 
 int refattn_flash_f32(const refattn_call *call, int isa, int num_threads) {
     const refattn_ops_f32 *ops = &scalar_ops_f32;
-    /* AVX512_BF16 adds bfloat16 instructions only: float32 runs the AVX-512 kernels there */
-    if ((isa == REFATTN_ISA_AVX512 || isa == REFATTN_ISA_AVX512_BF16) && refattn_avx512_ops)
+    /* AVX512_BF16 and AMX add bfloat16 instructions only: float32 runs the AVX-512 kernels there */
+    if (isa >= REFATTN_ISA_AVX512 && refattn_avx512_ops)
         ops = refattn_avx512_ops;
     if (isa == REFATTN_ISA_AVX2 && refattn_avx2_ops) ops = refattn_avx2_ops;
     return flash_f32(call, ops, num_threads);
@@ -27,8 +27,7 @@ int refattn_backward_f32(const refattn_grad_call *call, int isa, int num_threads
     const refattn_ops_f32 *ops = &scalar_ops_f32;
     const refattn_grad_ops_f32 *gops = &scalar_grad_ops_f32;
     /* the backward's kernels come with the forward's of the same instruction set (its scores) */
-    if ((isa == REFATTN_ISA_AVX512 || isa == REFATTN_ISA_AVX512_BF16) && refattn_avx512_ops &&
-        refattn_avx512_grad_ops) {
+    if (isa >= REFATTN_ISA_AVX512 && refattn_avx512_ops && refattn_avx512_grad_ops) {
         ops = refattn_avx512_ops;
         gops = refattn_avx512_grad_ops;
     }

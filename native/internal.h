@@ -50,6 +50,15 @@
         void (*weigh)(T *o, int64_t ldo, const T *p, int64_t ldp, const uint8_t *vis,         \
                       int64_t ldvis, const T *alpha, const E *v, int64_t ldv, int64_t m,       \
                       int64_t n, int64_t Dv);                                                  \
+        /* Optional (NULL where weigh is all there is): values packed for weigh_packed.        \
+           pack_values copies values [0, n) of v into vp (values_elems(bk, Dv) elements) and   \
+           returns 1 when all of them are finite, 0 otherwise (vp then unusable). weigh_packed \
+           is weigh with no vis (every key of the tile visible to every row) over the first n  \
+           of the packed values, for more than few_rows rows. */                              \
+        int64_t (*values_elems)(int64_t bk, int64_t Dv);                                       \
+        int (*pack_values)(E *vp, const E *v, int64_t ldv, int64_t n, int64_t Dv);             \
+        void (*weigh_packed)(T *o, int64_t ldo, const T *p, int64_t ldp, const T *alpha,       \
+                             const E *vp, int64_t m, int64_t n, int64_t Dv);                   \
     } NAME;
 
 REFATTN_DECLARE_OPS(float, float, refattn_ops_f32)
@@ -127,6 +136,7 @@ static inline uint16_t refattn_bf16_from_float(float f) {
 extern const refattn_ops_f32 *const refattn_avx512_ops;
 extern const refattn_ops_f32 *const refattn_avx2_ops;
 extern const refattn_ops_bf16 *const refattn_avx512_bf16_ops;
+extern const refattn_ops_bf16 *const refattn_amx_bf16_ops;
 extern const refattn_grad_ops_f32 *const refattn_avx512_grad_ops;
 extern const refattn_grad_ops_f32 *const refattn_avx2_grad_ops;
 

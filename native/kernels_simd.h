@@ -50,7 +50,12 @@ static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 #define ROWS_7(F) ROWS_6(F) F(7)
 #define ROWS_8(F) ROWS_7(F) F(8)
 
-static inline int64_t packed_dk(int64_t Dk) { return (Dk + KSTEP - 1) / KSTEP * KSTEP; }
+/* Packed keys hold Dk rounded up to PACK_ROUND dims, the dims past Dk 0: KSTEP unless the
+   includer says otherwise (kernels_amx.c: VW·KSTEP, the dims of a tile row). */
+#ifndef PACK_ROUND
+#define PACK_ROUND KSTEP
+#endif
+static inline int64_t packed_dk(int64_t Dk) { return (Dk + PACK_ROUND - 1) / PACK_ROUND * PACK_ROUND; }
 
 /* kp[panel][d / KSTEP][VW][KSTEP]: element d of key VW·panel + t at
    kp[panel·Dkp·VW + (d / KSTEP)·VW·KSTEP + t·KSTEP + d % KSTEP]; keys past n and dims past Dk
@@ -68,7 +73,7 @@ static void pack_keys(elem *kp, const elem *k, int64_t ldk, int64_t n, int64_t D
             vtranspose(rows);
             /* t runs over constants: a variable index would keep rows[] in memory */
             UNROLL for (int t = 0; t < VW; t++)
-                if (t < steps) vstore_dims(panel + (d0 + t * KSTEP) * VW, rows[t]);
+                if (t < steps || PACK_ROUND > KSTEP) vstore_dims(panel + (d0 + t * KSTEP) * VW, rows[t]);
         }
     }
 }
@@ -277,6 +282,7 @@ static void weigh(float *o, int64_t ldo, const float *p, int64_t ldp, const uint
     }
 }
 
+#ifndef SIMD_BODY_NO_TABLE /* kernels_amx.c makes its own table of these kernels */
 static const ELEM_OPS ops = {
     .bq = BQ,
     .bk = BK,
@@ -288,3 +294,4 @@ static const ELEM_OPS ops = {
     .softmax = softmax,
     .weigh = weigh,
 };
+#endif

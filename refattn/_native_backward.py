@@ -26,7 +26,7 @@ Extra arguments:
         returned them: given together, they save the backward its forward. Without them the
         backward runs the native forward first (in float32 for float16 and bfloat16 inputs).
     num_threads, isa: as for `refattn.native.attention` (the module docstring there);
-        "avx512_bf16" runs the "avx512" kernels here.
+        "amx_bf16" and "avx512_bf16" run the "avx512" kernels here.
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ chosen at run time. float16 inputs are computed in float32; out comes back in th
 dtype, lse and weights in the compute dtype. `attention_backward` gives the gradients of
 `refattn.reference.attention_backward` (refattn._native_backward has the details).
 
-bfloat16 inputs are computed by bfloat16 kernels where there are some: isa "avx512_bf16"
-(vdpbf16ps) and "scalar" (portable C, their baseline) read the bfloat16 query, key and value
+bfloat16 inputs are computed by bfloat16 kernels where there are some: isa "amx_bf16" (Q·Kᵀ
+on AMX tiles), "avx512_bf16" (vdpbf16ps) and "scalar" (portable C, their baseline) read the
+bfloat16 query, key and value
 as they are, accumulate products and the softmax in float32, round P to bfloat16 before P·V
 and write out in bfloat16 (what spec/tolerance.py, 5, takes). With "avx512" or "avx2" they
 are converted to float32 and computed by the float32 kernels, out rounded to bfloat16.
@@ -33,9 +34,10 @@ Extra arguments:
         create one). In a process forked after a call ran on two threads or more, every call
         runs on one thread: libgomp's threads do not survive fork (README, "Threads and fork").
         info()["threads"] says how many a call may take.
-    isa: "avx512_bf16", "avx512", "avx2" or "scalar", the SIMD kernels for this call (float32
-        and bfloat16; float64 always runs portable C; float32 runs the "avx512" kernels under
-        "avx512_bf16"); default REFATTN_ISA (read at import), else the fastest this CPU runs.
+    isa: "amx_bf16", "avx512_bf16", "avx512", "avx2" or "scalar", the SIMD kernels for this
+        call (float32 and bfloat16; float64 always runs portable C; float32 runs the "avx512"
+        kernels under "amx_bf16" and "avx512_bf16"); default REFATTN_ISA (read at import),
+        else the fastest this CPU runs.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from refattn.call import AttentionCall, call_signature
 from refattn.dtypes import BFLOAT16
 
 ISAS = {
+    "amx_bf16": lib.REFATTN_ISA_AMX_BF16,
     "avx512_bf16": lib.REFATTN_ISA_AVX512_BF16,
     "avx512": lib.REFATTN_ISA_AVX512,
     "avx2": lib.REFATTN_ISA_AVX2,
@@ -69,7 +72,10 @@ _DTYPE = {
     BFLOAT16: lib.REFATTN_BFLOAT16,
 }
 # The instruction sets with bfloat16 kernels; the others take bfloat16 converted to float32.
-_BFLOAT16_ISAS = (lib.REFATTN_ISA_AVX512_BF16, lib.REFATTN_ISA_SCALAR)
+_BFLOAT16_ISAS = (lib.REFATTN_ISA_AMX_BF16, lib.REFATTN_ISA_AVX512_BF16, lib.REFATTN_ISA_SCALAR)
+# Those whose kernels of their own are bfloat16 ones only: float32 (and float16, converted)
+# runs the "avx512" kernels under them.
+BFLOAT16_ONLY_ISAS = ("amx_bf16", "avx512_bf16")
 
 
 def available_isas() -> list[str]:

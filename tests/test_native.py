@@ -20,7 +20,7 @@ from refattn import native, reference
 
 # float32 under "avx512_bf16" runs the "avx512" kernels (tests/test_native_bf16.py checks that,
 # and the bfloat16 kernels): the float32 tests here take each float32 kernel table once.
-ISAS = [isa for isa in native.available_isas() if isa != "avx512_bf16"]
+ISAS = [isa for isa in native.available_isas() if isa not in native.BFLOAT16_ONLY_ISAS]
 SIMD = [isa for isa in ISAS if isa != "scalar"]
 SANITIZED = "-fsanitize" in native.info()["build"]
 
@@ -397,11 +397,10 @@ def test_num_threads_argument_and_environment(monkeypatch):
 
 def test_isa_argument():
     q, k, v = _arrays((2, 5, 8), (2, 6, 8), 8)
-    with pytest.raises(
-        ValueError, match=r"isa should be one of 'avx512_bf16', 'avx512', 'avx2', 'scalar'"
-    ):
+    expected = r"isa should be one of 'amx_bf16', 'avx512_bf16', 'avx512', 'avx2', 'scalar'"
+    with pytest.raises(ValueError, match=expected):
         native.attention(q, k, v, isa="sse2")
-    for isa in {"avx512_bf16", "avx512", "avx2"} - set(native.available_isas()):
+    for isa in {"amx_bf16", "avx512_bf16", "avx512", "avx2"} - set(native.available_isas()):
         with pytest.raises(ValueError, match=rf"isa is '{isa}', but this CPU"):
             native.attention(q, k, v, isa=isa)
 
@@ -432,7 +431,8 @@ def test_isa_environment_variable():
     """
     run = _python(code, REFATTN_ISA="avx1024")
     expected = (
-        "REFATTN_ISA should be one of 'avx512_bf16', 'avx512', 'avx2', 'scalar', but got 'avx1024'"
+        "REFATTN_ISA should be one of 'amx_bf16', 'avx512_bf16', 'avx512', 'avx2', 'scalar', "
+        "but got 'avx1024'"
     )
     assert expected in run.stdout
     assert run.returncode == 1 and "ValueError: REFATTN_ISA should be one of" in run.stderr

@@ -24,8 +24,9 @@ from refattn import native, reference
 from refattn.call import AttentionGradients
 
 NAMES = AttentionGradients._fields  # query, key, value, bias
-# float32 under "avx512_bf16" runs the "avx512" kernels: each float32 kernel table once.
-ISAS = [isa for isa in native.available_isas() if isa != "avx512_bf16"]
+# float32 under "amx_bf16" and "avx512_bf16" runs the "avx512" kernels: each float32 kernel
+# table once.
+ISAS = [isa for isa in native.available_isas() if isa not in native.BFLOAT16_ONLY_ISAS]
 
 
 def _gradients(q, k, v, grad_out, grad_lse=None, *, isa=None, num_threads=None, **options):
@@ -452,7 +453,7 @@ def test_bad_forward_outputs_and_native_arguments_are_refused():
             r"out.dtype should be float64 \(the query's\), but got float32",
         ),
         ({"out": out.tolist(), "lse": lse}, TypeError, "out should be a numpy.ndarray"),
-        ({"isa": "avx9"}, ValueError, "isa should be one of 'avx512_bf16', 'avx512'"),
+        ({"isa": "avx9"}, ValueError, "isa should be one of 'amx_bf16', 'avx512_bf16', 'avx512'"),
         ({"num_threads": 0}, ValueError, "num_threads should be from 1 to 1024, but got 0"),
         ({"num_threads": 1.5}, TypeError, "num_threads should be an int or None, but got float"),
     ]

@@ -1,7 +1,7 @@
-"""bfloat16 computed natively: the native core's bfloat16 kernels (isa "avx512_bf16", by
-vdpbf16ps, and "scalar", their portable baseline) against the spec, judged by the low-precision
-tolerance model as it stands (spec/tolerance.py, 5: products and softmax in float32, P rounded
-to bfloat16 before P·V, out rounded to bfloat16).
+"""bfloat16 computed natively: the native core's bfloat16 kernels (isa "amx_bf16", Q·Kᵀ on AMX
+tiles, "avx512_bf16", by vdpbf16ps, and "scalar", their portable baseline) against the spec,
+judged by the low-precision tolerance model as it stands (spec/tolerance.py, 5: products and
+softmax in float32, P rounded to bfloat16 before P·V, out rounded to bfloat16).
 
     test_native_bf16_conforms    every invariant of the spec, bfloat16 drawn alone, per ISA
     direct comparisons           the float64 oracle through refattn.spec.tolerance.expect, on
@@ -28,7 +28,7 @@ from refattn.capabilities import FORWARD
 BF16 = np.dtype(ml_dtypes.bfloat16)
 AVAILABLE = native.available_isas()
 # The ISAs with bfloat16 kernels of their own; the others convert bfloat16 to float32.
-KERNELS = ("avx512_bf16", "scalar")
+KERNELS = ("amx_bf16", "avx512_bf16", "scalar")
 
 
 def _isa(isa: str):
@@ -156,7 +156,8 @@ def test_decode_split_keys(isa, options):
         assert np.all(out[0] == 0) and np.all(lse[0] == -np.inf)
 
 
-TILE_KEYS = {"avx512_bf16": 256, "scalar": 64}  # keys per tile of each bfloat16 table
+# keys per tile of each bfloat16 table
+TILE_KEYS = {"amx_bf16": 256, "avx512_bf16": 256, "scalar": 64}
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -316,13 +317,16 @@ def test_p_is_rounded_to_bfloat16_before_pv(isa):
     "isa",
     [
         pytest.param(
-            "avx512_bf16",
+            isa,
             marks=pytest.mark.xfail(
-                "avx512_bf16" in AVAILABLE,
+                isa in AVAILABLE,
                 strict=True,
-                reason="vdpbf16ps treats subnormal inputs as 0: inf·0 is NaN (native/elem_bf16.h)",
+                reason=f"{how} treats subnormal inputs as 0: inf·0 is NaN (native/elem_bf16.h)",
             ),
-        ),
+        )
+        for isa, how in (("amx_bf16", "tdpbf16ps"), ("avx512_bf16", "vdpbf16ps"))
+    ]
+    + [
         "scalar",
     ],
 )
@@ -342,22 +346,22 @@ def test_infinity_times_a_subnormal(isa, Lq):
     assert float(out[0, 0, 0]) == 2.0 and lse[0, 0] == 1.0
 
 
-def test_float32_under_avx512_bf16_is_avx512():
-    """isa="avx512_bf16" adds bfloat16 kernels: float32 (and float16, converted) run the AVX-512
-    float32 kernels, bit for bit."""
-    if "avx512_bf16" not in AVAILABLE:
-        pytest.skip(f"this CPU (or this build) has no avx512_bf16; available: {AVAILABLE}")
+@pytest.mark.parametrize("isa", [i for i in ISAS if i.values[0] != "scalar"])
+def test_float32_under_a_bfloat16_isa_is_avx512(isa):
+    """isa="amx_bf16" and "avx512_bf16" add bfloat16 kernels: float32 (and float16, converted)
+    run the AVX-512 float32 kernels, bit for bit."""
     rng = np.random.default_rng(10)
     q, k, v = (rng.standard_normal((2, 3, 50, 24)).astype(np.float32) for _ in range(3))
     for x in ((q, k, v), tuple(a.astype(np.float16) for a in (q, k, v))):
-        one = native.attention(*x, isa="avx512_bf16", causal="top_left", return_lse=True)
+        one = native.attention(*x, isa=isa, causal="top_left", return_lse=True)
         other = native.attention(*x, isa="avx512", causal="top_left", return_lse=True)
         assert all(np.array_equal(a, b) for a, b in zip(one, other, strict=True))
 
 
 def test_detection_matches_the_cpu_flags():
     """avx512_bf16 is available exactly when the CPU says avx512_bf16 (with AVX-512 F/DQ/BW/VL)
-    and the build has the kernels; it is then the default."""
+    and the build has the kernels, amx_bf16 when it says amx_tile and amx_bf16 too (and Linux
+    grants the tile state); the first of them available is then the default."""
     try:
         flags = next(
             set(line.split(":", 1)[1].split())
@@ -370,10 +374,12 @@ def test_detection_matches_the_cpu_flags():
     if cpu and "avx512_bf16" not in AVAILABLE:
         pytest.skip("the CPU has AVX512_BF16 but this build has no kernels for it")
     assert ("avx512_bf16" in AVAILABLE) == cpu
+    amx = cpu and {"amx_tile", "amx_bf16"} <= flags
+    assert ("amx_bf16" in AVAILABLE) == amx  # Linux 5.16 and later grant the tile state
     info = native.info()
     assert info["isas_available"] == AVAILABLE
-    if cpu and not os.environ.get("REFATTN_ISA"):
-        assert info["isa"] == "avx512_bf16"  # the fastest, chosen by default
+    if cpu and not os.environ.get("REFATTN_ISA"):  # the fastest, chosen by default
+        assert info["isa"] == ("amx_bf16" if amx else "avx512_bf16")
 
 
 @pytest.mark.parametrize("isa", ISAS)

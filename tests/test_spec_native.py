@@ -20,12 +20,13 @@ from refattn.adapters import Adapter
 
 INVARIANTS = all_invariants()
 THREADS = (1, 2)
-# float32 and float16 under "avx512_bf16" run the "avx512" kernels: its own, the bfloat16 ones,
-# are checked against every invariant in tests/test_native_bf16.py, bfloat16 drawn alone.
+# float32 and float16 under "amx_bf16" and "avx512_bf16" run the "avx512" kernels: their own,
+# the bfloat16 ones, are checked against every invariant in tests/test_native_bf16.py, bfloat16
+# drawn alone.
 PARAMS = [
     pytest.param(inv, isa, threads, id=f"{inv.id}-{isa}-{threads}threads")
     for isa in native.available_isas()
-    if isa != "avx512_bf16"
+    if isa not in native.BFLOAT16_ONLY_ISAS
     for threads in THREADS
     for inv in INVARIANTS
 ]

@@ -32,8 +32,8 @@ Implementations by name (`load`):
     reference       refattn.reference.attention
     native          refattn.native.attention, the C core with the kernels it picks (and
                     refattn.native.attention_backward, its backward)
-    native:ISA      the same with the kernels of one instruction set (avx512_bf16, avx512,
-                    avx2, scalar)
+    native:ISA      the same with the kernels of one instruction set (amx_bf16, avx512_bf16,
+                    avx512, avx2, scalar)
     numpy           the textbook formula in NumPy, softmax(q·kᵀ/sqrt(D))·v (a baseline)
     torch           torch.nn.functional.scaled_dot_product_attention, CPU, default backend
     torch-math      the same, forced to the math backend (torch.nn.attention.sdpa_kernel)
@@ -538,6 +538,7 @@ def _onnx(runtime: str) -> Callable[..., Adapter]:
 BUILTIN: dict[str, Callable[..., Adapter]] = {
     "reference": _reference,
     "native": _native(),
+    "native:amx_bf16": _native("amx_bf16"),
     "native:avx512_bf16": _native("avx512_bf16"),
     "native:avx512": _native("avx512"),
     "native:avx2": _native("avx2"),
