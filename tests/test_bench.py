@@ -373,3 +373,35 @@ def test_backward_check_refuses_wrong_gradients():
     assert prepared is None and result["status"] == "failed" and "dQ max error" in result["reason"]
     prepared, result, _ = measure.make_ready(native, call, expected, rows, grad_out)
     assert prepared is not None and result["status"] == "ok"
+
+
+def test_bfloat16_run_times_bfloat16_and_names_its_peak():
+    """--dtype bfloat16: ml_dtypes inputs, checked against the spec's low-precision model; the
+    matmul peak is torch.mm's in bfloat16 where torch is installed (NumPy has no bfloat16
+    gemm), the read bandwidth NumPy's float32 gemv."""
+    document = run.bench(
+        shapes=[(1, 2, 64, 64, 32)],
+        causal="no",
+        dtype="bfloat16",
+        impls=["native", "numpy"],
+        repeat=1,
+        memory_shapes=[(1, 1, 8, 8, 8)],
+        limits=(64, (256, 64)),
+    )
+    assert document["settings"]["dtype"] == "bfloat16"
+    (case,) = document["cases"]
+    assert case["dtype"] == "bfloat16"
+    native, numpy = case["results"]["native"], case["results"]["numpy"]
+    assert native["status"] == "ok", native
+    assert numpy["status"] == "skipped" and "does not claim bfloat16" in numpy["reason"]
+    memory = document["memory"][0]
+    assert memory["inputs_mib"] == pytest.approx(3 * 8 * 8 * 2 / 2**20)  # 2 bytes an element
+    machine = document["machine"]
+    how = machine["matmul_peak_gflops"]["how"]
+    try:
+        import torch  # noqa: F401
+
+        assert how.startswith("torch.mm bfloat16"), how
+    except ImportError:
+        assert how.startswith("NumPy float32 matmul"), how
+    assert "float32 matrix-vector" in machine["stream_read_gbps"]["how"]

@@ -89,15 +89,34 @@ def _timed(function, number: int = 1) -> float:
 
 
 def matmul_rate(dtype: str, n: int = PEAK_N, samples: int = LIMIT_SAMPLES) -> list[float]:
-    """GFLOP/s of a large square NumPy matmul (OpenBLAS gemm), one value per sample."""
+    """GFLOP/s of a large square matmul, one value per sample: NumPy's (OpenBLAS gemm), or for
+    bfloat16, which NumPy multiplies without BLAS, torch.mm's where torch is installed
+    (report.peak_how says which)."""
+    if dtype == "bfloat16":
+        torch = _torch()
+        if torch is not None:
+            a = torch.ones((n, n), dtype=torch.bfloat16)
+            torch.mm(a, a)  # warm-up
+            return [2 * n**3 / _timed(lambda: torch.mm(a, a)) / 1e9 for _ in range(samples)]
+        dtype = "float32"
     a = np.ones((n, n), dtype=dtype)
     b = np.ones((n, n), dtype=dtype)
     a @ b  # warm-up: OpenBLAS starts its threads, pages are touched
     return [2 * n**3 / _timed(lambda: a @ b) / 1e9 for _ in range(samples)]
 
 
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
 def stream_rate(dtype: str, shape=STREAM_SHAPE, samples: int = LIMIT_SAMPLES) -> list[float]:
-    """GB/s of reading a matrix far larger than the caches once: y = A·x (OpenBLAS gemv)."""
+    """GB/s of reading a matrix far larger than the caches once: y = A·x (OpenBLAS gemv; in
+    float32 for bfloat16, which has no gemv: bytes per second are what is measured)."""
+    dtype = "float32" if dtype == "bfloat16" else dtype
     a = np.ones(shape, dtype=dtype)
     x = np.ones(shape[1], dtype=dtype)
     a @ x
@@ -284,6 +303,7 @@ def run_timing(plan: dict, events) -> dict:
     return {
         "cases": results,
         "matmul_gflops": peak,
+        "peak_by": "torch" if dtype == "bfloat16" and _torch() is not None else "numpy",
         "stream_gbps": stream,
         "implementations": {
             name: {

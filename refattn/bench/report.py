@@ -44,19 +44,29 @@ def _spread(values: list[float], how: str) -> dict:
     }
 
 
+def peak_how(dtype: str, by: str | None) -> str:
+    """What measure.matmul_rate timed for dtype, `by` "torch" or "numpy"."""
+    if by == "torch":
+        return f"torch.mm {dtype} (torch's CPU gemm)"
+    if dtype == "bfloat16":
+        return "NumPy float32 matmul (OpenBLAS gemm; torch, for a bfloat16 one, not installed)"
+    return f"NumPy {dtype} matmul (OpenBLAS gemm)"
+
+
 def build(*, timing, memory, settings, impls, cpus, created, command, elapsed, busy) -> dict:
     threads, dtype = settings["threads"], settings["dtype"]
     n = settings["peak_n"]
     peak = _spread(
         timing["matmul_gflops"],
-        f"NumPy {dtype} matmul {n}×{n} @ {n}×{n} (OpenBLAS gemm), {threads} threads; "
+        f"{peak_how(dtype, timing.get('peak_by'))} {n}×{n} @ {n}×{n}, {threads} threads; "
         f"samples at the start and the end",
     )
     rows, cols = settings["stream_shape"]
+    read = "float32" if dtype == "bfloat16" else dtype  # measure.stream_rate
     stream = _spread(
         timing["stream_gbps"],
-        f"NumPy {dtype} matrix-vector product over a {rows}×{cols} matrix "
-        f"({rows * cols * np.dtype(dtype).itemsize / 2**20:.0f} MiB, OpenBLAS gemv), "
+        f"NumPy {read} matrix-vector product over a {rows}×{cols} matrix "
+        f"({rows * cols * np.dtype(read).itemsize / 2**20:.0f} MiB, OpenBLAS gemv), "
         f"{threads} threads: bytes of the matrix / time; samples at the start and the end",
     )
     work = BACKWARD_FLOPS if settings.get("backward") else 1
