@@ -381,6 +381,18 @@ class ExpectedGradients:
     bias: np.ndarray | None
     tol: GradientTolerance
 
+    def problems(self, query=None, key=None, value=None, bias=None) -> list[str]:
+        """What an implementation's gradients get wrong, one "name: why" each (only those
+        given); [] when every one is within its tolerance."""
+        found = []
+        for name, got in (("query", query), ("key", key), ("value", value), ("bias", bias)):
+            problem = (
+                None if got is None else mismatch(got, getattr(self, name), getattr(self.tol, name))
+            )
+            if problem:
+                found.append(f"d{name}: {problem}")
+        return found
+
 
 def expect_gradients(query, key, value, grad_out, grad_lse=None, **options) -> ExpectedGradients:
     """The spec's float64 gradients of L = Σ grad_out·out + Σ grad_lse·lse for this call

@@ -370,7 +370,7 @@ def test_backward_check_refuses_wrong_gradients():
     expected = measure.expected_rows(case, call, rows, grad_out)
     wrong = dataclasses.replace(native, prepare_backward=off)
     prepared, result, _ = measure.make_ready(wrong, call, expected, rows, grad_out)
-    assert prepared is None and result["status"] == "failed" and "dQ max error" in result["reason"]
+    assert prepared is None and result["status"] == "failed" and "dquery: max error" in result["reason"]
     prepared, result, _ = measure.make_ready(native, call, expected, rows, grad_out)
     assert prepared is not None and result["status"] == "ok"
 

@@ -72,3 +72,22 @@ def test_tolerance_bounds_are_computed_in_float64_whatever_the_option_type(optio
             q, k, v, **{name: float(option)}, return_lse=True, return_weights=True
         )
         assert want.problems(out, lse, weights) == []
+
+
+def test_expected_gradients_say_which_gradient_is_wrong():
+    """ExpectedGradients.problems: [] for the oracle's own gradients (float32, within the
+    model), one "dname: why" per gradient off by more than its tolerance or with NaN where the
+    spec has a number; only the gradients given are judged."""
+    rng = np.random.default_rng(3)
+    q, k, v, d_out = (rng.standard_normal((2, 5, 4)).astype(np.float32) for _ in range(4))
+    want = tolerance.expect_gradients(q, k, v, d_out)
+    exact = oracle.attention_backward(*(x.astype(np.float64) for x in (q, k, v, d_out)), {}, None)
+    assert want.problems(exact.query, exact.key, exact.value) == []
+    off = exact.key.copy()
+    off[1, 2, 3] += 1e-2
+    nan = exact.value.copy()
+    nan[0, 0, 0] = np.nan
+    found = want.problems(query=exact.query, key=off, value=nan)
+    assert [p.split(":")[0] for p in found] == ["dkey", "dvalue"], found
+    assert "max error" in found[0] and "NaN placement" in found[1]
+    assert want.problems(key=off) == found[:1]

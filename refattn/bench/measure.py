@@ -141,19 +141,6 @@ def expected_rows(case: Case, call, rows: list[int], grad_out=None):
     return expect_gradients(q[..., rows, :], k, v, grad_out[..., rows, :], mask=mask)
 
 
-def _problems(got: np.ndarray, expected) -> list[str]:
-    """What is wrong with an output (Expected) or a dQ (ExpectedGradients) of checked rows."""
-    if hasattr(expected, "problems"):
-        return expected.problems(got)
-    error = np.abs(got.astype(np.float64) - expected.query)
-    if not np.isfinite(got).all():
-        return ["dQ is not finite"]
-    worst = float(error.max(initial=0))
-    if worst > expected.tol.query:
-        return [f"dQ max error {worst:.3g} > tolerance {expected.tol.query:.3g}"]
-    return []
-
-
 def check_rows(case: Case) -> list[int]:
     """The query rows every output is checked on: first, last and evenly between."""
     return sorted({round(i * (case.Lq - 1) / max(1, CHECK_ROWS - 1)) for i in range(CHECK_ROWS)})
@@ -189,7 +176,7 @@ def make_ready(impl: Adapter, call, expected, rows, grad_out=None):
     got = out[..., rows, :]
     want = expected.out if grad_out is None else expected.query
     error = float(np.max(np.abs(got.astype(np.float64) - want), initial=0))
-    problems = _problems(got, expected)
+    problems = expected.problems(got) if grad_out is None else expected.problems(query=got)
     if problems:
         reason = (
             f"output differs from the spec's float64 expectation on query rows {rows} beyond "
