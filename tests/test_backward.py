@@ -404,42 +404,58 @@ def test_a_key_hidden_from_some_rows_gets_nothing_from_them(backward):
     assert np.all(base.key[:, 4:] == 0) and np.all(base.value[:, 4:] == 0)  # no row sees them
 
 
-@pytest.mark.parametrize("backward", BACKWARDS)
-@pytest.mark.parametrize("softcap", [None, 2.0])
-@pytest.mark.parametrize("how", ["mask", "neg-inf-bias", "kv_lengths-0", "neg-inf-scores"])
-def test_a_fully_masked_row_has_zero_gradients_whatever_it_holds(backward, how, softcap):
-    q, k, v, grad_out, grad_lse = _rules_call()
-    mask = np.ones((4, 6), dtype=bool)
-    bias = np.zeros((2, 4, 6))
-    options = {"mask": mask, "bias": bias}
-    if softcap is not None:
-        if how == "neg-inf-scores":
-            pytest.skip("a softcap turns -inf scores into -softcap: the row sees its keys")
-        options["softcap"] = softcap
-    q = q.copy()
+# Four ways to leave row 2 of a (2, 4, 6) call without a key (every row, for kv_lengths-0).
+FULLY_MASKED_WAYS = ["mask", "neg-inf-bias", "kv_lengths-0", "neg-inf-scores"]
+
+
+def fully_masked(how: str, q, k, options: dict):
+    """Hide row 2 of every head the way `how` says: in copies of q and k, and in options
+    (whose "mask", all True, and "bias", all 0, are changed in place). The row's query holds
+    NaN or inf, which must reach nothing. Returns (q, k, the rows hidden)."""
+    q, k = q.copy(), k.copy()
     if how == "mask":
-        mask[2] = False
+        options["mask"][2] = False
         q[:, 2] = np.nan  # its query is never used: no NaN anywhere
     elif how == "neg-inf-bias":
-        bias[:, 2] = -np.inf
+        options["bias"][:, 2] = -np.inf
         q[:, 2] = np.inf
     elif how == "kv_lengths-0":
         options["kv_lengths"] = 0  # every row of the call is fully masked
     else:  # every visible score of row 2 is -inf: q_2 = (inf, 0, 0) against k_j0 < 0
-        k = k.copy()
         k[..., 0] = -np.abs(k[..., 0]) - 0.5
         q[:, 2] = [np.inf, 0.0, 0.0]
-    rows = slice(None) if how == "kv_lengths-0" else 2
-    got = backward(q, k, v, grad_out, options, grad_lse)
+    return q, k, slice(None) if how == "kv_lengths-0" else 2
+
+
+def assert_hidden_rows_carry_nothing(gradients_of, grad_out, grad_lse, rows, how: str):
+    """The fully masked rules for gradients_of(grad_out, grad_lse): no NaN in any gradient,
+    dQ and dS zero in the hidden rows, and dK, dV as if their upstream gradients were 0."""
+    got = gradients_of(grad_out, grad_lse)
     for name in NAMES:
         assert not np.isnan(getattr(got, name)).any(), f"{how}: NaN in d{name}"
     assert np.all(got.query[:, rows] == 0) and np.all(got.bias[:, rows] == 0)
     # The row contributes nothing to dK and dV: zeroing its upstream gradient changes nothing.
     quiet_out, quiet_lse = grad_out.copy(), grad_lse.copy()
     quiet_out[:, rows], quiet_lse[:, rows] = 0.0, 0.0
-    quiet = backward(q, k, v, quiet_out, options, quiet_lse)
+    quiet = gradients_of(quiet_out, quiet_lse)
     np.testing.assert_array_equal(got.key, quiet.key)
     np.testing.assert_array_equal(got.value, quiet.value)
+
+
+@pytest.mark.parametrize("backward", BACKWARDS)
+@pytest.mark.parametrize("softcap", [None, 2.0])
+@pytest.mark.parametrize("how", FULLY_MASKED_WAYS)
+def test_a_fully_masked_row_has_zero_gradients_whatever_it_holds(backward, how, softcap):
+    q, k, v, grad_out, grad_lse = _rules_call()
+    options = {"mask": np.ones((4, 6), dtype=bool), "bias": np.zeros((2, 4, 6))}
+    if softcap is not None:
+        if how == "neg-inf-scores":
+            pytest.skip("a softcap turns -inf scores into -softcap: the row sees its keys")
+        options["softcap"] = softcap
+    q, k, rows = fully_masked(how, q, k, options)
+    assert_hidden_rows_carry_nothing(
+        lambda d_out, d_lse: backward(q, k, v, d_out, options, d_lse), grad_out, grad_lse, rows, how
+    )
 
 
 @pytest.mark.parametrize("backward", BACKWARDS)

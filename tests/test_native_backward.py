@@ -238,33 +238,18 @@ def test_nan_and_inf_in_hidden_keys_reach_nothing(isa, dtype):
 
 
 @pytest.mark.parametrize(("isa", "dtype"), PATHS, ids=PATH_IDS)
-@pytest.mark.parametrize("how", ["mask", "neg-inf-bias", "kv_lengths-0", "neg-inf-scores"])
+@pytest.mark.parametrize("how", ref_tests.FULLY_MASKED_WAYS)
 def test_fully_masked_rows_have_zero_gradients_and_no_nan(isa, dtype, how):
     q, k, v, grad_out, grad_lse = _rules(dtype)
-    mask = np.ones((4, 6), dtype=bool)
-    bias = np.zeros((2, 4, 6), dtype=dtype)
-    options = {"mask": mask, "bias": bias, "isa": isa}
-    if how == "mask":
-        mask[2] = False
-        q[:, 2] = np.nan  # its query is never used: no NaN anywhere
-    elif how == "neg-inf-bias":
-        bias[:, 2] = -np.inf
-        q[:, 2] = np.inf
-    elif how == "kv_lengths-0":
-        options["kv_lengths"] = 0  # every row of the call is fully masked
-    else:  # every visible score of row 2 is -inf: q_2 = (inf, 0, 0) against k_j0 < 0
-        k[..., 0] = -np.abs(k[..., 0]) - 0.5
-        q[:, 2] = [np.inf, 0.0, 0.0]
-    rows = slice(None) if how == "kv_lengths-0" else 2
-    got = _gradients(q, k, v, grad_out, grad_lse, **options)
-    for name in NAMES:
-        assert not np.isnan(getattr(got, name)).any(), f"{how}: NaN in d{name}"
-    assert np.all(got.query[:, rows] == 0) and np.all(got.bias[:, rows] == 0)
-    quiet_out, quiet_lse = grad_out.copy(), grad_lse.copy()
-    quiet_out[:, rows], quiet_lse[:, rows] = 0.0, 0.0
-    quiet = _gradients(q, k, v, quiet_out, quiet_lse, **options)
-    np.testing.assert_array_equal(got.key, quiet.key)
-    np.testing.assert_array_equal(got.value, quiet.value)
+    options = {"mask": np.ones((4, 6), dtype=bool), "bias": np.zeros((2, 4, 6), dtype=dtype)}
+    q, k, rows = ref_tests.fully_masked(how, q, k, options)
+    ref_tests.assert_hidden_rows_carry_nothing(
+        lambda d_out, d_lse: _gradients(q, k, v, d_out, d_lse, isa=isa, **options),
+        grad_out,
+        grad_lse,
+        rows,
+        how,
+    )
 
 
 @pytest.mark.parametrize(("isa", "dtype"), PATHS, ids=PATH_IDS)
