@@ -1,7 +1,9 @@
 """Fuzzing the native core and the layers on it.
 
 Four targets, each a hypothesis strategy and a check:
-    attention  native calls over arbitrary shapes, strides, dtypes, masks and options, checked
+    attention  native calls over arbitrary shapes, strides, dtypes (bfloat16 too, through
+               every ISA's kernels for it: amx_bf16, avx512_bf16, scalar, and the conversion
+               of the others), masks and options, checked
                against the float64 reference within the tolerance model, or against the
                reference's exception when the call is bad
     merge      attention over random key chunks (empty ones, ones some or every row sees nothing
@@ -54,9 +56,10 @@ from refattn import (
 )
 from refattn._checks import compute_dtype
 from refattn.call import AttentionCall
+from refattn.dtypes import BFLOAT16
 
 ISAS = native.available_isas()
-DTYPES = ("float32", "float64", "float16")
+DTYPES = ("float32", "float64", "float16", "bfloat16")  # bfloat16: each ISA's own kernels
 # How an array reaches the core: each keeps the values and changes the memory around them
 # (or, for the broadcasts, makes the values constant along an axis with stride 0).
 LAYOUTS = (
@@ -455,6 +458,8 @@ def check_call(call: FuzzCall) -> None:
         assert want.problems(**dict(zip(names, (out, *got[1:]), strict=True))) == []
     after = [_snapshot(x) for x in (*call.args, *call.options.values())]
     for b, a in zip(before, after, strict=True):
+        if isinstance(b, np.ndarray) and b.dtype == BFLOAT16:  # its bits: NumPy sees a void
+            b, a = b.view(np.uint16), a.view(np.uint16)
         if isinstance(b, np.ndarray) and b.dtype.kind in "biufc":
             assert b.dtype == a.dtype and np.array_equal(b, a, equal_nan=b.dtype.kind in "fc")
 
