@@ -166,7 +166,10 @@ def test_a_refattn_folder_where_conform_runs_does_not_shadow_the_installed_packa
     [
         (["no-such-impl"], "implementation should be one of"),
         (["reference", "--only", "ATT-X1"], "--only: unknown invariant IDs ['ATT-X1']"),
-        (["native:avx9"], "'native:avx9' is not one of native's variants: native:avx512"),
+        (
+            ["native:avx9"],
+            "'native:avx9' is not one of native's variants: native:amx_bf16, native:avx512_bf16",
+        ),
         (["reference", "--skip", "W4"], "--skip: unknown invariant IDs ['W4']"),
         (["reference", "--max-examples", "0"], "--max-examples should be at least 1"),
         (["reference", "--jobs", "0"], "--jobs should be at least 1"),
