@@ -45,7 +45,8 @@ static int check_call(const refattn_call *c) {
     if (c->B < 0 || c->Hq < 1 || c->Hkv < 1 || c->Lq < 0 || c->Lk < 0 || c->Dk < 1 || c->Dv < 0)
         return REFATTN_EINVAL;
     if (c->Hq % c->Hkv != 0) return REFATTN_EINVAL;
-    if (c->dtype != REFATTN_FLOAT32 && c->dtype != REFATTN_FLOAT64 && c->dtype != REFATTN_BFLOAT16)
+    if (c->dtype != REFATTN_FLOAT32 && c->dtype != REFATTN_FLOAT64 &&
+        c->dtype != REFATTN_BFLOAT16 && c->dtype != REFATTN_FLOAT16)
         return REFATTN_EINVAL;
     if (c->causal < REFATTN_CAUSAL_NONE || c->causal > REFATTN_CAUSAL_BOTTOM_RIGHT)
         return REFATTN_EINVAL;
@@ -57,6 +58,8 @@ static int check_call(const refattn_call *c) {
     if (c->dtype == REFATTN_BFLOAT16 && c->isa != REFATTN_ISA_SCALAR &&
         c->isa != REFATTN_ISA_AVX512_BF16 && c->isa != REFATTN_ISA_AMX_BF16)
         return REFATTN_EINVAL;
+    /* float16 has its own kernels in scalar C and AVX-512 (and under the ISAs that extend it) */
+    if (c->dtype == REFATTN_FLOAT16 && c->isa == REFATTN_ISA_AVX2) return REFATTN_EINVAL;
     if (c->B * c->Hq * c->Lq > 0 && !tensor_ok(&c->query, 1)) return REFATTN_EINVAL;
     if (c->B > 0 && c->Lk > 0 && (!tensor_ok(&c->key, 1) || (c->Dv > 0 && !tensor_ok(&c->value, 1))))
         return REFATTN_EINVAL;
@@ -76,6 +79,7 @@ int refattn_attention(const refattn_call *c) {
     const int threads = refattn_threads(c->num_threads);
     if (c->dtype == REFATTN_FLOAT32) return refattn_flash_f32(c, c->isa, threads);
     if (c->dtype == REFATTN_BFLOAT16) return refattn_flash_bf16(c, c->isa, threads);
+    if (c->dtype == REFATTN_FLOAT16) return refattn_flash_f16(c, c->isa, threads);
     return refattn_flash_f64(c, threads);
 }
 

@@ -10,9 +10,10 @@
    What it does not do: SIMD arithmetic (the ops table does the tile arithmetic), validation
    (refattn_attention checks the call first), or anything across calls.
 
-   This file is a template: flash_f32.c, flash_f64.c and flash_bf16.c include it with
+   This file is a template: flash_f32.c, flash_f64.c, flash_bf16.c and flash_f16.c include it with
        REAL      float or double: what it computes in
-       ELEM      the element of query, key, value and out: REAL, or uint16_t (bfloat16 bits)
+       ELEM      the element of query, key, value and out: REAL, or uint16_t (bfloat16 or
+                 float16 bits)
        TO_REAL(x), FROM_REAL(x)  an ELEM widened to REAL, a REAL rounded to ELEM
        ROUND_P(x)  p as P·V takes it: x, or x rounded to bfloat16 (the spec's tolerance, 5)
        OPS       the tile-kernel table type   FN(name)  the name with a dtype suffix

@@ -1,12 +1,12 @@
 /* What the pieces of the native core share, and nothing a caller needs.
 
-   The driver (flash.h, instantiated for float32, float64 and bfloat16 inputs computed in
-   float32) walks tiles of queries and keys and keeps the online softmax; the tile kernels below
+   The driver (flash.h, instantiated for float32, float64, and bfloat16 and float16 inputs
+   computed in float32) walks tiles of queries and keys and keeps the online softmax; the tile kernels below
    do the arithmetic of one tile. Each instruction set provides one table of tile kernels per
    input type; the scalar tables are written in plain C beside the driver, the SIMD tables come
    from one body (kernels_simd.h) over a header of vector operations per instruction set
    (vec_avx512.h, vec_avx2.h) and one of element operations per input type (elem_f32.h,
-   elem_bf16.h), and every SIMD table is checked against the scalar one.
+   elem_bf16.h, elem_f16.h), and every SIMD table is checked against the scalar one.
 
    Legend: B batch, Hq/Hkv heads, Lq/Lk lengths, Dk/Dv head dims; in a tile, m query rows
    (m <= bq) against n keys (n <= bk). */
@@ -20,7 +20,7 @@
 #include "attention.h"
 
 /* Tile kernels for one compute type T over inputs of element type E (query, key and value:
-   T itself, or bfloat16 bits for float). Strides (ld*) are in elements. */
+   T itself, or bfloat16 or float16 bits for float). Strides (ld*) are in elements. */
 #define REFATTN_DECLARE_OPS(T, E, NAME)                                                        \
     typedef struct NAME {                                                                      \
         int64_t bq; /* query rows per tile */                                                  \
@@ -64,6 +64,7 @@
 REFATTN_DECLARE_OPS(float, float, refattn_ops_f32)
 REFATTN_DECLARE_OPS(double, double, refattn_ops_f64)
 REFATTN_DECLARE_OPS(float, uint16_t, refattn_ops_bf16) /* bfloat16 inputs, float32 compute */
+REFATTN_DECLARE_OPS(float, uint16_t, refattn_ops_f16)  /* float16 inputs, float32 compute */
 
 /* Tile kernels of the backward pass for one compute type T (float32 and float64 only: bfloat16
    and float16 are converted by the wrapper). It scores with the forward table's pack_keys and
@@ -109,6 +110,51 @@ static inline uint16_t refattn_bf16_from_float(float f) {
     return (uint16_t)(bits >> 16);
 }
 
+/* float16 (IEEE binary16: 5 exponent bits, 10 fraction bits), in portable C, bit for bit what
+   F16C's vcvtph2ps and vcvtps2ph (to nearest even) give: widening is exact (a signalling NaN
+   comes out quiet); narrowing rounds to nearest even, through gradual underflow and to ±inf
+   from 65520 up, and keeps a NaN a quiet NaN with the top of its payload. */
+static inline float refattn_f16_to_float(uint16_t x) {
+    const uint32_t sign = (uint32_t)(x & 0x8000u) << 16, exponent = (x >> 10) & 0x1Fu;
+    const uint32_t fraction = x & 0x3FFu;
+    uint32_t bits;
+    if (exponent == 0x1Fu) {
+        bits = sign | 0x7F800000u | (fraction << 13) | (fraction ? 0x00400000u : 0);
+    } else if (exponent != 0) {
+        bits = sign | ((exponent + 112) << 23) | (fraction << 13);
+    } else {
+        const float tiny = (float)fraction * 0x1p-24f; /* a subnormal (or 0): exact */
+        memcpy(&bits, &tiny, sizeof bits);
+        bits |= sign;
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline uint16_t refattn_f16_from_float(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    const uint16_t sign = (uint16_t)((bits >> 16) & 0x8000u);
+    const uint32_t magnitude = bits & 0x7FFFFFFFu;
+    if (magnitude > 0x7F800000u) return sign | 0x7E00u | (uint16_t)((magnitude >> 13) & 0x3FFu);
+    if (magnitude >= 0x47800000u) return sign | 0x7C00u; /* 2^16 and up: ±inf */
+    if (magnitude < 0x38800000u) {
+        /* below 2^-14, float16's subnormals: adding 0.5 rounds |f| to a multiple of 2^-24
+           (float32's spacing at 0.5), to nearest even, and the fraction bits count them */
+        float scaled, half = 0.5f;
+        memcpy(&scaled, &magnitude, sizeof scaled);
+        scaled += half;
+        uint32_t sum;
+        memcpy(&sum, &scaled, sizeof sum);
+        return sign | (uint16_t)(sum - 0x3F000000u);
+    }
+    /* normal: rebias the exponent and round the 13 bits dropped to nearest even; a carry out of
+       the fraction steps the exponent, up to ±inf from 65520 */
+    const uint32_t odd = (magnitude >> 13) & 1u;
+    return sign | (uint16_t)((magnitude - 0x38000000u + 0x0FFFu + odd) >> 13);
+}
+
 /* The shift of a row's exponentials p = exp(s - shift) in every softmax kernel (the scalar ones
    and the SIMD body), given the row's running max `now` after a tile: `now` itself, or 0 while
    it is -inf (the row has seen only hidden keys and -inf scores so far). Shifting by 0 is what
@@ -137,6 +183,7 @@ extern const refattn_ops_f32 *const refattn_avx512_ops;
 extern const refattn_ops_f32 *const refattn_avx2_ops;
 extern const refattn_ops_bf16 *const refattn_avx512_bf16_ops;
 extern const refattn_ops_bf16 *const refattn_amx_bf16_ops;
+extern const refattn_ops_f16 *const refattn_avx512_f16_ops;
 extern const refattn_grad_ops_f32 *const refattn_avx512_grad_ops;
 extern const refattn_grad_ops_f32 *const refattn_avx2_grad_ops;
 
@@ -152,6 +199,7 @@ void refattn_team_starts(int64_t threads);
 int refattn_flash_f32(const refattn_call *call, int isa, int num_threads);
 int refattn_flash_f64(const refattn_call *call, int num_threads);
 int refattn_flash_bf16(const refattn_call *call, int isa, int num_threads);
+int refattn_flash_f16(const refattn_call *call, int isa, int num_threads);
 
 /* The backward drivers (backward.h, in flash_f32.c and flash_f64.c); `call` has been checked
    by refattn_attention_backward. */

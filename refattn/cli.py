@@ -155,7 +155,8 @@ def _add_bench(commands) -> None:
         "--dtype",
         choices=DTYPES,
         default="float32",
-        help="default: float32 (bfloat16: ml_dtypes arrays; its matmul peak is torch.mm's)",
+        help="default: float32 (bfloat16: ml_dtypes arrays; its and float16's matmul peak is "
+        "torch.mm's)",
     )
     bench.add_argument(
         "--impls",

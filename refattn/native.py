@@ -7,8 +7,10 @@
 computes what `refattn.reference.attention` defines (its docstring has the formula, the shape
 letters and every option), FlashAttention-2 style: tiles of queries and keys, an online
 softmax, float32 accumulation (float64 for float64 inputs), OpenMP threads, and SIMD kernels
-chosen at run time. float16 inputs are computed in float32; out comes back in the query's
-dtype, lse and weights in the compute dtype. `attention_backward` gives the gradients of
+chosen at run time. float16 inputs are read as they are by the scalar and AVX-512 kernels
+(widened to float32 as they are loaded, F16C) and converted to float32 for "avx2"; products,
+softmax and P·V are float32; out comes back in the query's dtype, lse and weights in the
+compute dtype. `attention_backward` gives the gradients of
 `refattn.reference.attention_backward` (refattn._native_backward has the details).
 
 bfloat16 inputs are computed by bfloat16 kernels where there are some: isa "amx_bf16" (Q·Kᵀ
@@ -35,9 +37,9 @@ Extra arguments:
         runs on one thread: libgomp's threads do not survive fork (README, "Threads and fork").
         info()["threads"] says how many a call may take.
     isa: "amx_bf16", "avx512_bf16", "avx512", "avx2" or "scalar", the SIMD kernels for this
-        call (float32 and bfloat16; float64 always runs portable C; float32 runs the "avx512"
-        kernels under "amx_bf16" and "avx512_bf16"); default REFATTN_ISA (read at import),
-        else the fastest this CPU runs.
+        call (float32, float16 and bfloat16; float64 always runs portable C; float32 and
+        float16 run the "avx512" kernels under "amx_bf16" and "avx512_bf16"); default
+        REFATTN_ISA (read at import), else the fastest this CPU runs.
 """
 
 from __future__ import annotations
@@ -70,11 +72,19 @@ _DTYPE = {
     np.dtype(np.float32): lib.REFATTN_FLOAT32,
     np.dtype(np.float64): lib.REFATTN_FLOAT64,
     BFLOAT16: lib.REFATTN_BFLOAT16,
+    np.dtype(np.float16): lib.REFATTN_FLOAT16,
 }
 # The instruction sets with bfloat16 kernels; the others take bfloat16 converted to float32.
 _BFLOAT16_ISAS = (lib.REFATTN_ISA_AMX_BF16, lib.REFATTN_ISA_AVX512_BF16, lib.REFATTN_ISA_SCALAR)
-# Those whose kernels of their own are bfloat16 ones only: float32 (and float16, converted)
-# runs the "avx512" kernels under them.
+# The instruction sets with float16 kernels (AVX-512's, F16C widening, under the last three).
+_FLOAT16_ISAS = (
+    lib.REFATTN_ISA_SCALAR,
+    lib.REFATTN_ISA_AVX512,
+    lib.REFATTN_ISA_AVX512_BF16,
+    lib.REFATTN_ISA_AMX_BF16,
+)
+# Those whose kernels of their own are bfloat16 ones only: float32 and float16 run the "avx512"
+# kernels under them.
 BFLOAT16_ONLY_ISAS = ("amx_bf16", "avx512_bf16")
 
 
@@ -145,7 +155,7 @@ def _rows(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """x in the compute dtype with aligned elements and contiguous rows: what the kernel reads
     vector by vector. Other strides (transposed heads, negative steps) are kept as they are."""
     if x.dtype != dtype:
-        # float16 in (or bfloat16 for float32 kernels): a converted copy, C-ordered (astype
+        # float16 or bfloat16 for float32 kernels: a converted copy, C-ordered (astype
         # would keep a Fortran layout, whose rows are not contiguous)
         return np.array(x, dtype=dtype, order="C")
     flags = x.flags
@@ -278,8 +288,10 @@ def attention(query, key, value, *, num_threads=None, isa=None, **options):
     # 2. buffers: q, k, v and out in `elem` (the input dtype where the kernels take it, else
     # the compute dtype), bias, lse and weights in the compute dtype
     dtype = call.compute_dtype
-    native_bf16 = call.query.dtype == BFLOAT16 and isa_code in _BFLOAT16_ISAS
-    elem = BFLOAT16 if native_bf16 else dtype
+    native = (call.query.dtype == BFLOAT16 and isa_code in _BFLOAT16_ISAS) or (
+        call.query.dtype == np.float16 and isa_code in _FLOAT16_ISAS
+    )
+    elem = call.query.dtype if native else dtype
     batch = call.batch_shape
     B = math.prod(batch)
     Hq, Lq, Lk, Dv = call.Hq, call.Lq, call.Lk, call.Dv

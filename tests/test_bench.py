@@ -172,7 +172,7 @@ def test_usage_errors_exit_2(argv, says, capsys):
         ["--shapes", "1,8,x,64"],
         ["--shapes", "1,8,64"],
         ["--causal", "maybe"],
-        ["--dtype", "float16"],
+        ["--dtype", "int8"],
     ],
 )
 def test_argument_errors_exit_2(argv, capsys):
@@ -370,30 +370,33 @@ def test_backward_check_refuses_wrong_gradients():
     expected = measure.expected_rows(case, call, rows, grad_out)
     wrong = dataclasses.replace(native, prepare_backward=off)
     prepared, result, _ = measure.make_ready(wrong, call, expected, rows, grad_out)
-    assert prepared is None and result["status"] == "failed" and "dquery: max error" in result["reason"]
+    assert prepared is None and result["status"] == "failed"
+    assert "dquery: max error" in result["reason"]
     prepared, result, _ = measure.make_ready(native, call, expected, rows, grad_out)
     assert prepared is not None and result["status"] == "ok"
 
 
-def test_bfloat16_run_times_bfloat16_and_names_its_peak():
-    """--dtype bfloat16: ml_dtypes inputs, checked against the spec's low-precision model; the
-    matmul peak is torch.mm's in bfloat16 where torch is installed (NumPy has no bfloat16
-    gemm), the read bandwidth NumPy's float32 gemv."""
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_run_times_its_dtype_and_names_its_peak(dtype):
+    """--dtype bfloat16 or float16: inputs in that dtype (ml_dtypes arrays for bfloat16),
+    checked against the spec's low-precision model; the matmul peak is torch.mm's in that dtype
+    where torch is installed (NumPy has no gemm for either), the read bandwidth NumPy's float32
+    gemv."""
     document = run.bench(
         shapes=[(1, 2, 64, 64, 32)],
         causal="no",
-        dtype="bfloat16",
+        dtype=dtype,
         impls=["native", "numpy"],
         repeat=1,
         memory_shapes=[(1, 1, 8, 8, 8)],
         limits=(64, (256, 64)),
     )
-    assert document["settings"]["dtype"] == "bfloat16"
+    assert document["settings"]["dtype"] == dtype
     (case,) = document["cases"]
-    assert case["dtype"] == "bfloat16"
+    assert case["dtype"] == dtype
     native, numpy = case["results"]["native"], case["results"]["numpy"]
     assert native["status"] == "ok", native
-    assert numpy["status"] == "skipped" and "does not claim bfloat16" in numpy["reason"]
+    assert numpy["status"] == "skipped" and f"does not claim {dtype}" in numpy["reason"]
     memory = document["memory"][0]
     assert memory["inputs_mib"] == pytest.approx(3 * 8 * 8 * 2 / 2**20)  # 2 bytes an element
     machine = document["machine"]
@@ -401,7 +404,7 @@ def test_bfloat16_run_times_bfloat16_and_names_its_peak():
     try:
         import torch  # noqa: F401
 
-        assert how.startswith("torch.mm bfloat16"), how
+        assert how.startswith(f"torch.mm {dtype}"), how
     except ImportError:
         assert how.startswith("NumPy float32 matmul"), how
     assert "float32 matrix-vector" in machine["stream_read_gbps"]["how"]

@@ -1,9 +1,10 @@
 """Fuzzing the native core and the layers on it.
 
 Four targets, each a hypothesis strategy and a check:
-    attention  native calls over arbitrary shapes, strides, dtypes (bfloat16 too, through
-               every ISA's kernels for it: amx_bf16, avx512_bf16, scalar, and the conversion
-               of the others), masks and options, checked
+    attention  native calls over arbitrary shapes, strides, dtypes (bfloat16 and float16
+               too, through every ISA's kernels for them: amx_bf16, avx512_bf16 and scalar for
+               bfloat16, avx512 and scalar for float16, and the conversion of the others),
+               masks and options, checked
                against the float64 reference within the tolerance model, or against the
                reference's exception when the call is bad
     merge      attention over random key chunks (empty ones, ones some or every row sees nothing

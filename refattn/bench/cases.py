@@ -30,7 +30,10 @@ BACKWARD_SHAPES = ((1, 8, 2048, 2048, 64), (4, 8, 1024, 1024, 64), (1, 16, 1024,
 BACKWARD_MEMORY_SHAPES = ((1, 8, 16384, 16384, 64),)
 
 CAUSAL_CHOICES = {"both": (False, True), "yes": (True,), "no": (False,)}
-DTYPES = ("float32", "float64", "bfloat16")  # bfloat16: ml_dtypes arrays
+DTYPES = ("float32", "float64", "bfloat16", "float16")  # bfloat16: ml_dtypes arrays
+# The dtypes NumPy has no BLAS for: their matmul peak is torch.mm's (where torch is installed)
+# and their read bandwidth is measured in float32 (measure.matmul_rate, measure.stream_rate).
+LOW_PRECISION = ("bfloat16", "float16")
 
 
 @dataclass(frozen=True)

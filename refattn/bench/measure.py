@@ -37,7 +37,7 @@ import time
 import numpy as np
 
 from refattn.adapters import Adapter, load
-from refattn.bench.cases import Case
+from refattn.bench.cases import LOW_PRECISION, Case
 
 MIN_SAMPLE_S = 0.025  # a sample of short calls repeats them until it lasts this long
 WARMUP_S = 0.05  # warm-up calls after the first one (which compiles, loads, checks)
@@ -90,12 +90,12 @@ def _timed(function, number: int = 1) -> float:
 
 def matmul_rate(dtype: str, n: int = PEAK_N, samples: int = LIMIT_SAMPLES) -> list[float]:
     """GFLOP/s of a large square matmul, one value per sample: NumPy's (OpenBLAS gemm), or for
-    bfloat16, which NumPy multiplies without BLAS, torch.mm's where torch is installed
-    (report.peak_how says which)."""
-    if dtype == "bfloat16":
+    bfloat16 and float16, which NumPy multiplies without BLAS, torch.mm's where torch is
+    installed, else NumPy's float32 one (report.peak_how says which)."""
+    if dtype in LOW_PRECISION:
         torch = _torch()
         if torch is not None:
-            a = torch.ones((n, n), dtype=torch.bfloat16)
+            a = torch.ones((n, n), dtype=getattr(torch, dtype))
             torch.mm(a, a)  # warm-up
             return [2 * n**3 / _timed(lambda: torch.mm(a, a)) / 1e9 for _ in range(samples)]
         dtype = "float32"
@@ -115,8 +115,9 @@ def _torch():
 
 def stream_rate(dtype: str, shape=STREAM_SHAPE, samples: int = LIMIT_SAMPLES) -> list[float]:
     """GB/s of reading a matrix far larger than the caches once: y = A·x (OpenBLAS gemv; in
-    float32 for bfloat16, which has no gemv: bytes per second are what is measured)."""
-    dtype = "float32" if dtype == "bfloat16" else dtype
+    float32 for bfloat16 and float16, which have no BLAS gemv: bytes per second are what is
+    measured)."""
+    dtype = "float32" if dtype in LOW_PRECISION else dtype
     a = np.ones(shape, dtype=dtype)
     x = np.ones(shape[1], dtype=dtype)
     a @ x
@@ -290,7 +291,7 @@ def run_timing(plan: dict, events) -> dict:
     return {
         "cases": results,
         "matmul_gflops": peak,
-        "peak_by": "torch" if dtype == "bfloat16" and _torch() is not None else "numpy",
+        "peak_by": "torch" if dtype in LOW_PRECISION and _torch() is not None else "numpy",
         "stream_gbps": stream,
         "implementations": {
             name: {

@@ -17,6 +17,7 @@ import numpy as np
 
 from refattn import machine
 from refattn.bench import measure
+from refattn.bench.cases import LOW_PRECISION
 
 SCHEMA = "refattn-bench/1"
 BUSY_WARNING_PERCENT = 2.0
@@ -48,8 +49,8 @@ def peak_how(dtype: str, by: str | None) -> str:
     """What measure.matmul_rate timed for dtype, `by` "torch" or "numpy"."""
     if by == "torch":
         return f"torch.mm {dtype} (torch's CPU gemm)"
-    if dtype == "bfloat16":
-        return "NumPy float32 matmul (OpenBLAS gemm; torch, for a bfloat16 one, not installed)"
+    if dtype in LOW_PRECISION:
+        return f"NumPy float32 matmul (OpenBLAS gemm; torch, for a {dtype} one, not installed)"
     return f"NumPy {dtype} matmul (OpenBLAS gemm)"
 
 
@@ -62,7 +63,7 @@ def build(*, timing, memory, settings, impls, cpus, created, command, elapsed, b
         f"samples at the start and the end",
     )
     rows, cols = settings["stream_shape"]
-    read = "float32" if dtype == "bfloat16" else dtype  # measure.stream_rate
+    read = "float32" if dtype in LOW_PRECISION else dtype  # measure.stream_rate
     stream = _spread(
         timing["stream_gbps"],
         f"NumPy {read} matrix-vector product over a {rows}×{cols} matrix "

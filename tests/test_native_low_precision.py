@@ -1,12 +1,14 @@
-"""bfloat16 computed natively: the native core's bfloat16 kernels (isa "amx_bf16", Q·Kᵀ on AMX
-tiles, "avx512_bf16", by vdpbf16ps, and "scalar", their portable baseline) against the spec,
-judged by the low-precision tolerance model as it stands (spec/tolerance.py, 5: products and
-softmax in float32, P rounded to bfloat16 before P·V, out rounded to bfloat16).
+"""bfloat16 and float16 computed natively: the native core's bfloat16 kernels (isa "amx_bf16",
+Q·Kᵀ on AMX tiles, "avx512_bf16", by vdpbf16ps, and "scalar", their portable baseline) and its
+float16 kernels ("avx512", widening by F16C as it loads, and "scalar") against the spec, judged
+by the low-precision tolerance model (spec/tolerance.py, 5: products and softmax in float32, P
+rounded to the dtype before P·V or not, out rounded to the dtype).
 
-    test_native_bf16_conforms    every invariant of the spec, bfloat16 drawn alone, per ISA
-    direct comparisons           the float64 oracle through refattn.spec.tolerance.expect, on
-                                 shapes around the tiles, every option, split-K, odd Dk, strides
-    edge cases                   NaN/Inf placement, fully masked rows, P rounded, dispatch
+    test_native_low_precision_conforms  every invariant of the spec, one dtype drawn alone,
+                                        per kernel (dtype and ISA)
+    direct comparisons  the float64 oracle through refattn.spec.tolerance.expect, on shapes
+                        around the tiles, every option, split-K, odd Dk, strides
+    edge cases          NaN/Inf placement, fully masked rows, rounding of P and out, dispatch
 
 Tests of an ISA this CPU (or this build) cannot run skip and say so.
 """
@@ -26,57 +28,69 @@ from refattn.adapters import Adapter
 from refattn.capabilities import FORWARD
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
+F16 = np.dtype(np.float16)
 AVAILABLE = native.available_isas()
-# The ISAs with bfloat16 kernels of their own; the others convert bfloat16 to float32.
-KERNELS = ("amx_bf16", "avx512_bf16", "scalar")
+# The ISAs with kernels of their own for each dtype; the others convert it to float32.
+KERNELS = {"bfloat16": ("amx_bf16", "avx512_bf16", "scalar"), "float16": ("avx512", "scalar")}
+DTYPES = {"bfloat16": BF16, "float16": F16}
 
 
-def _isa(isa: str):
-    """A parameter for one bfloat16 ISA, skipped with a reason where it cannot run."""
-    marks = ()
-    if isa not in AVAILABLE:
-        reason = f"this CPU (or this build) has no {isa}; available: {', '.join(AVAILABLE)}"
-        marks = pytest.mark.skip(reason=reason)
-    return pytest.param(isa, id=isa, marks=marks)
+def _unless_available(isa: str) -> tuple:
+    """The marks of a parameter that needs `isa`: a skip with the reason where it cannot run."""
+    if isa in AVAILABLE:
+        return ()
+    reason = f"this CPU (or this build) has no {isa}; available: {', '.join(AVAILABLE)}"
+    return (pytest.mark.skip(reason=reason),)
 
 
-ISAS = [_isa(isa) for isa in KERNELS]
-# Everything the native core does, with bfloat16 the one dtype the strategies may draw.
-BF16_ONLY = FORWARD - {"float16", "float32", "float64", "float64_options"}
+def _kernel(dtype: str, isa: str):
+    """A parameter for one dtype's kernels under one ISA."""
+    return pytest.param(DTYPES[dtype], isa, id=f"{dtype}-{isa}", marks=_unless_available(isa))
+
+
+KERNEL_PARAMS = [_kernel(dtype, isa) for dtype, isas in KERNELS.items() for isa in isas]
+BF16_KERNELS = [param for param in KERNEL_PARAMS if param.values[0] == BF16]
+F16_KERNELS = [param for param in KERNEL_PARAMS if param.values[0] == F16]
+with_kernels = pytest.mark.parametrize(("dtype", "isa"), KERNEL_PARAMS)
+# Everything the native core does, with one dtype the strategies may draw.
+ONLY = {
+    BF16: FORWARD - {"float16", "float32", "float64", "float64_options"},
+    F16: FORWARD - {"bfloat16", "float32", "float64", "float64_options"},
+}
 INVARIANTS = all_invariants()
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("isa", ISAS)
+@with_kernels
 @pytest.mark.parametrize("inv", INVARIANTS, ids=[inv.id for inv in INVARIANTS])
-def test_native_bf16_conforms(inv, isa, threads):
-    """The bfloat16 kernels of `isa`, on `threads` threads, satisfy invariant `inv` for
-    bfloat16 inputs."""
+def test_native_low_precision_conforms(inv, dtype, isa, threads):
+    """The `dtype` kernels of `isa`, on `threads` threads, satisfy invariant `inv` for inputs of
+    that dtype."""
     function = partial(native.attention, isa=isa, num_threads=threads)
-    impl = Adapter.of(f"native:{isa}", function, BF16_ONLY)
+    impl = Adapter.of(f"native:{isa}", function, ONLY[dtype])
     missing = sorted(set(inv.requires) - impl.capabilities)
-    if missing:  # the gradient invariants: the bfloat16 kernels are forward only (the backward
-        # takes bfloat16 in float32: tests/test_spec_native.py, tests/test_native_backward.py)
+    if missing:  # the gradient invariants: these kernels are forward only (the backward takes
+        # bfloat16 and float16 in float32: tests/test_spec_native.py, test_native_backward.py)
         pytest.skip(f"native does not claim {', '.join(missing)}")
     property_test(inv, impl)()
 
 
-def _arrays(shape_q, shape_k, Dv, seed=0, scale=1.0):
+def _arrays(shape_q, shape_k, Dv, seed=0, scale=1.0, dtype=BF16):
     rng = np.random.default_rng(seed)
-    q = (scale * rng.standard_normal(shape_q)).astype(BF16)
-    k = (scale * rng.standard_normal(shape_k)).astype(BF16)
-    v = rng.standard_normal((*shape_k[:-1], Dv)).astype(BF16)
+    q = (scale * rng.standard_normal(shape_q)).astype(dtype)
+    k = (scale * rng.standard_normal(shape_k)).astype(dtype)
+    v = rng.standard_normal((*shape_k[:-1], Dv)).astype(dtype)
     return q, k, v
 
 
 def _check(q, k, v, *, isa, num_threads=None, **options):
-    """native agrees with the float64 oracle within the tolerance model: out (in bfloat16),
-    lse and weights (float32)."""
+    """native agrees with the float64 oracle within the tolerance model: out (in the inputs'
+    dtype), lse and weights (float32)."""
     got = native.attention(
         q, k, v, isa=isa, num_threads=num_threads, return_lse=True, return_weights=True, **options
     )
     out, lse, weights = got
-    assert out.dtype == BF16 and lse.dtype == np.float32 and weights.dtype == np.float32
+    assert out.dtype == q.dtype and lse.dtype == np.float32 and weights.dtype == np.float32
     problems = expect(q, k, v, **options).problems(*got)
     shapes = f"q {q.shape}, k {k.shape}, v {v.shape}"
     assert problems == [], f"isa={isa!r}, {shapes}, {options}: {problems}"
@@ -99,22 +113,22 @@ BOUNDARY = [
 ]
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@with_kernels
 @pytest.mark.parametrize(("Lq", "Lk", "Dk", "Dv"), BOUNDARY)
 @pytest.mark.parametrize("causal", [None, "top_left", "bottom_right"])
-def test_tile_boundaries(isa, Lq, Lk, Dk, Dv, causal):
+def test_tile_boundaries(dtype, isa, Lq, Lk, Dk, Dv, causal):
     """Every tile, block and vector edge, causal both ways (its diagonal blocks skipped)."""
-    q, k, v = _arrays((2, Lq, Dk), (1, Lk, Dk), Dv, seed=Lq * 1000 + Lk)
+    q, k, v = _arrays((2, Lq, Dk), (1, Lk, Dk), Dv, seed=Lq * 1000 + Lk, dtype=dtype)
     _check(q, k, v, isa=isa, causal=causal)
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@with_kernels
 @pytest.mark.parametrize("Lq", [2, 97, 401], ids=["decode", "packed-per-tile", "packed-once"])
 @pytest.mark.parametrize("Dk", [24, 25])
-def test_all_features(isa, Lq, Dk):
+def test_all_features(dtype, isa, Lq, Dk):
     """Masks, bias, softcap, window, kv_lengths, GQA and Dk != Dv together, over several tiles."""
     rng = np.random.default_rng(1)
-    q, k, v = _arrays((2, 4, Lq, Dk), (2, 2, 300, Dk), 20, seed=2)
+    q, k, v = _arrays((2, 4, Lq, Dk), (2, 2, 300, Dk), 20, seed=2, dtype=dtype)
     mask = rng.random((4, Lq, 300)) < 0.8
     bias = rng.standard_normal((2, 1, 1, 300)).astype(np.float32)
     bias[..., 5] = -np.inf
@@ -130,7 +144,7 @@ def test_all_features(isa, Lq, Dk):
     _check(q, k, v, isa=isa, **options)
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@with_kernels
 @pytest.mark.parametrize(
     "options",
     [
@@ -142,9 +156,9 @@ def test_all_features(isa, Lq, Dk):
     ],
     ids=["plain", "causal", "kv_lengths", "window", "mask"],
 )
-def test_decode_split_keys(isa, options):
+def test_decode_split_keys(dtype, isa, options):
     """Few queries against many keys: the keys are split into chunks and merged (split-K)."""
-    q, k, v = _arrays((3, 2, 2, 33), (3, 1, 3000, 33), 24, seed=3)
+    q, k, v = _arrays((3, 2, 2, 33), (3, 1, 3000, 33), 24, seed=3, dtype=dtype)
     if options.get("mask") == "random":
         mask = np.random.default_rng(4).random((3, 2, 2, 3000)) < 0.5
         mask[1, 0, 1] = False  # one fully masked row in the split path
@@ -156,16 +170,16 @@ def test_decode_split_keys(isa, options):
         assert np.all(out[0] == 0) and np.all(lse[0] == -np.inf)
 
 
-# keys per tile of each bfloat16 table
-TILE_KEYS = {"amx_bf16": 256, "avx512_bf16": 256, "scalar": 64}
+# keys per tile of each table
+TILE_KEYS = {"amx_bf16": 256, "avx512_bf16": 256, "avx512": 256, "scalar": 64}
 
 
-@pytest.mark.parametrize("isa", ISAS)
-def test_decode_split_nan_at_every_tile_position(isa):
+@with_kernels
+def test_decode_split_nan_at_every_tile_position(dtype, isa):
     """A NaN key at in-tile position t of every tile of a split-K chunk, the other chunks
     finite: the row is NaN, for every t (as tests/test_native.py checks for float32)."""
     bk, H = TILE_KEYS[isa], 16  # one head per position, 16 at a time
-    q, k, v = _arrays((1, H, 1, 9), (1, H, 2048, 9), 8, seed=11)
+    q, k, v = _arrays((1, H, 1, 9), (1, H, 2048, 9), 8, seed=11, dtype=dtype)
     finite = []
     for t0 in range(0, bk, H):
         poisoned = k.copy()
@@ -177,15 +191,15 @@ def test_decode_split_nan_at_every_tile_position(isa):
     assert finite == [], f"finite rows at in-tile positions {finite} of {bk}, isa={isa!r}"
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@with_kernels
 @pytest.mark.parametrize(
     ("shape_q", "shape_k"),
     [((2, 8, 200, 63), (2, 2, 300, 63)), ((1, 2, 1, 64), (1, 2, 5000, 64))],
     ids=["prefill", "decode"],
 )
-def test_thread_count_does_not_change_bits(isa, shape_q, shape_k):
+def test_thread_count_does_not_change_bits(dtype, isa, shape_q, shape_k):
     """The work split depends on shapes only: 1, 2 and 3 threads give identical bits."""
-    q, k, v = _arrays(shape_q, shape_k, 32, seed=6)
+    q, k, v = _arrays(shape_q, shape_k, 32, seed=6, dtype=dtype)
     call = partial(native.attention, q, k, v, isa=isa, causal="bottom_right", return_lse=True)
     one = call(num_threads=1)
     for threads in (2, 3):
@@ -193,16 +207,16 @@ def test_thread_count_does_not_change_bits(isa, shape_q, shape_k):
         assert all(np.array_equal(a, b) for a, b in zip(one, other, strict=True))
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@with_kernels
 @pytest.mark.parametrize("Lq", [1, 2, 7, 300], ids=lambda n: f"Lq{n}")
 @pytest.mark.parametrize("Dk", [1, 3, 31, 33, 65])
-def test_odd_dk_reads_nothing_past_the_row(isa, Lq, Dk):
+def test_odd_dk_reads_nothing_past_the_row(dtype, isa, Lq, Dk):
     """Odd Dk: the last pair of dims is padded with 0, never with the element after the row.
     Rows of Dk inside rows of Dk + 1 whose extra element is NaN: a read of it would make every
     score NaN. Decode rows (1–2, unpacked keys), packed per tile and packed once per head."""
-    q, k, v = _arrays((1, 2, Lq, Dk), (1, 2, 290, Dk), 8, seed=Dk)
-    wide_q = np.full((1, 2, Lq, Dk + 1), np.nan, dtype=BF16)
-    wide_k = np.full((1, 2, 290, Dk + 1), np.nan, dtype=BF16)
+    q, k, v = _arrays((1, 2, Lq, Dk), (1, 2, 290, Dk), 8, seed=Dk, dtype=dtype)
+    wide_q = np.full((1, 2, Lq, Dk + 1), np.nan, dtype=dtype)
+    wide_k = np.full((1, 2, 290, Dk + 1), np.nan, dtype=dtype)
     wide_q[..., :Dk], wide_k[..., :Dk] = q, k
     nq, nk = wide_q[..., :Dk], wide_k[..., :Dk]
     assert not nq.flags.c_contiguous and nq.strides[-2] == (Dk + 1) * 2
@@ -210,12 +224,12 @@ def test_odd_dk_reads_nothing_past_the_row(isa, Lq, Dk):
     assert np.isfinite(got[0].astype(np.float32)).all()
 
 
-@pytest.mark.parametrize("isa", ISAS)
-def test_strides_and_copies(isa):
+@with_kernels
+def test_strides_and_copies(dtype, isa):
     """Transposed, negative-stride, read-only and misaligned bfloat16 inputs, a broadcast mask
     over batch dims that do not flatten into one stride."""
     rng = np.random.default_rng(7)
-    stored = rng.standard_normal((3, 2, 40, 4, 17)).astype(BF16)  # (B1, B2, L, H, D)
+    stored = rng.standard_normal((3, 2, 40, 4, 17)).astype(dtype)  # (B1, B2, L, H, D)
     q = np.swapaxes(stored, -2, -3)[..., ::-1, :]  # (3, 2, 4, 40, 17), negative L stride
     k = np.swapaxes(stored, -2, -3)[..., :, ::-1][:, :, :2]  # last dim reversed: copied
     v = np.swapaxes(stored, -2, -3)[:, :, 2:, :, :]
@@ -223,18 +237,18 @@ def test_strides_and_copies(isa):
     mask = rng.random((3, 1, 1, 40, 40)) < 0.6  # batch strides (s, 0): not one stride
     bias = rng.standard_normal((2, 1, 1, 40)).astype(np.float32)
     _check(q, k, v, isa=isa, mask=mask, bias=bias)
-    raw = np.zeros(q.size * 2 + 1, dtype=np.uint8)[1:].view(BF16).reshape(q.shape)
+    raw = np.zeros(q.size * 2 + 1, dtype=np.uint8)[1:].view(dtype).reshape(q.shape)
     raw[...] = q
     assert not raw.flags.aligned
     _check(raw, k, v, isa=isa)
 
 
-@pytest.mark.parametrize("isa", ISAS)
-def test_nan_and_inf_placement(isa):
+@with_kernels
+def test_nan_and_inf_placement(dtype, isa):
     """SPEC.md's NaN and Inf rules: NaN in a visible query or key makes its row NaN, in a hidden
     key or value it reaches nothing; +Inf in a visible value makes that column Inf (or NaN
     where it meets -Inf); the oracle says where, expect() checks the placement."""
-    q, k, v = _arrays((1, 2, 9, 33), (1, 2, 300, 33), 16, seed=8)
+    q, k, v = _arrays((1, 2, 9, 33), (1, 2, 300, 33), 16, seed=8, dtype=dtype)
     q[0, 0, 3, 5] = np.nan  # row 3 of head 0
     k[0, 1, 20, 32] = np.nan  # key 20 of head 1: seen by every row of head 1 but row 7
     k[0, 0, 299, 0] = np.nan  # hidden by the mask below
@@ -250,11 +264,11 @@ def test_nan_and_inf_placement(isa):
         assert np.all(out[0, :, 7].astype(np.float32) == 0) and np.all(lse[0, :, 7] == -np.inf)
 
 
-@pytest.mark.parametrize("isa", ISAS)
-def test_fully_masked_rows(isa):
+@with_kernels
+def test_fully_masked_rows(dtype, isa):
     """A row that sees no key gives out 0 (not NaN), lse -inf and weights 0, in every way it
     can see none: the mask, a -inf bias, kv_lengths 0, a window past the keys."""
-    q, k, v = _arrays((2, 3, 5, 9), (2, 3, 7, 9), 4, seed=9)
+    q, k, v = _arrays((2, 3, 5, 9), (2, 3, 7, 9), 4, seed=9, dtype=dtype)
     mask = np.ones((5, 7), dtype=bool)
     mask[1] = False
     bias = np.zeros((5, 7), dtype=np.float32)
@@ -297,15 +311,15 @@ def _rounding_case():
     raise AssertionError("no such s")
 
 
-@pytest.mark.parametrize("isa", ISAS)
-def test_p_is_rounded_to_bfloat16_before_pv(isa):
+@pytest.mark.parametrize(("dtype", "isa"), BF16_KERNELS)
+def test_p_is_rounded_to_bfloat16_before_pv(dtype, isa):
     """The bfloat16 kernels round P to bfloat16 before P·V (and sum the row unrounded): the
     FlashAttention way spec/tolerance.py, 5, allows. The float32 kernels ("avx512", "avx2",
     taking bfloat16 converted) do not: this also says which kernels ran."""
     s, exact, rounded = _rounding_case()
-    q = np.ones((1, 1, 1), dtype=BF16)
-    k = np.array([[[0.0], [float(s)]]], dtype=BF16)
-    v = np.array([[[0.0], [1.0]]], dtype=BF16)
+    q = np.ones((1, 1, 1), dtype=dtype)
+    k = np.array([[[0.0], [float(s)]]], dtype=dtype)
+    v = np.array([[[0.0], [1.0]]], dtype=dtype)
     out = native.attention(q, k, v, scale=1.0, isa=isa)
     assert float(out[0, 0, 0]) == rounded, f"s={s}: got {out[0, 0, 0]}, expected {rounded}"
     for other in sorted({"avx512", "avx2"} & set(AVAILABLE)):
@@ -314,10 +328,12 @@ def test_p_is_rounded_to_bfloat16_before_pv(isa):
 
 
 @pytest.mark.parametrize(
-    "isa",
+    ("dtype", "isa"),
     [
         pytest.param(
+            BF16,
             isa,
+            id=f"bfloat16-{isa}",
             marks=pytest.mark.xfail(
                 isa in AVAILABLE,
                 strict=True,
@@ -326,36 +342,72 @@ def test_p_is_rounded_to_bfloat16_before_pv(isa):
         )
         for isa, how in (("amx_bf16", "tdpbf16ps"), ("avx512_bf16", "vdpbf16ps"))
     ]
-    + [
-        "scalar",
-    ],
+    + [_kernel("bfloat16", "scalar"), *F16_KERNELS],
 )
 @pytest.mark.parametrize("Lq", [1, 8], ids=["decode", "packed"])
-def test_infinity_times_a_subnormal(isa, Lq):
-    """A subnormal query element (2^-130) against a key element of -inf scores -inf, as the
-    spec's float64 product says: the key weighs 0 and the row is the other key's value. The
-    scalar kernels multiply exactly; vdpbf16ps takes the subnormal as 0, and -inf·0 is NaN (a
-    known limit of the AVX-512 BF16 path, reached by subnormal bfloat16 inputs only)."""
+def test_infinity_times_a_subnormal(dtype, isa, Lq):
+    """A subnormal query element (2^-130 in bfloat16, 2^-20 in float16) against a key element of
+    -inf scores -inf, as the spec's float64 product says: the key weighs 0 and the row is the
+    other key's value. The scalar kernels and F16C widening are exact; vdpbf16ps takes the
+    subnormal as 0, and -inf·0 is NaN (a known limit of the AVX-512 BF16 path, reached by
+    subnormal bfloat16 inputs only)."""
     if isa not in AVAILABLE:
         pytest.skip(f"this CPU (or this build) has no {isa}")
-    q = np.ones((1, Lq, 2), dtype=BF16)
-    q[0, 0, 0] = 2.0**-130
-    k = np.array([[[-np.inf, 1.0], [1.0, 1.0]]], dtype=BF16)
-    v = np.array([[[1.0], [2.0]]], dtype=BF16)
+    q = np.ones((1, Lq, 2), dtype=dtype)
+    q[0, 0, 0] = 2.0**-130 if dtype == BF16 else 2.0**-20
+    assert 0 < q[0, 0, 0] < ml_dtypes.finfo(dtype).smallest_normal
+    k = np.array([[[-np.inf, 1.0], [1.0, 1.0]]], dtype=dtype)
+    v = np.array([[[1.0], [2.0]]], dtype=dtype)
     out, lse, _ = _check(q, k, v, isa=isa, scale=1.0)
-    assert float(out[0, 0, 0]) == 2.0 and lse[0, 0] == 1.0
+    # lse: the one visible score, 1 + the subnormal, in float32
+    assert float(out[0, 0, 0]) == 2.0 and lse[0, 0] == np.float32(1 + float(q[0, 0, 0]))
 
 
-@pytest.mark.parametrize("isa", [i for i in ISAS if i.values[0] != "scalar"])
+@pytest.mark.parametrize(
+    "isa", [pytest.param(isa, marks=_unless_available(isa)) for isa in native.BFLOAT16_ONLY_ISAS]
+)
 def test_float32_under_a_bfloat16_isa_is_avx512(isa):
-    """isa="amx_bf16" and "avx512_bf16" add bfloat16 kernels: float32 (and float16, converted)
-    run the AVX-512 float32 kernels, bit for bit."""
+    """isa="amx_bf16" and "avx512_bf16" add bfloat16 kernels: float32 and float16 run the
+    AVX-512 float32 and float16 kernels, bit for bit."""
     rng = np.random.default_rng(10)
     q, k, v = (rng.standard_normal((2, 3, 50, 24)).astype(np.float32) for _ in range(3))
     for x in ((q, k, v), tuple(a.astype(np.float16) for a in (q, k, v))):
         one = native.attention(*x, isa=isa, causal="top_left", return_lse=True)
         other = native.attention(*x, isa="avx512", causal="top_left", return_lse=True)
         assert all(np.array_equal(a, b) for a, b in zip(one, other, strict=True))
+
+
+@pytest.mark.parametrize(("dtype", "isa"), F16_KERNELS)
+def test_float16_widens_every_value_exactly(dtype, isa):
+    """Every float16 bit pattern, as the one value a row sees, comes out as it went in: widening
+    (vcvtph2ps, or the portable conversion) and the final rounding are exact on float16 values.
+    A NaN comes out a NaN; -0 comes out +0 (the accumulator starts at +0, as for float32)."""
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(dtype)
+    v = every.reshape(1, -1, 1, 1)
+    q = k = np.zeros_like(v)
+    out = native.attention(q, k, v, isa=isa)[0, :, 0, 0]
+    same = (out.view(np.uint16) == every.view(np.uint16)) | (np.isnan(out) & np.isnan(every))
+    wrong = [hex(int(bits)) for bits in every.view(np.uint16)[~same]]
+    assert wrong == ["0x8000"] and out[0x8000] == 0
+
+
+@pytest.mark.parametrize(("dtype", "isa"), F16_KERNELS)
+def test_float16_out_rounds_to_nearest_even(dtype, isa):
+    """Two keys of equal score: out = (v1 + v2) / 2, exact in float32, then rounded to float16.
+    Neighbouring float16 values make it a tie half the time, subnormals and sign flips included:
+    each must round as NumPy's float32 -> float16 cast does (to nearest, ties to even)."""
+    rng = np.random.default_rng(12)
+    first = rng.integers(0, 0x7C00, size=100_000).astype(np.uint16)  # finite magnitudes
+    second = np.clip(first.astype(np.int64) + rng.integers(-2, 3, size=first.size), 0, 0x7BFF)
+    sign = rng.integers(0, 2, size=first.size).astype(np.uint16) << 15
+    pairs = np.stack([first | sign, second.astype(np.uint16) | sign], axis=-1).view(dtype)
+    pairs = pairs[(pairs[:, 0] != 0) | (pairs[:, 1] != 0)]  # not 0 twice: -0 comes out +0
+    v = pairs.reshape(1, -1, 2, 1)
+    q, k = np.zeros((1, len(pairs), 1, 1), dtype), np.zeros_like(v)
+    out = native.attention(q, k, v, isa=isa)[0, :, 0, 0]
+    want = (pairs.astype(np.float32).sum(axis=-1) / 2).astype(dtype)
+    wrong = np.nonzero(out.view(np.uint16) != want.view(np.uint16))[0]
+    assert wrong.size == 0, f"{wrong.size} wrong, first {pairs[wrong[:3]]} -> {out[wrong[:3]]}"
 
 
 def test_detection_matches_the_cpu_flags():
@@ -382,12 +434,12 @@ def test_detection_matches_the_cpu_flags():
         assert info["isa"] == ("amx_bf16" if amx else "avx512_bf16")
 
 
-@pytest.mark.parametrize("isa", ISAS)
-def test_bad_input_raises_clear_errors(isa):
+@with_kernels
+def test_bad_input_raises_clear_errors(dtype, isa):
     """bfloat16 calls are checked as every call is: the reference's exceptions and messages."""
     from refattn import reference
 
-    q, k, v = _arrays((2, 5, 8), (2, 6, 8), 8)
+    q, k, v = _arrays((2, 5, 8), (2, 6, 8), 8, dtype=dtype)
     bad = [
         ((q, k.astype(np.float32), v), {}),
         ((q, k[..., :4], v), {}),
