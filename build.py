@@ -147,6 +147,7 @@ ffibuilder.set_source(
         "native/flash_f32.c",
         "native/flash_f64.c",
         "native/kernels_avx2.c",
+        "native/kernels_avx2_f16.c",
         "native/kernels_avx512.c",
         "native/kernels_avx512_bf16.c",
         "native/kernels_avx512_f16.c",

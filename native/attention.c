@@ -58,8 +58,6 @@ static int check_call(const refattn_call *c) {
     if (c->dtype == REFATTN_BFLOAT16 && c->isa != REFATTN_ISA_SCALAR &&
         c->isa != REFATTN_ISA_AVX512_BF16 && c->isa != REFATTN_ISA_AMX_BF16)
         return REFATTN_EINVAL;
-    /* float16 has its own kernels in scalar C and AVX-512 (and under the ISAs that extend it) */
-    if (c->dtype == REFATTN_FLOAT16 && c->isa == REFATTN_ISA_AVX2) return REFATTN_EINVAL;
     if (c->B * c->Hq * c->Lq > 0 && !tensor_ok(&c->query, 1)) return REFATTN_EINVAL;
     if (c->B > 0 && c->Lk > 0 && (!tensor_ok(&c->key, 1) || (c->Dv > 0 && !tensor_ok(&c->value, 1))))
         return REFATTN_EINVAL;

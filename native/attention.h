@@ -3,14 +3,15 @@
    What it does: out = softmax(softcap(Q·Kᵀ·scale) + bias, over visible keys)·V for float32
    (the fast path: AVX-512, AVX2+FMA or portable scalar code, chosen at run time), bfloat16
    (AMX, AVX-512 BF16 or portable scalar code: products and softmax in float32, P rounded to
-   bfloat16 before P·V, out in bfloat16), float16 (AVX-512 with F16C or portable scalar code:
-   products, softmax and P·V in float32, out in float16) and float64 (portable code), with
+   bfloat16 before P·V, out in bfloat16), float16 (AVX-512 or AVX2 widening by F16C, or
+   portable scalar code: products, softmax and P·V in float32, out in float16) and float64
+   (portable code), with
    every mask of refattn.reference.attention, GQA, Dk != Dv, lse and weights outputs, threads
    through OpenMP.
    What it does not do: validate dtypes or shapes beyond what keeps memory safe (the Python
    wrapper checks the call with refattn._checks first), allocate the outputs, bfloat16 on the
-   AVX2 or AVX-512 float32 kernels or float16 on the AVX2 ones (the wrapper converts them to
-   float32 for those), or print, abort or keep any state between calls.
+   AVX2 or AVX-512 float32 kernels (the wrapper converts it to float32 for those), or print,
+   abort or keep any state between calls.
 
    Shape letters, as everywhere in refattn:
        B   batch (the wrapper flattens B... into one axis)     Hq, Hkv  query, key/value heads
@@ -33,7 +34,7 @@
 
 /* Instruction sets: what the float32, bfloat16 and float16 kernels may use. */
 #define REFATTN_ISA_SCALAR 0      /* portable C, the fallback and the baseline of every check */
-#define REFATTN_ISA_AVX2 1        /* AVX2 + FMA, 8 floats per vector */
+#define REFATTN_ISA_AVX2 1        /* AVX2 + FMA + F16C, 8 floats per vector */
 #define REFATTN_ISA_AVX512 2      /* AVX-512 F/DQ/BW/VL, 16 floats per vector */
 #define REFATTN_ISA_AVX512_BF16 3 /* ... and AVX512_BF16 (vdpbf16ps); float32 as AVX512 */
 #define REFATTN_ISA_AMX_BF16 4    /* ... and AMX-TILE, AMX-BF16 (tdpbf16ps); float32 as AVX512 */
@@ -77,7 +78,7 @@ typedef struct refattn_call {
     int dtype;                 /* REFATTN_FLOAT32, REFATTN_FLOAT64; or REFATTN_BFLOAT16 (query,
                                   key, value and out; bias, lse, weights float32) with isa
                                   REFATTN_ISA_SCALAR, _AVX512_BF16 or _AMX_BF16; or
-                                  REFATTN_FLOAT16 (likewise) with any isa but _AVX2 */
+                                  REFATTN_FLOAT16 (likewise) with any isa */
     int causal;                /* REFATTN_CAUSAL_* */
     int64_t window_left;       /* key j visible iff j >= i + offset - window_left; -1: unbounded */
     int64_t window_right;      /* ... and j <= i + offset + window_right; -1: unbounded */

@@ -36,6 +36,7 @@ static int detect(int isa) {
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
     const int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1;
+    const int f16c = (c >> 29) & 1; /* vcvtph2ps, for float16: on every CPU with AVX2 */
     if (!osxsave || !avx) return 0;
     const uint64_t xcr0 = xgetbv0();
     if ((xcr0 & 0x6) != 0x6) return 0; /* the OS saves SSE and AVX (YMM) state */
@@ -43,10 +44,10 @@ static int detect(int isa) {
     __cpuid_count(7, 0, a, b, c, d);
     const unsigned leaf7_subleaves = a; /* the highest subleaf of leaf 7 */
     const int avx2 = (b >> 5) & 1;
-    if (isa == REFATTN_ISA_AVX2) return avx2 && fma;
+    if (isa == REFATTN_ISA_AVX2) return avx2 && fma && f16c;
     const int f = (b >> 16) & 1, dq = (b >> 17) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1;
     /* ... and the opmask and upper ZMM state (XCR0 bits 5, 6, 7) */
-    const int avx512 = avx2 && fma && f && dq && bw && vl && (xcr0 & 0xE0) == 0xE0;
+    const int avx512 = avx2 && fma && f16c && f && dq && bw && vl && (xcr0 & 0xE0) == 0xE0;
     if (isa == REFATTN_ISA_AVX512) return avx512;
     const int amx_tile = (d >> 24) & 1, amx_bf16 = (d >> 22) & 1; /* leaf 7, subleaf 0, EDX */
     /* AVX512_BF16 (vdpbf16ps, vcvtneps2bf16): leaf 7, subleaf 1, EAX bit 5 */

@@ -22,16 +22,19 @@
 #include <string.h>
 
 typedef uint16_t elem;
+typedef elem pelem;               /* packed keys: as they are (pairs of bfloat16 a lane) */
 #define KSTEP 2                   /* dims per step of a dot product, in each lane */
 #define ELEM_OPS refattn_ops_bf16 /* the table type of these kernels */
 
-/* A run of 32 elements (count of them, the rest 0 and not read), and its store: raw bits. */
+/* A run of 32 elements (count of them, the rest 0 and not read): raw bits. */
 INLINE vec vload_dims(const elem *p) { return _mm512_castsi512_ps(_mm512_loadu_si512(p)); }
 INLINE vec vload_dims_part(const elem *p, int64_t count) {
     const __mmask32 k = (__mmask32)((1ull << count) - 1);
     return _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(k, p));
 }
-INLINE void vstore_dims(elem *p, vec x) { _mm512_storeu_si512(p, _mm512_castps_si512(x)); }
+/* A run of packed elements, and its store: raw bits too */
+INLINE vec vload_packed(const pelem *p) { return vload_dims(p); }
+INLINE void vstore_packed(pelem *p, vec x) { _mm512_storeu_si512(p, _mm512_castps_si512(x)); }
 /* One step of a query row in every lane: the pair (p[0], p[1]); or (p[0], 0) for the last
    step of an odd Dk (count 1), which reads nothing past p[0]. */
 INLINE vec vbroadcast_dims(const elem *p) {

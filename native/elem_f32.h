@@ -12,13 +12,16 @@
 #define REFATTN_ELEM_F32_H
 
 typedef float elem;
+typedef elem pelem;              /* packed keys: as they are */
 #define KSTEP 1                  /* dims per step of a dot product, in each lane */
 #define ELEM_OPS refattn_ops_f32 /* the table type of these kernels */
 
-/* A run of elements (count of them, the rest 0 and not read), and its store */
+/* A run of elements (count of them, the rest 0 and not read) */
 INLINE vec vload_dims(const elem *p) { return vload(p); }
 INLINE vec vload_dims_part(const elem *p, int64_t count) { return vload_part(vlanes(count), p); }
-INLINE void vstore_dims(elem *p, vec x) { vstore(p, x); }
+/* A run of packed elements, and its store */
+INLINE vec vload_packed(const pelem *p) { return vload(p); }
+INLINE void vstore_packed(pelem *p, vec x) { vstore(p, x); }
 /* One step of a query row in every lane: p[0] (a step has one element: never part of one) */
 INLINE vec vbroadcast_dims(const elem *p) { return vbroadcast(p); }
 INLINE vec vbroadcast_dims_part(const elem *p, int64_t count) {

@@ -14,6 +14,8 @@
        REAL      float or double: what it computes in
        ELEM      the element of query, key, value and out: REAL, or uint16_t (bfloat16 or
                  float16 bits)
+       PACKED, TO_PACKED(x), PACKED_TO_REAL(x)  the element of packed keys and values (OPS's
+                 K), an ELEM as one, and one widened: ELEM, x and TO_REAL(x) unless defined
        TO_REAL(x), FROM_REAL(x)  an ELEM widened to REAL, a REAL rounded to ELEM
        ROUND_P(x)  p as P·V takes it: x, or x rounded to bfloat16 (the spec's tolerance, 5)
        OPS       the tile-kernel table type   FN(name)  the name with a dtype suffix
@@ -32,6 +34,12 @@
 #endif
 
 #include "internal.h"
+
+#ifndef PACKED
+#define PACKED ELEM
+#define TO_PACKED(x) (x)              /* an ELEM as packed */
+#define PACKED_TO_REAL(x) TO_REAL(x)  /* a packed element widened to REAL */
+#endif
 
 #ifndef REFATTN_FLASH_COMMON
 #define REFATTN_FLASH_COMMON
@@ -73,9 +81,10 @@ static inline size_t size_mul_add(size_t a, size_t b, size_t c) {
 /* ------------------------------------------------------------------------------------------ */
 /* The scalar tile kernels: plain loops, the fallback and the baseline of every SIMD kernel.  */
 
-/* kp: keys as rows of Dk, (n, Dk). */
-static void FN(scalar_pack_keys)(ELEM *kp, const ELEM *k, int64_t ldk, int64_t n, int64_t Dk) {
-    for (int64_t j = 0; j < n; j++) memcpy(kp + j * Dk, k + j * ldk, (size_t)Dk * sizeof(ELEM));
+/* kp: keys as rows of Dk, (n, Dk), each element as PACKED (exactly: ELEM itself, or widened). */
+static void FN(scalar_pack_keys)(PACKED *kp, const ELEM *k, int64_t ldk, int64_t n, int64_t Dk) {
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t d = 0; d < Dk; d++) kp[j * Dk + d] = TO_PACKED(k[j * ldk + d]);
 }
 
 /* s (m, n) = scale · q (m, Dk) · kᵀ, keys read as rows of Dk (row stride ldk) */
@@ -93,9 +102,16 @@ static void FN(scalar_scores_rows)(REAL *s, int64_t lds, const ELEM *q, int64_t 
 }
 
 /* s (m, n) = scale · q (m, Dk) · kpᵀ (Dk, n): the packed keys are rows of Dk */
-static void FN(scalar_scores)(REAL *s, int64_t lds, const ELEM *q, int64_t ldq, const ELEM *kp,
-                              int64_t m, int64_t n, int64_t Dk, REAL scale) {
-    FN(scalar_scores_rows)(s, lds, q, ldq, kp, Dk, m, n, Dk, scale);
+static void FN(scalar_scores)(REAL *s, int64_t lds, const ELEM *q, int64_t ldq,
+                              const PACKED *kp, int64_t m, int64_t n, int64_t Dk, REAL scale) {
+    for (int64_t r = 0; r < m; r++) {
+        for (int64_t j = 0; j < n; j++) {
+            REAL dot = 0;
+            for (int64_t d = 0; d < Dk; d++)
+                dot += TO_REAL(q[r * ldq + d]) * PACKED_TO_REAL(kp[j * Dk + d]);
+            s[r * lds + j] = dot * scale;
+        }
+    }
 }
 
 static void FN(scalar_softmax)(REAL *s, int64_t n, REAL *mx, REAL *sum, REAL *alpha) {
@@ -163,7 +179,7 @@ typedef struct FN(plan) {
     REAL *lse;  /* (B, Hq, Lq): the caller's, or ours when weights or split-K need it */
     REAL *part; /* (B, Hq, Lq, nsplit, Dv + 2): split-K partials [max, sum, o...] */
     int64_t dkp;        /* Dk rounded up to ops->kstep: a packed key's elements */
-    ELEM *kpack;        /* (group, nkt, Dkp·bk): the key tiles of a group of kv heads, or NULL */
+    PACKED *kpack;      /* (group, nkt, Dkp·bk): the key tiles of a group of kv heads, or NULL */
     int64_t nkt;        /* key tiles per kv head */
     int64_t kv_group;   /* kv heads (b, hk) packed at a time: all of them without packing */
     int64_t vp_elems;   /* a thread's packed values (ops->pack_values), 0 without them */
@@ -171,8 +187,8 @@ typedef struct FN(plan) {
 
 /* One thread's tiles. */
 typedef struct FN(work) {
-    ELEM *kp;         /* packed keys, Dkp·bk */
-    ELEM *vp;         /* packed values, for ops->weigh_packed (plan.vp_elems) */
+    PACKED *kp;       /* packed keys, Dkp·bk */
+    PACKED *vp;       /* packed values, for ops->weigh_packed (plan.vp_elems) */
     REAL *s;          /* scores, then probabilities, (bq, bk) */
     uint8_t *vis;     /* visibility of the tile when some key is hidden, (bq, bk) */
     REAL *o;          /* unnormalised output rows, (bq, Dv) */
@@ -186,8 +202,8 @@ typedef struct FN(work) {
 static size_t FN(work_layout)(FN(work) *w, char *mine, int64_t Dkp, int64_t Dv, int64_t bq,
                               int64_t bk, int64_t vp_elems) {
     size_t at = 0;
-    LAYOUT_PIECE(kp, ELEM, Dkp * bk);
-    LAYOUT_PIECE(vp, ELEM, vp_elems);
+    LAYOUT_PIECE(kp, PACKED, Dkp * bk);
+    LAYOUT_PIECE(vp, PACKED, vp_elems);
     LAYOUT_PIECE(s, REAL, bq * bk);
     LAYOUT_PIECE(vis, uint8_t, bq * bk);
     LAYOUT_PIECE(o, REAL, bq * Dv);
@@ -268,7 +284,7 @@ static int FN(mask_row)(const FN(plan) *p, int64_t b, int64_t h, int64_t i, int6
    (panels of keys are independent: a prefix of them serves a shorter n), or NULL to pack
    them into w->kp here. */
 static int FN(score_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, int64_t i0,
-                          int64_t m, int64_t j0, int64_t n, const ELEM *kp) {
+                          int64_t m, int64_t j0, int64_t n, const PACKED *kp) {
     const refattn_call *c = p->c;
     const OPS *ops = p->ops;
     const int64_t bk = p->bk, Dk = c->Dk;
@@ -320,7 +336,7 @@ static int FN(score_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, 
 /* Query rows [i0, i0 + m) of head h of batch b, over the keys of chunk `split`. kpack: this
    head's key tiles packed by pass 0, or NULL. */
 static void FN(attend_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h, int64_t qt,
-                            int64_t split, const ELEM *kpack) {
+                            int64_t split, const PACKED *kpack) {
     const refattn_call *c = p->c;
     const OPS *ops = p->ops;
     const int64_t Hq = c->Hq, Lq = c->Lq, Dv = c->Dv, bk = p->bk;
@@ -352,7 +368,7 @@ static void FN(attend_tile)(const FN(plan) *p, FN(work) *w, int64_t b, int64_t h
         int64_t lo_row, hi_row;
         FN(visible_range)(p, b, i0, &lo_row, &hi_row);
         const int64_t block = hi_row < j0 + n && m > DIAG_ROWS ? DIAG_ROWS : m;
-        const ELEM *kp = NULL;
+        const PACKED *kp = NULL;
         if (kpack && j0 == jt) {
             kp = kpack + (jt / bk) * p->dkp * bk; /* packed once for every query tile (pass 0) */
         } else if (block < m && m > ops->few_rows) {
@@ -530,7 +546,7 @@ static int FN(flash)(const refattn_call *c, const OPS *ops, int num_threads) {
     const int64_t BHkv = c->B * c->Hkv;
     p.nkt = cdiv(c->Lk, bk);
     size_t head_bytes = size_mul_add((size_t)p.nkt, (size_t)(p.dkp * bk), 0);
-    head_bytes = size_mul_add(head_bytes, sizeof(ELEM), 0);
+    head_bytes = size_mul_add(head_bytes, sizeof(PACKED), 0);
     const int prepack = p.nqt >= PREPACK_MIN_TILES && bq > ops->few_rows && c->Lk > 0 &&
                         head_bytes <= PREPACK_MAX_BYTES;
     p.kv_group = prepack ? min64(BHkv, (int64_t)(PREPACK_MAX_BYTES / head_bytes)) : max64(BHkv, 1);
@@ -546,7 +562,7 @@ static int FN(flash)(const refattn_call *c, const OPS *ops, int num_threads) {
     char *shared = base + (size_t)threads * per_thread;
     p.lse = c->lse ? (REAL *)c->lse : (need_lse ? (REAL *)shared : NULL);
     p.part = p.nsplit > 1 ? (REAL *)(shared + lse_bytes) : NULL;
-    p.kpack = kpack_bytes ? (ELEM *)(shared + lse_bytes + part_bytes) : NULL;
+    p.kpack = kpack_bytes ? (PACKED *)(shared + lse_bytes + part_bytes) : NULL;
 
     /* Work items (b, h, query tile, key chunk), a group of kv heads at a time. Causal and
        windowed tiles cost more the later they sit, so those go first, heaviest first;
@@ -591,7 +607,7 @@ static int FN(flash)(const refattn_call *c, const OPS *ops, int num_threads) {
                     qt = rest % nqt;
                     bh = g0 * p.G + rest / nqt;
                 }
-                const ELEM *kpack =
+                const PACKED *kpack =
                     p.kpack ? p.kpack + (bh / p.G - g0) * p.nkt * Dkp * bk : NULL;
                 FN(attend_tile)(&p, &w, bh / c->Hq, bh % c->Hq, qt, split, kpack);
             }

@@ -20,18 +20,20 @@
 #include "attention.h"
 
 /* Tile kernels for one compute type T over inputs of element type E (query, key and value:
-   T itself, or bfloat16 or float16 bits for float). Strides (ld*) are in elements. */
-#define REFATTN_DECLARE_OPS(T, E, NAME)                                                        \
+   T itself, or bfloat16 or float16 bits for float), with keys and values packed as elements of
+   type K (E, or float for float16: widened once when packed, not at every use). Strides (ld*)
+   are in elements. */
+#define REFATTN_DECLARE_OPS(T, E, K, NAME)                                                     \
     typedef struct NAME {                                                                      \
         int64_t bq; /* query rows per tile */                                                  \
         int64_t bk; /* keys per tile, a multiple of 16 */                                      \
         int64_t kstep; /* dims per step of the packed keys: Dk rounded up to it is packed */   \
         /* Copy keys [0, n) of k (rows of Dk, row stride ldk) into kp, in whatever layout      \
            `scores` reads; kp holds Dkp·bk elements, Dkp = Dk rounded up to kstep. */          \
-        void (*pack_keys)(E *kp, const E *k, int64_t ldk, int64_t n, int64_t Dk);              \
+        void (*pack_keys)(K *kp, const E *k, int64_t ldk, int64_t n, int64_t Dk);              \
         /* s[r·lds + j] = scale·(q_r · k_j) for r < m, j < n; columns up to the next multiple  \
            of 16 may be written too (lds >= bk). */                                            \
-        void (*scores)(T *s, int64_t lds, const E *q, int64_t ldq, const E *kp, int64_t m,     \
+        void (*scores)(T *s, int64_t lds, const E *q, int64_t ldq, const K *kp, int64_t m,     \
                        int64_t n, int64_t Dk, T scale);                                        \
         /* The same scores straight from the key rows k (row stride ldk), with no packing:     \
            for tiles of at most few_rows query rows (decode), where packing would cost more   \
@@ -56,15 +58,15 @@
            is weigh with no vis (every key of the tile visible to every row) over the first n  \
            of the packed values, for more than few_rows rows. */                              \
         int64_t (*values_elems)(int64_t bk, int64_t Dv);                                       \
-        int (*pack_values)(E *vp, const E *v, int64_t ldv, int64_t n, int64_t Dv);             \
+        int (*pack_values)(K *vp, const E *v, int64_t ldv, int64_t n, int64_t Dv);             \
         void (*weigh_packed)(T *o, int64_t ldo, const T *p, int64_t ldp, const T *alpha,       \
-                             const E *vp, int64_t m, int64_t n, int64_t Dv);                   \
+                             const K *vp, int64_t m, int64_t n, int64_t Dv);                   \
     } NAME;
 
-REFATTN_DECLARE_OPS(float, float, refattn_ops_f32)
-REFATTN_DECLARE_OPS(double, double, refattn_ops_f64)
-REFATTN_DECLARE_OPS(float, uint16_t, refattn_ops_bf16) /* bfloat16 inputs, float32 compute */
-REFATTN_DECLARE_OPS(float, uint16_t, refattn_ops_f16)  /* float16 inputs, float32 compute */
+REFATTN_DECLARE_OPS(float, float, float, refattn_ops_f32)
+REFATTN_DECLARE_OPS(double, double, double, refattn_ops_f64)
+REFATTN_DECLARE_OPS(float, uint16_t, uint16_t, refattn_ops_bf16) /* bfloat16, float32 compute */
+REFATTN_DECLARE_OPS(float, uint16_t, float, refattn_ops_f16)     /* float16, float32 compute */
 
 /* Tile kernels of the backward pass for one compute type T (float32 and float64 only: bfloat16
    and float16 are converted by the wrapper). It scores with the forward table's pack_keys and
@@ -184,6 +186,7 @@ extern const refattn_ops_f32 *const refattn_avx2_ops;
 extern const refattn_ops_bf16 *const refattn_avx512_bf16_ops;
 extern const refattn_ops_bf16 *const refattn_amx_bf16_ops;
 extern const refattn_ops_f16 *const refattn_avx512_f16_ops;
+extern const refattn_ops_f16 *const refattn_avx2_f16_ops;
 extern const refattn_grad_ops_f32 *const refattn_avx512_grad_ops;
 extern const refattn_grad_ops_f32 *const refattn_avx2_grad_ops;
 

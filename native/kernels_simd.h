@@ -60,11 +60,11 @@ static inline int64_t packed_dk(int64_t Dk) { return (Dk + PACK_ROUND - 1) / PAC
 /* kp[panel][d / KSTEP][VW][KSTEP]: element d of key VW·panel + t at
    kp[panel·Dkp·VW + (d / KSTEP)·VW·KSTEP + t·KSTEP + d % KSTEP]; keys past n and dims past Dk
    are 0. A step of KSTEP elements is one 32-bit lane, so the transpose is that of floats. */
-static void pack_keys(elem *kp, const elem *k, int64_t ldk, int64_t n, int64_t Dk) {
+static void pack_keys(pelem *kp, const elem *k, int64_t ldk, int64_t n, int64_t Dk) {
     const int64_t Dkp = packed_dk(Dk);
     for (int64_t j0 = 0; j0 < n; j0 += VW) {
         const int64_t count = imin(VW, n - j0);
-        elem *panel = kp + (j0 / VW) * Dkp * VW;
+        pelem *panel = kp + (j0 / VW) * Dkp * VW;
         for (int64_t d0 = 0; d0 < Dk; d0 += VW * KSTEP) {
             const int64_t dims = imin(VW * KSTEP, Dk - d0), steps = (dims + KSTEP - 1) / KSTEP;
             vec rows[VW];
@@ -73,17 +73,17 @@ static void pack_keys(elem *kp, const elem *k, int64_t ldk, int64_t n, int64_t D
             vtranspose(rows);
             /* t runs over constants: a variable index would keep rows[] in memory */
             UNROLL for (int t = 0; t < VW; t++)
-                if (t < steps || PACK_ROUND > KSTEP) vstore_dims(panel + (d0 + t * KSTEP) * VW, rows[t]);
+                if (t < steps || PACK_ROUND > KSTEP) vstore_packed(panel + (d0 + t * KSTEP) * VW, rows[t]);
         }
     }
 }
 
 /* acc += the step of dims [d, d + KSTEP) of q (ROWS rows) times the kp panels, of which the
    first `have` dims are real (have < KSTEP: the last step of an odd Dk, the rest 0). */
-INLINE void scores_step(vec acc[MR][NP], const elem *q, int64_t ldq, const elem *kp,
+INLINE void scores_step(vec acc[MR][NP], const elem *q, int64_t ldq, const pelem *kp,
                         int64_t Dkp, int64_t d, int64_t have, const int ROWS, const int PANELS) {
     vec key[NP];
-    UNROLL for (int v = 0; v < PANELS; v++) key[v] = vload_dims(kp + (v * Dkp + d) * VW);
+    UNROLL for (int v = 0; v < PANELS; v++) key[v] = vload_packed(kp + (v * Dkp + d) * VW);
     UNROLL for (int r = 0; r < ROWS; r++) {
         const vec qd = have == KSTEP ? vbroadcast_dims(q + r * ldq + d)
                                      : vbroadcast_dims_part(q + r * ldq + d, have);
@@ -91,25 +91,55 @@ INLINE void scores_step(vec acc[MR][NP], const elem *q, int64_t ldq, const elem 
     }
 }
 
+#ifdef WIDEN_QUERY
+/* With WIDEN_QUERY (elem_f16.h, KSTEP 1): the query rows of a block widened to float,
+   WIDE_DIMS dims at a time, so that each broadcast is a load rather than a conversion per use
+   (PANELS FMAs each); the arithmetic is then that of float32 inputs. */
+#define WIDE_DIMS 128
+INLINE void scores_dims(vec acc[MR][NP], const elem *q, int64_t ldq, const pelem *kp,
+                        int64_t Dkp, int64_t Dk, const int ROWS, const int PANELS) {
+    float wide[MR][WIDE_DIMS] __attribute__((aligned(64)));
+    for (int64_t d0 = 0; d0 < Dk; d0 += WIDE_DIMS) {
+        const int64_t dims = imin(WIDE_DIMS, Dk - d0);
+        UNROLL for (int r = 0; r < ROWS; r++) widen_dims(wide[r], q + r * ldq + d0, dims);
+        for (int64_t d = 0; d < dims; d++) {
+            vec key[NP];
+            UNROLL for (int v = 0; v < PANELS; v++)
+                key[v] = vload_packed(kp + (v * Dkp + d0 + d) * VW);
+            UNROLL for (int r = 0; r < ROWS; r++) {
+                const vec qd = vbroadcast(&wide[r][d]);
+                UNROLL for (int v = 0; v < PANELS; v++) acc[r][v] = vfmadd(qd, key[v], acc[r][v]);
+            }
+        }
+    }
+}
+#else
+/* acc += q (ROWS, Dk) · kp panels, a step of KSTEP dims at a time */
+INLINE void scores_dims(vec acc[MR][NP], const elem *q, int64_t ldq, const pelem *kp,
+                        int64_t Dkp, int64_t Dk, const int ROWS, const int PANELS) {
+    int64_t d = 0;
+    for (; d + KSTEP <= Dk; d += KSTEP) scores_step(acc, q, ldq, kp, Dkp, d, KSTEP, ROWS, PANELS);
+    if (d < Dk) scores_step(acc, q, ldq, kp, Dkp, d, Dk - d, ROWS, PANELS);
+}
+#endif
+
 /* s (ROWS, VW·PANELS) = scale · q (ROWS, Dk) · kp panels */
-INLINE void scores_block(float *s, int64_t lds, const elem *q, int64_t ldq, const elem *kp,
+INLINE void scores_block(float *s, int64_t lds, const elem *q, int64_t ldq, const pelem *kp,
                          int64_t Dk, float scale, const int ROWS, const int PANELS) {
     const int64_t Dkp = packed_dk(Dk);
     vec acc[MR][NP];
     UNROLL for (int r = 0; r < ROWS; r++) UNROLL for (int v = 0; v < PANELS; v++)
         acc[r][v] = vzero();
-    int64_t d = 0;
-    for (; d + KSTEP <= Dk; d += KSTEP) scores_step(acc, q, ldq, kp, Dkp, d, KSTEP, ROWS, PANELS);
-    if (d < Dk) scores_step(acc, q, ldq, kp, Dkp, d, Dk - d, ROWS, PANELS);
+    scores_dims(acc, q, ldq, kp, Dkp, Dk, ROWS, PANELS);
     const vec sc = vset1(scale);
     UNROLL for (int r = 0; r < ROWS; r++) UNROLL for (int v = 0; v < PANELS; v++)
         vstore(s + r * lds + v * VW, vmul(acc[r][v], sc));
 }
 
-typedef void (*scores_fn)(float *, int64_t, const elem *, int64_t, const elem *, int64_t, float);
+typedef void (*scores_fn)(float *, int64_t, const elem *, int64_t, const pelem *, int64_t, float);
 #define SCORES(R, P)                                                                            \
     static void scores_##R##x##P(float *s, int64_t lds, const elem *q, int64_t ldq,             \
-                                 const elem *kp, int64_t Dk, float scale) {                     \
+                                 const pelem *kp, int64_t Dk, float scale) {                    \
         scores_block(s, lds, q, ldq, kp, Dk, scale, R, P);                                      \
     }
 #define SCORES_ROW(R) UPTO(NP, SCORES, R)
@@ -118,8 +148,10 @@ ROWS(MR, SCORES_ROW)
 #define SCORES_ENTRY(R) {UPTO(NP, SCORES_NAME, R)},
 static const scores_fn scores_table[MR][NP] = {ROWS(MR, SCORES_ENTRY)};
 
-static void scores(float *s, int64_t lds, const elem *q, int64_t ldq, const elem *kp, int64_t m,
-                   int64_t n, int64_t Dk, float scale) {
+/* (kernels_amx.c, with a table of its own, scores on AMX tiles instead: unused there) */
+__attribute__((unused)) static void scores(float *s, int64_t lds, const elem *q, int64_t ldq,
+                                           const pelem *kp, int64_t m, int64_t n, int64_t Dk,
+                                           float scale) {
     const int64_t panels = (n + VW - 1) / VW, Dkp = packed_dk(Dk);
     for (int64_t p0 = 0; p0 < panels; p0 += NP) {
         const int64_t np = imin(NP, panels - p0);

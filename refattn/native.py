@@ -7,11 +7,11 @@
 computes what `refattn.reference.attention` defines (its docstring has the formula, the shape
 letters and every option), FlashAttention-2 style: tiles of queries and keys, an online
 softmax, float32 accumulation (float64 for float64 inputs), OpenMP threads, and SIMD kernels
-chosen at run time. float16 inputs are read as they are by the scalar and AVX-512 kernels
-(widened to float32 as they are loaded, F16C) and converted to float32 for "avx2"; products,
-softmax and P·V are float32; out comes back in the query's dtype, lse and weights in the
-compute dtype. `attention_backward` gives the gradients of
-`refattn.reference.attention_backward` (refattn._native_backward has the details).
+chosen at run time. float16 inputs are read as they are by every ISA's float16 kernels
+(widened to float32 as they are loaded, by F16C in the SIMD ones); products, softmax and P·V
+are float32; out comes back in the query's dtype, lse and weights in the compute dtype.
+`attention_backward` gives the gradients of `refattn.reference.attention_backward`
+(refattn._native_backward has the details).
 
 bfloat16 inputs are computed by bfloat16 kernels where there are some: isa "amx_bf16" (Q·Kᵀ
 on AMX tiles), "avx512_bf16" (vdpbf16ps) and "scalar" (portable C, their baseline) read the
@@ -76,13 +76,6 @@ _DTYPE = {
 }
 # The instruction sets with bfloat16 kernels; the others take bfloat16 converted to float32.
 _BFLOAT16_ISAS = (lib.REFATTN_ISA_AMX_BF16, lib.REFATTN_ISA_AVX512_BF16, lib.REFATTN_ISA_SCALAR)
-# The instruction sets with float16 kernels (AVX-512's, F16C widening, under the last three).
-_FLOAT16_ISAS = (
-    lib.REFATTN_ISA_SCALAR,
-    lib.REFATTN_ISA_AVX512,
-    lib.REFATTN_ISA_AVX512_BF16,
-    lib.REFATTN_ISA_AMX_BF16,
-)
 # Those whose kernels of their own are bfloat16 ones only: float32 and float16 run the "avx512"
 # kernels under them.
 BFLOAT16_ONLY_ISAS = ("amx_bf16", "avx512_bf16")
@@ -288,8 +281,9 @@ def attention(query, key, value, *, num_threads=None, isa=None, **options):
     # 2. buffers: q, k, v and out in `elem` (the input dtype where the kernels take it, else
     # the compute dtype), bias, lse and weights in the compute dtype
     dtype = call.compute_dtype
-    native = (call.query.dtype == BFLOAT16 and isa_code in _BFLOAT16_ISAS) or (
-        call.query.dtype == np.float16 and isa_code in _FLOAT16_ISAS
+    # (float16 has kernels of its own under every ISA)
+    native = call.query.dtype == np.float16 or (
+        call.query.dtype == BFLOAT16 and isa_code in _BFLOAT16_ISAS
     )
     elem = call.query.dtype if native else dtype
     batch = call.batch_shape

@@ -1,8 +1,8 @@
 """bfloat16 and float16 computed natively: the native core's bfloat16 kernels (isa "amx_bf16",
 Q·Kᵀ on AMX tiles, "avx512_bf16", by vdpbf16ps, and "scalar", their portable baseline) and its
-float16 kernels ("avx512", widening by F16C as it loads, and "scalar") against the spec, judged
-by the low-precision tolerance model (spec/tolerance.py, 5: products and softmax in float32, P
-rounded to the dtype before P·V or not, out rounded to the dtype).
+float16 kernels ("avx512" and "avx2", widening by F16C as they load, and "scalar") against the
+spec, judged by the low-precision tolerance model (spec/tolerance.py, 5: products and softmax in
+float32, P rounded to the dtype before P·V or not, out rounded to the dtype).
 
     test_native_low_precision_conforms  every invariant of the spec, one dtype drawn alone,
                                         per kernel (dtype and ISA)
@@ -31,7 +31,10 @@ BF16 = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
 AVAILABLE = native.available_isas()
 # The ISAs with kernels of their own for each dtype; the others convert it to float32.
-KERNELS = {"bfloat16": ("amx_bf16", "avx512_bf16", "scalar"), "float16": ("avx512", "scalar")}
+KERNELS = {
+    "bfloat16": ("amx_bf16", "avx512_bf16", "scalar"),
+    "float16": ("avx512", "avx2", "scalar"),
+}
 DTYPES = {"bfloat16": BF16, "float16": F16}
 
 
@@ -171,7 +174,7 @@ def test_decode_split_keys(dtype, isa, options):
 
 
 # keys per tile of each table
-TILE_KEYS = {"amx_bf16": 256, "avx512_bf16": 256, "avx512": 256, "scalar": 64}
+TILE_KEYS = {"amx_bf16": 256, "avx512_bf16": 256, "avx512": 256, "avx2": 128, "scalar": 64}
 
 
 @with_kernels
