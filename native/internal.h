@@ -94,6 +94,13 @@ REFATTN_DECLARE_OPS(float, uint16_t, float, refattn_ops_f16)     /* float16, flo
 REFATTN_DECLARE_GRAD_OPS(float, refattn_grad_ops_f32)
 REFATTN_DECLARE_GRAD_OPS(double, refattn_grad_ops_f64)
 
+/* a where cond, else b, by masks: the narrowings below pick so, since gcc vectorises a loop of
+   them (the driver's over a row of out) with picks, not with branches or ?: */
+static inline uint32_t refattn_pick(int cond, uint32_t a, uint32_t b) {
+    const uint32_t where = -(uint32_t)(cond != 0);
+    return (a & where) | (b & ~where);
+}
+
 /* bfloat16: the upper half of a float32's bits. Widening is exact; narrowing rounds to nearest
    even, through gradual underflow and to ±inf past the largest bfloat16 (as ml_dtypes does), and
    keeps a NaN a (quiet) NaN, which truncating its payload could turn into an infinity. */
@@ -107,9 +114,9 @@ static inline float refattn_bf16_to_float(uint16_t x) {
 static inline uint16_t refattn_bf16_from_float(float f) {
     uint32_t bits;
     memcpy(&bits, &f, sizeof bits);
-    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((bits >> 16) | 0x0040u);
-    bits += 0x7FFFu + ((bits >> 16) & 1u);
-    return (uint16_t)(bits >> 16);
+    const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+    return (uint16_t)refattn_pick((bits & 0x7FFFFFFFu) > 0x7F800000u, (bits >> 16) | 0x0040u,
+                                  rounded);
 }
 
 /* float16 (IEEE binary16: 5 exponent bits, 10 fraction bits), in portable C, bit for bit what
@@ -134,27 +141,29 @@ static inline float refattn_f16_to_float(uint16_t x) {
     return f;
 }
 
+
+
 static inline uint16_t refattn_f16_from_float(float f) {
+    /* Every case computed, then one picked: no branches, so the driver's loop over a row of out
+       vectorises (a case out of its range computes garbage that is not picked). */
     uint32_t bits;
     memcpy(&bits, &f, sizeof bits);
-    const uint16_t sign = (uint16_t)((bits >> 16) & 0x8000u);
-    const uint32_t magnitude = bits & 0x7FFFFFFFu;
-    if (magnitude > 0x7F800000u) return sign | 0x7E00u | (uint16_t)((magnitude >> 13) & 0x3FFu);
-    if (magnitude >= 0x47800000u) return sign | 0x7C00u; /* 2^16 and up: ±inf */
-    if (magnitude < 0x38800000u) {
-        /* below 2^-14, float16's subnormals: adding 0.5 rounds |f| to a multiple of 2^-24
-           (float32's spacing at 0.5), to nearest even, and the fraction bits count them */
-        float scaled, half = 0.5f;
-        memcpy(&scaled, &magnitude, sizeof scaled);
-        scaled += half;
-        uint32_t sum;
-        memcpy(&sum, &scaled, sizeof sum);
-        return sign | (uint16_t)(sum - 0x3F000000u);
-    }
+    const uint32_t sign = (bits >> 16) & 0x8000u, magnitude = bits & 0x7FFFFFFFu;
     /* normal: rebias the exponent and round the 13 bits dropped to nearest even; a carry out of
        the fraction steps the exponent, up to ±inf from 65520 */
-    const uint32_t odd = (magnitude >> 13) & 1u;
-    return sign | (uint16_t)((magnitude - 0x38000000u + 0x0FFFu + odd) >> 13);
+    const uint32_t normal = (magnitude - 0x38000000u + 0x0FFFu + ((magnitude >> 13) & 1u)) >> 13;
+    /* below 2^-14, float16's subnormals: adding 0.5 rounds |f| to a multiple of 2^-24 (float32's
+       spacing at 0.5), to nearest even, and the fraction bits count them */
+    float scaled;
+    memcpy(&scaled, &magnitude, sizeof scaled);
+    scaled += 0.5f;
+    uint32_t subnormal;
+    memcpy(&subnormal, &scaled, sizeof subnormal);
+    subnormal -= 0x3F000000u;
+    uint32_t half = refattn_pick(magnitude < 0x38800000u, subnormal, normal);
+    half = refattn_pick(magnitude >= 0x47800000u, 0x7C00u, half); /* 2^16 and up: ±inf */
+    half = refattn_pick(magnitude > 0x7F800000u, 0x7E00u | ((magnitude >> 13) & 0x3FFu), half);
+    return (uint16_t)(sign | half); /* (the last: a NaN, quiet, the top of its payload kept) */
 }
 
 /* The shift of a row's exponentials p = exp(s - shift) in every softmax kernel (the scalar ones
