@@ -6,8 +6,8 @@
    dim per step of a dot product by FMA (KSTEP 1). Keys are packed widened (pelem float), and a
    block of scores widens its query rows once (WIDEN_QUERY), so the arithmetic of Q·Kᵀ is that
    of float32 from there on; values are widened as P·V loads them. P·V takes p unrounded:
-   float16 products and sums in float32,
-   as the spec's tolerance model for float16 (spec/tolerance.py, 5) allows with room to spare.
+   float16 products and sums in float32, as the spec's tolerance model for float16
+   (spec/tolerance.py, 5) allows with room to spare.
    Not AVX512-FP16 arithmetic: it accumulates in float16, which that model rejects.
    The loads differ by vector width: AVX-512 masks 16-bit lanes; AVX2 has no such masked load,
    so a partial run is copied into a zeroed run first (never reading past it).
@@ -39,7 +39,9 @@ INLINE vec vload_values(vmask k, const elem *p) {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p));
 }
 #else
-INLINE vec vload_dims(const elem *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+INLINE vec vload_dims(const elem *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
 INLINE vec vload_dims_part(const elem *p, int64_t count) {
     elem run[VW] = {0};
     memcpy(run, p, (size_t)count * sizeof(elem));

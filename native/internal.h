@@ -1,7 +1,8 @@
 /* What the pieces of the native core share, and nothing a caller needs.
 
    The driver (flash.h, instantiated for float32, float64, and bfloat16 and float16 inputs
-   computed in float32) walks tiles of queries and keys and keeps the online softmax; the tile kernels below
+   computed in float32) walks tiles of queries and keys and keeps the online softmax; the tile
+   kernels below
    do the arithmetic of one tile. Each instruction set provides one table of tile kernels per
    input type; the scalar tables are written in plain C beside the driver, the SIMD tables come
    from one body (kernels_simd.h) over a header of vector operations per instruction set
@@ -140,8 +141,6 @@ static inline float refattn_f16_to_float(uint16_t x) {
     memcpy(&f, &bits, sizeof f);
     return f;
 }
-
-
 
 static inline uint16_t refattn_f16_from_float(float f) {
     /* Every case computed, then one picked: no branches, so the driver's loop over a row of out

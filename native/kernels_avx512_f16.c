@@ -3,7 +3,8 @@
    What they do: the tile kernels of internal.h for float16 query, key and value, from the one
    SIMD body (kernels_simd.h) over the AVX-512 operations of vec_avx512.h and the float16
    element operations of elem_f16.h: the float32 kernels of kernels_avx512.c with each element
-   widened as it is loaded (vcvtph2ps), keys packed in float16.
+   widened as it is loaded (vcvtph2ps), keys packed widened and query rows widened once per
+   block of scores.
    What they do not do: round anything (the driver rounds out once, flash_f16.c), or run on a
    CPU without AVX-512 (refattn_cpu_has is asked first; F16C comes with every AVX-512 CPU).
    Compiled with a target pragma, like the other kernels.

@@ -4,8 +4,10 @@
    What it does: the tile kernels of internal.h over the vector operations of a vec_*.h header
    (a vector of VW floats, masks, exp, reductions, a VW × VW transpose) and its blocking
    constants (MR, NP, WIDE, BQ, BK, FEW_ROWS), for the input elements of an elem_*.h header:
-   float (elem_f32.h: one dim per step of a dot product, by FMA) or bfloat16 (elem_bf16.h:
-   KSTEP = 2 dims per step, a pair of bfloat16 in each 32-bit lane, by vdpbf16ps):
+   float (elem_f32.h: one dim per step of a dot product, by FMA), bfloat16 (elem_bf16.h:
+   KSTEP = 2 dims per step, a pair of bfloat16 in each 32-bit lane, by vdpbf16ps) or float16
+   (elem_f16.h: widened to float as loaded, keys packed widened (its pelem), query rows widened
+   once per block of scores (WIDEN_QUERY), then float's arithmetic):
      pack_keys    transposes keys into panels of VW (kp[panel][d / KSTEP][VW][KSTEP]), so that
      scores       computes a block of MR query rows × NP·VW keys held in MR·NP accumulators,
                   KSTEP broadcast query elements times NP key vectors per step of d (an odd

@@ -282,10 +282,10 @@ def attention(query, key, value, *, num_threads=None, isa=None, **options):
     # the compute dtype), bias, lse and weights in the compute dtype
     dtype = call.compute_dtype
     # (float16 has kernels of its own under every ISA)
-    native = call.query.dtype == np.float16 or (
+    own_kernels = call.query.dtype == np.float16 or (
         call.query.dtype == BFLOAT16 and isa_code in _BFLOAT16_ISAS
     )
-    elem = call.query.dtype if native else dtype
+    elem = call.query.dtype if own_kernels else dtype
     batch = call.batch_shape
     B = math.prod(batch)
     Hq, Lq, Lk, Dv = call.Hq, call.Lq, call.Lk, call.Dv

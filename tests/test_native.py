@@ -18,8 +18,9 @@ from refattn.spec.tolerance import expect, mismatch
 import refattn
 from refattn import native, reference
 
-# float32 under "avx512_bf16" runs the "avx512" kernels (tests/test_native_bf16.py checks that,
-# and the bfloat16 kernels): the float32 tests here take each float32 kernel table once.
+# float32 under "avx512_bf16" runs the "avx512" kernels (tests/test_native_low_precision.py
+# checks that, and the bfloat16 kernels): the float32 tests here take each float32 kernel table
+# once.
 ISAS = [isa for isa in native.available_isas() if isa not in native.BFLOAT16_ONLY_ISAS]
 SIMD = [isa for isa in ISAS if isa != "scalar"]
 SANITIZED = "-fsanitize" in native.info()["build"]

@@ -21,8 +21,8 @@ from refattn.adapters import Adapter
 INVARIANTS = all_invariants()
 THREADS = (1, 2)
 # float32 and float16 under "amx_bf16" and "avx512_bf16" run the "avx512" kernels: their own,
-# the bfloat16 ones, are checked against every invariant in tests/test_native_bf16.py, bfloat16
-# drawn alone.
+# the bfloat16 ones, are checked against every invariant in tests/test_native_low_precision.py,
+# bfloat16 drawn alone.
 PARAMS = [
     pytest.param(inv, isa, threads, id=f"{inv.id}-{isa}-{threads}threads")
     for isa in native.available_isas()
